@@ -1,0 +1,212 @@
+"""Patch encoders: any ``torch.nn.Module`` mapping patches ``(N, C, P, P)`` to embeddings ``(N, D)``.
+
+The pipeline only relies on that contract (plus L2 normalisation, which :func:`embed_patches` applies).
+Two encoders ship with the package:
+
+* :class:`RawPixelEncoder` -- the documented baseline: the patch, average-pooled and standardised. No
+  learning; it is what the method is compared against.
+* :class:`PatchEncoder` -- a small CNN trained by spatial contrastive learning (``siibra_anchor.training``),
+  loaded from weights shipped in ``siibra_anchor/weights`` with their sha256 (see ``weights/default.json``).
+
+This module imports torch; the package imports it lazily, only when an encoder is needed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from importlib import resources
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import nn
+
+from .errors import EncoderError, WeightsChecksumError
+
+__all__ = [
+    "RawPixelEncoder",
+    "PatchEncoder",
+    "build_encoder",
+    "load_default_encoder",
+    "load_encoder",
+    "encoder_hash",
+    "embed_patches",
+    "check_encoder",
+]
+
+log = logging.getLogger(__name__)
+
+
+class RawPixelEncoder(nn.Module):
+    """Baseline: average-pool the patch by ``pool`` and standardise it (zero mean, unit norm).
+
+    Input (N, 1, P, P) float in [0, 1]; output (N, (P // pool) ** 2).
+    """
+
+    def __init__(self, pool: int = 2) -> None:
+        super().__init__()
+        self.pool = int(pool)
+        self.config: dict[str, Any] = {"arch": "raw-pixel", "pool": self.pool}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pool > 1:
+            x = nn.functional.avg_pool2d(x, self.pool)
+        z = x.flatten(1)
+        z = z - z.mean(dim=1, keepdim=True)
+        return nn.functional.normalize(z, dim=1)
+
+
+def _block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+        nn.GroupNorm(min(8, cout), cout),
+        nn.GELU(),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+        nn.GroupNorm(min(8, cout), cout),
+        nn.GELU(),
+    )
+
+
+class PatchEncoder(nn.Module):
+    """Small CNN for (N, 1, P, P) patches -> (N, dim) L2-normalised embeddings.
+
+    Four conv stages (each halving the resolution), global average + max pooling and a linear head.
+    GroupNorm keeps outputs independent of batch composition (embedding a patch alone or in a batch
+    gives the same vector). About 0.3 M parameters at width 32.
+    """
+
+    def __init__(self, in_channels: int = 1, width: int = 32, dim: int = 128, patch_size: int = 32) -> None:
+        super().__init__()
+        self.config: dict[str, Any] = {
+            "arch": "patch-cnn", "in_channels": in_channels, "width": width, "dim": dim,
+            "patch_size": patch_size,
+        }
+        w = int(width)
+        self.features = nn.Sequential(
+            _block(in_channels, w), nn.AvgPool2d(2),
+            _block(w, 2 * w), nn.AvgPool2d(2),
+            _block(2 * w, 4 * w), nn.AvgPool2d(2),
+            _block(4 * w, 4 * w),
+        )
+        self.head = nn.Sequential(nn.Linear(8 * w, 4 * w), nn.GELU(), nn.Linear(4 * w, int(dim)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.features(x)
+        pooled = torch.cat([f.mean(dim=(2, 3)), f.amax(dim=(2, 3))], dim=1)
+        return nn.functional.normalize(self.head(pooled), dim=1)
+
+
+def build_encoder(config: dict[str, Any]) -> nn.Module:
+    """Instantiate an encoder from its ``config`` dict (the ``arch`` key picks the class)."""
+    cfg = dict(config)
+    arch = cfg.pop("arch", None)
+    if arch == "raw-pixel":
+        return RawPixelEncoder(**cfg)
+    if arch == "patch-cnn":
+        return PatchEncoder(**cfg)
+    raise EncoderError(f"unknown encoder arch {arch!r}; known: 'raw-pixel', 'patch-cnn'")
+
+
+def _sha256(path: Any) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_encoder(weights_path: Any, config: dict[str, Any], sha256: str | None = None) -> nn.Module:
+    """Build an encoder from ``config`` and load a state dict with ``torch.load(weights_only=True)``.
+
+    If ``sha256`` is given the file must match it (:class:`WeightsChecksumError` otherwise).
+    """
+    if sha256 is not None:
+        got = _sha256(weights_path)
+        if got != sha256:
+            raise WeightsChecksumError(
+                f"encoder weights {weights_path} have sha256 {got}, expected {sha256}; "
+                "reinstall siibra-anchor or retrain the weights"
+            )
+    model = build_encoder(config)
+    state = torch.load(weights_path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    model.load_state_dict(state)
+    model.eval()
+    return model
+
+
+def default_manifest() -> dict[str, Any]:
+    """The shipped ``weights/default.json``: which encoder is the default, its file, sha256 and recipe."""
+    with resources.files("siibra_anchor").joinpath("weights/default.json").open("r") as f:
+        return json.load(f)
+
+
+def load_default_encoder() -> nn.Module:
+    """The package's default encoder, as named by ``weights/default.json``.
+
+    A manifest without a ``file`` names a weight-free encoder (the raw-pixel baseline).
+    """
+    man = default_manifest()
+    if not man.get("file"):
+        model = build_encoder(man["config"])
+        model.eval()
+        return model
+    path = resources.files("siibra_anchor").joinpath("weights/" + man["file"])
+    with resources.as_file(path) as p:
+        return load_encoder(p, man["config"], sha256=man.get("sha256"))
+
+
+def encoder_hash(model: nn.Module) -> str:
+    """Stable short hash of an encoder: its config (or class name) and every parameter/buffer value."""
+    h = hashlib.sha256()
+    cfg = getattr(model, "config", None) or {"class": type(model).__qualname__}
+    h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def check_encoder(model: nn.Module, patch_size: int, in_channels: int = 1) -> int:
+    """Run a tiny batch through ``model``; return the embedding size D or raise :class:`EncoderError`."""
+    if not isinstance(model, nn.Module):
+        raise EncoderError(f"encoder must be a torch.nn.Module, got {type(model).__name__}")
+    x = torch.rand(2, in_channels, patch_size, patch_size)
+    try:
+        with torch.inference_mode():
+            y = model.eval()(x)
+    except Exception as exc:  # an arbitrary user module may fail in any way
+        raise EncoderError(
+            f"encoder failed on a (2, {in_channels}, {patch_size}, {patch_size}) batch: {exc}"
+        ) from exc
+    if not isinstance(y, torch.Tensor) or y.ndim != 2 or y.shape[0] != 2:
+        shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+        raise EncoderError(f"encoder must map (N, C, P, P) to (N, D); got output {shape}")
+    return int(y.shape[1])
+
+
+def embed_patches(
+    model: nn.Module, patches: NDArray, batch_size: int = 2048, device: str | None = None
+) -> NDArray:
+    """Embed patches with ``model``: (N, P, P) or (N, C, P, P) float32 -> (N, D) float32, L2-normalised."""
+    x = np.asarray(patches, np.float32)
+    if x.ndim == 3:
+        x = x[:, None]
+    if x.ndim != 4:
+        raise EncoderError(f"patches must be (N, P, P) or (N, C, P, P), got shape {x.shape}")
+    dev = torch.device(device or "cpu")
+    model = model.to(dev).eval()
+    outs = []
+    with torch.inference_mode():
+        for i in range(0, x.shape[0], batch_size):
+            xb = torch.from_numpy(x[i : i + batch_size]).to(dev)
+            z = model(xb).float()
+            outs.append(nn.functional.normalize(z, dim=1).cpu().numpy())
+    if not outs:
+        d = check_encoder(model, x.shape[-1], x.shape[1])
+        return np.zeros((0, d), np.float32)
+    return np.concatenate(outs, axis=0)

@@ -1,0 +1,1 @@
+"""siibra_anchor.viewer."""
