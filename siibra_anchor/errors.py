@@ -25,6 +25,7 @@ __all__ = [
     "WeightsChecksumError",
     "AnchoringFailedError",
     "NetworkError",
+    "SectionFileNotFoundError",
 ]
 
 
@@ -96,3 +97,7 @@ class AnchoringFailedError(AnchorError, RuntimeError):
 
 class NetworkError(AnchorError, ConnectionError):
     """A network resource could not be reached within its timeout."""
+
+
+class SectionFileNotFoundError(AnchorError, FileNotFoundError):
+    """A section, volume, reference or result file does not exist."""

@@ -169,7 +169,8 @@ class Section:
         if self._mask is None:
             from .tissue import tissue_mask
 
-            m = tissue_mask(self._gray)
+            rgb = self.image if self.image.ndim == 3 and self.image.shape[2] >= 3 else None
+            m = tissue_mask(self._gray, rgb=rgb)
             if not m.any():
                 raise EmptyMaskError(
                     f"no tissue found in section {self.name!r}: the image has no foreground that differs "

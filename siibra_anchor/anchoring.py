@@ -1,0 +1,407 @@
+"""``anchor()``: place one section in a reference space.
+
+Data flows one way: section -> working-resolution image -> patches at several in-plane angles ->
+embeddings -> cosine top-k matches -> RANSAC hypotheses -> guided re-matching -> image-similarity choice
+and refinement -> :class:`~siibra_anchor.result.AnchoringResult`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import tracemalloc
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .affine_fit import SectionMap, constrain_affine, ransac_section, similarity_fit
+from .errors import EmptyMaskError, EncoderError, ImageTooSmallError, InvalidSectionError
+from .patches import extract_patches, grid_centres, normalize_intensity, rotation_angles
+from .planes import section_affine
+from .result import AnchoringResult
+from .section import Section
+
+__all__ = ["anchor", "anchor_series", "AnchorParams", "confidence_from_scores"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AnchorParams:
+    """Tuning of the matcher (defaults are what the benchmark measures)."""
+
+    n_rotations: int = 12
+    k: int = 8
+    n_coarse: int = 300
+    coarse_dim: int = 48
+    ransac_trials: int = 3000
+    ransac_threshold_mm: float = 7.5
+    n_hypotheses: int = 6
+    scale_range: tuple[float, float] = (0.7, 1.4)
+    guided_radii_mm: tuple[float, ...] = (16.0, 10.0, 7.0)
+    inlier_mm: float = 5.0
+    refine: bool = True
+    n_sample_points: int = 3000
+
+
+def confidence_from_scores(consistency: float, nmi_gain: float) -> float:
+    """Map the two quality scores of a placement to [0, 1].
+
+    consistency : fraction of coarse section patches whose global top-k matches include one within the
+        RANSAC threshold of where the final affine puts the patch (random for a wrong placement).
+    nmi_gain : normalised mutual information of the section with the template on the final plane minus
+        its median on planes shifted 15 mm away (0 when nothing in the image relates to the template).
+    A logistic model of both; its coefficients come from simulated sections (see docs/benchmarks.md).
+    """
+    z = 14.0 * (consistency - 0.12) + 90.0 * (nmi_gain - 0.025)
+    return float(1.0 / (1.0 + np.exp(-z)))
+
+
+def _section_map_to_affine(m: SectionMap, scale: NDArray, thickness_mm: float) -> NDArray:
+    """Working-pixel map -> (4, 4) affine of the original pixel grid (working = original / scale)."""
+    lin = m.linear / scale[None, :]
+    return section_affine(lin, m.translation, thickness_mm)
+
+
+def plane_views(m: SectionMap, plane_axes: NDArray, n_rotations: int, mirrors: list[bool]) -> NDArray:
+    """View index (angle x mirror, as :func:`extract_patches` cut them) that makes a section patch look
+    like a patch of each reference section under placement ``m``; -1 where the reference section is
+    more than 60 degrees off the section plane or needs a mirror state that was not cut.
+
+    plane_axes : (S, 3, 2) unit row/column directions of the reference sections. Returns (S,) int.
+    """
+    su = m.linear / np.linalg.norm(m.linear, axis=0, keepdims=True)  # (3, 2)
+    mt = np.einsum("ik,sil->skl", su, plane_axes)  # (S, 2, 2): section axes . reference axes
+    det = np.linalg.det(mt)
+    views = np.full(len(plane_axes), -1, np.int64)
+    step = 2.0 * np.pi / n_rotations
+    for j, mirrored in enumerate(mirrors):
+        sel = (det < -0.5) if mirrored else (det > 0.5)
+        mm = mt.copy()
+        if mirrored:
+            mm[:, :, 1] *= -1.0
+        ang = np.arctan2(mm[:, 1, 0], mm[:, 0, 0])
+        k = np.round(ang / step).astype(np.int64) % n_rotations
+        views[sel] = j * n_rotations + k[sel]
+    return views
+
+
+def _guided(
+    emb: NDArray, cen: NDArray, ref: Any, m: SectionMap, params: AnchorParams, spacing: float,
+    n_rotations: int, mirrors: list[bool],
+) -> tuple[SectionMap, dict[str, NDArray]]:
+    """Re-match each patch among references near where ``m`` puts it, comparing each reference with the
+    patch view that ``m`` predicts; refit a similarity on the good matches; shrink the radius."""
+    from .matching import best_in_neighbourhood
+
+    cur = m
+    out: dict[str, NDArray] = {}
+    axes = ref.plane_axes
+    for r in params.guided_radii_mm:
+        pred = cur.apply(cen)
+        ref_view = plane_views(cur, axes, n_rotations, mirrors)[ref.plane_ids]
+        sim, idx, _ = best_in_neighbourhood(emb, ref.embeddings, ref.tree, pred, r, ref_view=ref_view)
+        ok = idx >= 0
+        if ok.sum() < 3:
+            break
+        xyz = ref.centres_mm[np.maximum(idx, 0)]
+        res = np.linalg.norm(pred - xyz, axis=1)
+        w = np.where(ok, np.clip(sim, 0.0, None) ** 2, 0.0) * (res < 0.75 * r)
+        if (w > 0).sum() < 3:
+            break
+        lin, t, _ = similarity_fit(cen[w > 0], xyz[w > 0], w[w > 0])
+        lin = constrain_affine(lin, spacing, params.scale_range, max_anisotropy=1.0)
+        cur = SectionMap(lin, t, score=float((w > 0).sum()))
+        out = {"sim": sim, "idx": idx, "ok": ok}
+    return cur, out
+
+
+def _shifted_nmi(pts: Any, m: SectionMap, ref: Any, vol: NDArray, shift_mm: float = 15.0) -> float:
+    """Median NMI on planes shifted by ``shift_mm`` along the normal and in-plane (a local null level)."""
+    from .refine import plane_nmi
+
+    n = m.normal
+    e1 = m.linear[:, 0] / np.linalg.norm(m.linear[:, 0])
+    e2 = np.cross(n, e1)
+    vals = [
+        plane_nmi(pts, m.linear, m.translation + shift_mm * d, vol, ref.volume_affine)
+        for d in (n, -n, e1, -e1, e2, -e2)
+    ]
+    return float(np.median(vals))
+
+
+def anchor(
+    section: Section,
+    space: Any = "mni152",
+    reference: Any = None,
+    encoder: Any = None,
+    n_patches: int | None = None,
+    seed: int = 0,
+    device: str | None = None,
+    progress: bool = False,
+    hemisphere: str | None = None,
+    flipped: bool | None = None,
+    params: AnchorParams | None = None,
+) -> AnchoringResult:
+    """Find where ``section`` lies in ``space``.
+
+    Parameters
+    ----------
+    section : :class:`~siibra_anchor.section.Section` (image, spacing in mm, tissue mask).
+    space : space name ("mni152" embedded; others via siibra) -- ignored when ``reference`` is given.
+    reference : a prebuilt :class:`~siibra_anchor.reference.Reference` (default: the space's cached one).
+    encoder : torch module mapping (N, 1, P, P) to (N, D); default the shipped encoder. Must be the
+        encoder the reference was built with.
+    n_patches : about how many section patches to use (default: every grid point, ~1000 on a whole
+        coronal section).
+    seed : seeds every random choice; same inputs and seed give the same result.
+    device : torch device for the encoder ("cpu", "cuda", ...).
+    progress : show a progress bar for the reference build.
+    hemisphere : "left" / "right" if the section holds only that hemisphere (a hint, not a constraint
+        on whole sections).
+    flipped : True if mounted face down (mirrored), False if not, None to consider both.
+
+    Returns
+    -------
+    :class:`AnchoringResult` whose ``affine`` maps original pixel (row, col, 0, 1) to world mm.
+    """
+    from .encoders import embed_patches, encoder_hash, load_default_encoder
+    from .matching import topk_cosine
+    from .reference import Reference
+    from .spaces import canonical_space
+
+    p = params or AnchorParams()
+    if not isinstance(section, Section):
+        raise InvalidSectionError(
+            f"anchor() needs a siibra_anchor.Section, got {type(section).__name__}; "
+            "wrap arrays with sa.Section(image, spacing_mm=...)"
+        )
+    if hemisphere not in (None, "left", "right"):
+        raise InvalidSectionError(f"hemisphere must be None, 'left' or 'right', got {hemisphere!r}")
+    if flipped not in (None, True, False):
+        raise InvalidSectionError(f"flipped must be None, True or False, got {flipped!r}")
+    if n_patches is not None and (not isinstance(n_patches, (int, np.integer)) or n_patches < 6):
+        raise InvalidSectionError(f"n_patches must be an integer >= 6 or None, got {n_patches!r}")
+    rng = np.random.default_rng(seed)
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    enc = encoder if encoder is not None else load_default_encoder()
+    if reference is None:
+        canonical_space(space)
+        reference = Reference.from_space(space, encoder=enc, progress=progress)
+    ref = reference
+    if ref.encoder_hash != encoder_hash(enc):
+        raise EncoderError(
+            f"the reference was built with encoder {ref.encoder_hash} but anchoring uses {encoder_hash(enc)}; "
+            "build the reference with the same encoder (Reference.from_space(..., encoder=enc))"
+        )
+    timings["reference_s"] = time.perf_counter() - t_start
+    spec = ref.spec
+    t0 = time.perf_counter()
+    img, msk, scale = section.at_spacing(spec.spacing_mm)
+    if min(img.shape) < spec.size_px // 2:
+        raise ImageTooSmallError(
+            f"section {section.name!r} is {img.shape} px at the working spacing {spec.spacing_mm} mm "
+            f"({section.extent_mm[0]:.1f} x {section.extent_mm[1]:.1f} mm); it needs at least "
+            f"{spec.size_px // 2 * spec.spacing_mm:.0f} mm of tissue across. Check spacing_mm"
+        )
+    if msk.sum() == 0:
+        raise EmptyMaskError(f"section {section.name!r} has no tissue at {spec.spacing_mm} mm/px")
+    imgn = normalize_intensity(img, msk)
+    cen = grid_centres(msk, spec)
+    if n_patches is not None and len(cen) > 0:
+        stride = max(1, int(round(spec.stride_px * np.sqrt(len(cen) / n_patches))))
+        cen = grid_centres(msk, spec, stride_px=stride)
+        if len(cen) > n_patches:
+            cen = cen[np.sort(rng.choice(len(cen), n_patches, replace=False))]
+    if len(cen) < 6:
+        cen = grid_centres(msk, spec, stride_px=1)
+        if len(cen) > 200:
+            cen = cen[np.sort(rng.choice(len(cen), 200, replace=False))]
+    if len(cen) < 6:
+        raise ImageTooSmallError(
+            f"section {section.name!r} holds only {len(cen)} patches of {spec.size_px * spec.spacing_mm:.0f} mm; "
+            "the tissue is too small to anchor (or spacing_mm is wrong)"
+        )
+    angles = rotation_angles(p.n_rotations)
+    mirrors = [False, True] if flipped is None else [bool(flipped)]
+    patches = np.concatenate(
+        [extract_patches(imgn, cen, spec.size_px, angles, mirror=mr) for mr in mirrors], axis=1
+    )  # (N, A*M, P, P)
+    n, a_m = patches.shape[:2]
+    emb = embed_patches(enc, patches.reshape(n * a_m, spec.size_px, spec.size_px), device=device)
+    emb = emb.reshape(n, a_m, -1)
+    timings["embed_s"] = time.perf_counter() - t0
+
+    # -- coarse: global top-k on a subset, RANSAC hypotheses -------------------------------------
+    t0 = time.perf_counter()
+    coarse = np.sort(rng.choice(n, min(n, p.n_coarse), replace=False))
+    cmask, proj, cref = ref.coarse_index(p.coarse_dim)
+    cpos = np.flatnonzero(cmask)
+    ref_mask = None
+    if hemisphere is not None:
+        xs = ref.centres_mm[cpos, 0]
+        ref_mask = xs < 10.0 if hemisphere == "left" else xs > -10.0
+    q = emb[coarse] @ proj
+    q /= np.maximum(np.linalg.norm(q, axis=2, keepdims=True), 1e-12)
+    sims, cidx, _ = topk_cosine(q, cref, p.k, ref_mask=ref_mask)
+    idx = cpos[cidx]
+    rc_pairs = np.repeat(cen[coarse], idx.shape[1], axis=0)
+    xyz_pairs = ref.centres_mm[idx.ravel()]
+    grp = np.repeat(np.arange(len(coarse)), idx.shape[1])
+    hyps = ransac_section(
+        rc_pairs, xyz_pairs, grp, sims.ravel(), spacing=spec.spacing_mm, rng=rng,
+        residual_threshold=p.ransac_threshold_mm, scale_range=p.scale_range, n_trials=p.ransac_trials,
+        n_hypotheses=p.n_hypotheses,
+    )
+    timings["match_s"] = time.perf_counter() - t0
+    if not hyps:
+        from .errors import AnchoringFailedError
+
+        raise AnchoringFailedError(
+            f"no consistent placement found for section {section.name!r} (too few plausible matches); "
+            "check spacing_mm and the tissue mask, or try more patches"
+        )
+
+    # -- guided re-matching of every hypothesis ---------------------------------------------------
+    t0 = time.perf_counter()
+    tissue_rc = np.argwhere(msk)[:: max(1, int(msk.sum()) // 2000)].astype(float)
+
+    def consistency(m: SectionMap) -> float:
+        pred = m.apply(cen[coarse])
+        d = np.linalg.norm(ref.centres_mm[idx] - pred[:, None, :], axis=2).min(axis=1)
+        return float((d < p.ransac_threshold_mm).mean())
+
+    cands = []
+    for h in hyps:
+        g, info = _guided(emb, cen, ref, h, p, spec.spacing_mm, p.n_rotations, mirrors)
+        if hemisphere is not None:
+            x_c = float(g.apply(tissue_rc)[:, 0].mean())
+            if (hemisphere == "left" and x_c > 5.0) or (hemisphere == "right" and x_c < -5.0):
+                continue
+        cands.append((g, info))
+    if not cands:
+        g, info = _guided(emb, cen, ref, hyps[0], p, spec.spacing_mm, p.n_rotations, mirrors)
+        cands = [(g, info)]
+    timings["guided_s"] = time.perf_counter() - t0
+
+    # -- choose by image similarity and refine ----------------------------------------------------
+    t0 = time.perf_counter()
+    scored = []
+    pts = None
+    smoothed = {sg: ref.smoothed_volume(sg) for sg in (2.0, 1.0, 0.0)}
+    if ref.volume is not None:
+        from .refine import plane_nmi, refine_map, sample_points
+
+        pts = sample_points(imgn, msk, p.n_sample_points, rng)
+        for g, info in cands:
+            base = _shifted_nmi(pts, g, ref, ref.volume)
+            val = plane_nmi(pts, g.linear, g.translation, ref.volume, ref.volume_affine)
+            scored.append([val - base, g, info])
+        scored.sort(key=lambda x: -x[0])
+        if p.refine:
+            # refine the best two coarsely, then re-rank (refinement can overturn a close call)
+            for item in scored[:2]:
+                lin, t, _ = refine_map(pts, item[1].linear, item[1].translation, ref.volume,
+                                       ref.volume_affine, smoothed=smoothed, smooth_sigmas=(2.0,),
+                                       max_evals=150)
+                lin = constrain_affine(lin, spec.spacing_mm, p.scale_range)
+                gm = SectionMap(lin, t, score=item[1].score)
+                val = plane_nmi(pts, lin, t, ref.volume, ref.volume_affine)
+                item[0] = val - _shifted_nmi(pts, gm, ref, ref.volume)
+                item[1] = gm
+            scored.sort(key=lambda x: -x[0])
+            top = scored[0]
+            lin, t, _ = refine_map(pts, top[1].linear, top[1].translation, ref.volume, ref.volume_affine,
+                                   smoothed=smoothed, smooth_sigmas=(1.0, 0.0), max_evals=200)
+            lin = constrain_affine(lin, spec.spacing_mm, p.scale_range)
+            gm = SectionMap(lin, t, score=top[1].score)
+            gain = plane_nmi(pts, lin, t, ref.volume, ref.volume_affine) - _shifted_nmi(pts, gm, ref, ref.volume)
+            if gain >= top[0]:
+                scored[0] = [gain, gm, top[2]]
+    else:
+        scored = [[consistency(g), g, info] for g, info in cands]
+        scored.sort(key=lambda x: -x[0])
+    timings["refine_s"] = time.perf_counter() - t0
+
+    best_gain, best, info = scored[0]
+    cons = consistency(best)
+    conf = confidence_from_scores(cons, best_gain if ref.volume is not None else 0.05)
+
+    # -- result -------------------------------------------------------------------------------------
+    thickness = float(np.mean(section.spacing_mm))
+    affine = _section_map_to_affine(best, scale, thickness)
+    pred = best.apply(cen)
+    midx = info.get("idx", np.full(n, -1))
+    ok = midx >= 0
+    xyz = np.where(ok[:, None], ref.centres_mm[np.maximum(midx, 0)], np.nan)
+    resid = np.linalg.norm(pred - xyz, axis=1)
+    matches = {
+        "row": cen[:, 0] * scale[0], "col": cen[:, 1] * scale[1],
+        "x": xyz[:, 0], "y": xyz[:, 1], "z": xyz[:, 2],
+        "similarity": np.where(ok, info.get("sim", np.zeros(n)), np.nan),
+        "residual_mm": resid, "inlier": ok & (resid < p.inlier_mm),
+    }
+    c_best = best.apply(tissue_rc).mean(axis=0)
+    alternatives = []
+    for gain, g, _ in scored[1:]:
+        c_alt = g.apply(tissue_rc).mean(axis=0)
+        label = "other placement"
+        if np.sign(c_alt[0]) != np.sign(c_best[0]) and abs(c_alt[0]) > 5 and abs(c_best[0]) > 5:
+            label = "other hemisphere"
+        elif float(np.cross(g.linear[:, 0], g.linear[:, 1]) @ np.cross(best.linear[:, 0], best.linear[:, 1])) < 0:
+            label = "mirrored / reversed normal"
+        alternatives.append({
+            "affine": _section_map_to_affine(g, scale, thickness), "score": float(gain),
+            "inlier_fraction": consistency(g), "label": label,
+        })
+    total = time.perf_counter() - t_start
+    timings["total_s"] = total
+    diagnostics = {
+        "timings": timings, "n_patches": int(n), "n_coarse": int(len(coarse)), "n_hypotheses": len(hyps),
+        "consistency": cons, "nmi_gain": float(best_gain) if ref.volume is not None else None,
+        "seed": int(seed), "hemisphere": hemisphere, "flipped": flipped,
+        "params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in p.__dict__.items()},
+    }
+    if conf < 0.5:
+        log.warning(
+            "low confidence %.2f for section %r: the placement may be wrong (consistency %.2f, NMI gain %.3f)",
+            conf, section.name, cons, best_gain,
+        )
+    return AnchoringResult(
+        affine=affine, space=ref.space, confidence=conf, matches=matches, alternatives=alternatives,
+        section={"name": section.name, "shape": list(section.shape), "spacing_mm": list(section.spacing_mm),
+                 "modality": section.modality},
+        diagnostics=diagnostics, encoder_hash=ref.encoder_hash,
+        reference={"space": ref.space, "n_sections": ref.n_sections, "n_patches": ref.n_patches,
+                   "params": ref.params},
+        mask=section.mask, image=None,
+    )
+
+
+def anchor_series(sections: list[Section], space: Any = "mni152", **kwargs: Any) -> list[AnchoringResult]:
+    """Anchor each section of a series (independently for now; joint fitting is a later addition)."""
+    from .reference import Reference
+
+    ref = kwargs.pop("reference", None)
+    enc = kwargs.pop("encoder", None)
+    if ref is None:
+        from .encoders import load_default_encoder
+
+        enc = enc if enc is not None else load_default_encoder()
+        ref = Reference.from_space(space, encoder=enc)
+    return [anchor(s, reference=ref, encoder=enc, **kwargs) for s in sections]
+
+
+def peak_memory_of(fn, *args: Any, **kwargs: Any) -> tuple[Any, float]:
+    """Run ``fn`` and return (its result, peak traced Python/numpy memory in MiB)."""
+    tracemalloc.start()
+    try:
+        out = fn(*args, **kwargs)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return out, peak / 2**20

@@ -1,0 +1,116 @@
+"""Cosine-similarity matching of section patch embeddings against reference embeddings.
+
+Embeddings are L2-normalised, so cosine similarity is a dot product. Section patches come at several
+in-plane angles (and optionally mirrored): queries are ``(Q, A, D)`` and a match keeps the best angle.
+All searches are chunked so memory stays bounded (about ``chunk * A * R * 4`` bytes at a time).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from scipy.spatial import cKDTree
+
+__all__ = ["topk_cosine", "best_in_neighbourhood"]
+
+
+def _as_qad(queries: NDArray) -> NDArray:
+    q = np.asarray(queries, np.float32)
+    return q[:, None, :] if q.ndim == 2 else q
+
+
+def topk_cosine(
+    queries: NDArray, refs: NDArray, k: int, chunk: int = 64, ref_mask: NDArray | None = None
+) -> tuple[NDArray, NDArray, NDArray]:
+    """Top-k reference matches of each query (best over its angles).
+
+    Parameters
+    ----------
+    queries : (Q, D) or (Q, A, D) float32, L2-normalised.
+    refs : (R, D) float32, L2-normalised.
+    k : matches per query (clipped to R).
+    ref_mask : optional (R,) bool; references outside it are never returned.
+
+    Returns
+    -------
+    sim : (Q, k) float32 cosine similarity, descending; idx : (Q, k) int64 reference index;
+    angle : (Q, k) int64 index of the query angle that gave the match.
+    """
+    q = _as_qad(queries)
+    n_q, n_a, _ = q.shape
+    r = torch.from_numpy(np.ascontiguousarray(refs, np.float32))
+    k = int(min(k, r.shape[0]))
+    bad = None if ref_mask is None else torch.from_numpy(~np.asarray(ref_mask, bool))
+    sims = np.empty((n_q, k), np.float32)
+    idx = np.empty((n_q, k), np.int64)
+    ang = np.empty((n_q, k), np.int64)
+    with torch.inference_mode():
+        for i in range(0, n_q, chunk):
+            qb = torch.from_numpy(np.ascontiguousarray(q[i : i + chunk]))
+            s = torch.matmul(qb.reshape(-1, qb.shape[-1]), r.T).reshape(qb.shape[0], n_a, -1)
+            smax, amax = s.max(dim=1)  # (b, R)
+            if bad is not None:
+                smax[:, bad] = -2.0
+            v, j = torch.topk(smax, k, dim=1)
+            sims[i : i + chunk] = v.numpy()
+            idx[i : i + chunk] = j.numpy()
+            ang[i : i + chunk] = torch.gather(amax, 1, j).numpy()
+    return sims, idx, ang
+
+
+def best_in_neighbourhood(
+    queries: NDArray,
+    refs: NDArray,
+    tree: cKDTree,
+    predicted_mm: NDArray,
+    radius_mm: float,
+    ref_view: NDArray | None = None,
+    chunk: int = 256,
+) -> tuple[NDArray, NDArray, NDArray]:
+    """Best reference match of each query among references within ``radius_mm`` of its predicted 3D point.
+
+    Parameters
+    ----------
+    queries : (Q, V, D) embeddings of each query patch in V views (angles x mirrors).
+    refs : (R, D); tree : KD-tree over the (R, 3) reference centres in mm; predicted_mm : (Q, 3).
+    ref_view : optional (R,) int, the view of the query to compare with each reference (the in-plane
+        angle that the current placement predicts for that reference's section); -1 excludes the
+        reference. Without it, the best view is taken.
+
+    Returns
+    -------
+    sim (Q,), idx (Q,), view (Q,); ``idx == -1`` where no usable reference lies within the radius.
+    """
+    q = _as_qad(queries)
+    n_q = q.shape[0]
+    sim = np.full(n_q, -2.0, np.float32)
+    idx = np.full(n_q, -1, np.int64)
+    view = np.zeros(n_q, np.int64)
+    neigh = tree.query_ball_point(np.asarray(predicted_mm, float), r=float(radius_mm))
+    for i in range(0, n_q, chunk):
+        lists = neigh[i : i + chunk]
+        counts = np.array([len(x) for x in lists])
+        if counts.sum() == 0:
+            continue
+        rows = np.repeat(np.arange(i, i + len(lists)), counts)
+        cand = np.concatenate([np.asarray(x, np.int64) for x in lists if len(x)])
+        if ref_view is None:
+            s = np.einsum("pad,pd->pa", q[rows], refs[cand])  # (pairs, V)
+            a = s.argmax(axis=1)
+            sbest = s[np.arange(len(a)), a]
+        else:
+            a = ref_view[cand]
+            keep = a >= 0
+            rows, cand, a = rows[keep], cand[keep], a[keep]
+            if len(rows) == 0:
+                continue
+            sbest = np.einsum("pd,pd->p", q[rows, a], refs[cand])
+        order = np.lexsort((-sbest, rows))  # by query, best first
+        first = np.ones(len(order), bool)
+        first[1:] = rows[order][1:] != rows[order][:-1]
+        sel = order[first]
+        sim[rows[sel]] = sbest[sel]
+        idx[rows[sel]] = cand[sel]
+        view[rows[sel]] = a[sel]
+    return sim, idx, view

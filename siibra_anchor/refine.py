@@ -1,0 +1,114 @@
+"""Intensity-based comparison and refinement of a section plane against the template volume.
+
+Patch matches give a coarse placement; mutual information between the section and the template
+resampled on the candidate plane (a) ranks candidate placements and (b) refines the winner with a
+9-parameter 2D->3D affine. Mutual information does not care how the contrasts relate, so it works for
+stains unlike the template's T1 contrast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy import ndimage, optimize
+from scipy.spatial.transform import Rotation
+
+from .planes import sample_volume
+
+__all__ = ["SamplePoints", "sample_points", "nmi", "plane_nmi", "refine_map"]
+
+
+@dataclass
+class SamplePoints:
+    """Section pixels used for intensity comparison: rc (N, 2) working pixels, values (N,) in [0, 1]."""
+
+    rc: NDArray
+    values: NDArray
+
+
+def sample_points(image: NDArray, mask: NDArray, n: int, rng: np.random.Generator) -> SamplePoints:
+    """Up to ``n`` random tissue pixels of a (H, W) image, plus a ring of background just outside it.
+
+    The background ring (about a fifth of the points) lets the similarity see the tissue outline.
+    """
+    m = np.asarray(mask, bool)
+    ring = ndimage.binary_dilation(m, iterations=3) & ~m
+    rr, cc = np.nonzero(m)
+    k = min(n, len(rr))
+    sel = rng.choice(len(rr), k, replace=False)
+    br, bc = np.nonzero(ring)
+    kb = min(n // 4, len(br))
+    selb = rng.choice(len(br), kb, replace=False) if kb else np.zeros(0, int)
+    rc = np.concatenate([np.stack([rr[sel], cc[sel]], 1), np.stack([br[selb], bc[selb]], 1)]).astype(float)
+    vals = np.asarray(image, np.float32)[rc[:, 0].astype(int), rc[:, 1].astype(int)]
+    return SamplePoints(rc, vals)
+
+
+def nmi(a: NDArray, b: NDArray, bins: int = 24) -> float:
+    """Normalised mutual information (H(A) + H(B)) / H(A, B) of two [0, 1] samples, in [1, 2]."""
+    ia = np.clip((np.asarray(a) * bins).astype(int), 0, bins - 1)
+    ib = np.clip((np.asarray(b) * bins).astype(int), 0, bins - 1)
+    joint = np.bincount(ia * bins + ib, minlength=bins * bins).astype(float)
+    joint /= max(joint.sum(), 1.0)
+    pa, pb = joint.reshape(bins, bins).sum(1), joint.reshape(bins, bins).sum(0)
+
+    def h(p: NDArray) -> float:
+        p = p[p > 0]
+        return float(-(p * np.log(p)).sum())
+
+    hj = h(joint)
+    return (h(pa) + h(pb)) / hj if hj > 0 else 1.0
+
+
+def plane_nmi(pts: SamplePoints, linear: NDArray, t: NDArray, volume: NDArray, vol_affine: NDArray) -> float:
+    """NMI between section values and the template sampled where (linear, t) puts the points."""
+    xyz = pts.rc @ linear.T + t
+    return nmi(pts.values, sample_volume(volume, vol_affine, xyz))
+
+
+def _compose(p: NDArray, lin0: NDArray, t0: NDArray, c_px: NDArray) -> tuple[NDArray, NDArray]:
+    """Parameters -> (linear, t): rotation vector (3, about the section centre), translation (3, mm),
+    log scales (2) and shear (1) of the in-plane axes."""
+    rot = Rotation.from_rotvec(p[:3] * 0.1).as_matrix()  # parameter unit = 0.1 rad
+    s = np.array([[np.exp(p[6] * 0.05), p[8] * 0.05], [0.0, np.exp(p[7] * 0.05)]])
+    lin = rot @ lin0 @ s
+    centre0 = lin0 @ c_px + t0
+    t = centre0 + p[3:6] - lin @ c_px
+    return lin, t
+
+
+def refine_map(
+    pts: SamplePoints,
+    linear: NDArray,
+    t: NDArray,
+    volume: NDArray,
+    vol_affine: NDArray,
+    smooth_sigmas: tuple[float, ...] = (2.0, 0.0),
+    max_evals: int = 300,
+    smoothed: dict[float, NDArray] | None = None,
+) -> tuple[NDArray, NDArray, float]:
+    """Maximise NMI over a 9-parameter 2D->3D affine, coarse to fine.
+
+    Returns (linear (3, 2), t (3,), nmi at the end on the unsmoothed volume).
+    ``smoothed`` caches volumes smoothed by each sigma (voxels) between calls.
+    """
+    lin, tt = np.asarray(linear, float), np.asarray(t, float)
+    c_px = pts.rc.mean(axis=0)
+    cache = smoothed if smoothed is not None else {}
+    for sig in smooth_sigmas:
+        if sig not in cache:
+            cache[sig] = ndimage.gaussian_filter(volume, sig) if sig > 0 else volume
+        vol = cache[sig]
+
+        def cost(p: NDArray, vol: NDArray = vol, lin0: NDArray = lin, t0: NDArray = tt) -> float:
+            li, ti = _compose(p, lin0, t0, c_px)
+            return -plane_nmi(pts, li, ti, vol, vol_affine)
+
+        res = optimize.minimize(
+            cost, np.zeros(9), method="Powell",
+            options={"maxfev": max_evals, "xtol": 1e-2, "ftol": 1e-5},
+        )
+        lin, tt = _compose(res.x, lin, tt, c_px)
+    return lin, tt, plane_nmi(pts, lin, tt, volume, vol_affine)

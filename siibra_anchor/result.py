@@ -1,0 +1,288 @@
+"""The :class:`AnchoringResult`: where a section lies in a space, how sure we are, and why.
+
+``affine`` follows DESIGN.md: (4, 4) float64 mapping pixel ``(row, col, 0, 1)`` of the *original* section
+image to world ``(x, y, z, 1)`` mm (RAS+) of ``space``; third column = unit normal x thickness.
+Results save to versioned JSON (pydantic) and load back exactly (floats round-trip through ``repr``).
+"""
+
+from __future__ import annotations
+
+import json
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import CorruptFileError, SchemaVersionError, SectionFileNotFoundError
+
+__all__ = ["AnchoringResult", "RESULT_SCHEMA_VERSION", "MATCH_COLUMNS"]
+
+RESULT_SCHEMA_VERSION = 1
+MATCH_COLUMNS = ("row", "col", "x", "y", "z", "similarity", "residual_mm", "inlier")
+
+
+class Alternative(BaseModel):
+    """Another distinct placement that was considered, with its scores."""
+
+    model_config = ConfigDict(extra="forbid")
+    affine: list[list[float]]
+    score: float = Field(description="image similarity (NMI gain over a shifted plane) of this placement")
+    inlier_fraction: float
+    label: str = Field(description="how it differs from the chosen one: 'mirrored', 'other hemisphere', ...")
+
+
+class _ResultModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    schema_version: int = RESULT_SCHEMA_VERSION
+    siibra_anchor_version: str
+    space: str
+    affine: list[list[float]]
+    confidence: float
+    section: dict[str, Any]
+    matches: dict[str, list[float]]
+    alternatives: list[Alternative] = []
+    diagnostics: dict[str, Any] = {}
+    encoder_hash: str = ""
+    reference: dict[str, Any] = {}
+
+
+class AnchoringResult:
+    """Result of :func:`siibra_anchor.anchor`.
+
+    Attributes
+    ----------
+    affine : (4, 4) float64, pixel (row, col, 0, 1) -> world mm of ``space``.
+    space : canonical space key.
+    confidence : float in [0, 1]; low when the section could not be placed reliably.
+    matches : pandas DataFrame, one row per section patch: row, col (original pixels), x, y, z (mm of the
+        matched reference patch), similarity, residual_mm (distance to where the affine puts the patch),
+        inlier.
+    alternatives : list of dicts (affine, score, inlier_fraction, label) of other distinct placements.
+    section : dict with name, shape, spacing_mm, modality (and the tissue mask is kept in memory when the
+        result comes from :func:`anchor`, as ``mask``, for region queries and viewers).
+    diagnostics : timings, scores and parameters that explain the result.
+    """
+
+    def __init__(
+        self,
+        affine: ArrayLike,
+        space: str,
+        confidence: float,
+        matches: dict[str, ArrayLike] | None = None,
+        alternatives: list[dict[str, Any]] | None = None,
+        section: dict[str, Any] | None = None,
+        diagnostics: dict[str, Any] | None = None,
+        encoder_hash: str = "",
+        reference: dict[str, Any] | None = None,
+        mask: NDArray | None = None,
+        image: NDArray | None = None,
+    ) -> None:
+        a = np.asarray(affine, dtype=np.float64)
+        if a.shape != (4, 4) or not np.all(np.isfinite(a)):
+            raise CorruptFileError(f"affine must be a finite (4, 4) matrix, got shape {a.shape}")
+        self.affine: NDArray = a
+        self.space = str(space)
+        self.confidence = float(np.clip(confidence, 0.0, 1.0))
+        m = matches or {c: [] for c in MATCH_COLUMNS}
+        self._matches = {c: np.asarray(m.get(c, []), dtype=bool if c == "inlier" else float) for c in MATCH_COLUMNS}
+        self.alternatives = list(alternatives or [])
+        self.section = dict(section or {})
+        self.diagnostics = dict(diagnostics or {})
+        self.encoder_hash = str(encoder_hash)
+        self.reference = dict(reference or {})
+        self.mask = mask
+        self.image = image
+
+    # -- geometry ---------------------------------------------------------------------------------
+    @property
+    def matches(self):
+        """Per-patch table (pandas DataFrame) with columns :data:`MATCH_COLUMNS`."""
+        import pandas as pd
+
+        return pd.DataFrame({c: self._matches[c] for c in MATCH_COLUMNS})
+
+    def to_points(self, rows: ArrayLike, cols: ArrayLike) -> NDArray:
+        """World mm (N, 3) of pixel coordinates (N,) rows, (N,) cols of the original section image."""
+        from .planes import pixel_to_world
+
+        return pixel_to_world(self.affine, rows, cols)
+
+    @property
+    def center_mm(self) -> NDArray:
+        """World mm of the image centre pixel."""
+        h, w = self.section.get("shape", (1, 1))[:2]
+        return self.to_points([(h - 1) / 2.0], [(w - 1) / 2.0])[0]
+
+    @property
+    def normal(self) -> NDArray:
+        """Unit normal of the section plane (3,)."""
+        n = self.affine[:3, 2]
+        return n / np.linalg.norm(n)
+
+    @property
+    def in_plane_rotation_deg(self) -> float:
+        """Angle (degrees) between the image's row axis and the world axis it is closest to, in-plane."""
+        r = self.affine[:3, 0] / np.linalg.norm(self.affine[:3, 0])
+        n = self.normal
+        ax = np.eye(3)
+        # reference "down" direction of the closest canonical plane: -z unless the plane is axial
+        down = -ax[1] if abs(n[2]) > max(abs(n[0]), abs(n[1])) else -ax[2]
+        down = down - n * float(down @ n)
+        down /= np.linalg.norm(down)
+        return float(np.degrees(np.arctan2(float(np.cross(down, r) @ n), float(down @ r))))
+
+    @property
+    def plane_name(self) -> str:
+        """Closest canonical plane: 'sagittal', 'coronal' or 'axial', with the tilt off it in degrees."""
+        n = np.abs(self.normal)
+        i = int(np.argmax(n))
+        tilt = float(np.degrees(np.arccos(np.clip(n[i], -1, 1))))
+        return f"{('sagittal', 'coronal', 'axial')[i]} (tilted {tilt:.1f} deg)"
+
+    @property
+    def pixel_spacing_mm(self) -> NDArray:
+        """(2,) fitted mm per pixel along rows and columns."""
+        return np.linalg.norm(self.affine[:3, :2], axis=0)
+
+    def summary(self) -> str:
+        """A few lines a person can read."""
+        c = self.center_mm
+        n = self.normal
+        sp = self.pixel_spacing_mm
+        lines = [
+            f"section     {self.section.get('name', '?')}  {tuple(self.section.get('shape', ()))} px",
+            f"space       {self.space}",
+            f"confidence  {self.confidence:.2f}",
+            f"centre      x={c[0]:.1f} y={c[1]:.1f} z={c[2]:.1f} mm",
+            f"plane       {self.plane_name}, normal ({n[0]:.2f}, {n[1]:.2f}, {n[2]:.2f})",
+            f"in-plane    rotation {self.in_plane_rotation_deg:.1f} deg, fitted spacing "
+            f"{sp[0]:.4g} x {sp[1]:.4g} mm/px (stated {self.section.get('spacing_mm')})",
+        ]
+        if self.alternatives:
+            lines.append(
+                "alternatives " + "; ".join(f"{a['label']} (score {a['score']:.3f})" for a in self.alternatives[:3])
+            )
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"AnchoringResult(space={self.space!r}, confidence={self.confidence:.2f}, centre={self.center_mm.round(1).tolist()})"
+
+    # -- QuickNII / DeepSlice -----------------------------------------------------------------------
+    def to_quicknii(self) -> dict[str, Any]:
+        """QuickNII/DeepSlice anchoring: ``{"anchoring": [ox, oy, oz, ux, uy, uz, vx, vy, vz], ...}``.
+
+        ``o`` is the world position (mm, this space) of the image's top-left *corner*, ``u`` spans the
+        full image width and ``v`` the full height, so pixel centre (row, col) lies at
+        ``o + (col + 0.5) / W * u + (row + 0.5) / H * v`` -- QuickNII's normalised image coordinates.
+        """
+        h, w = self.section["shape"][:2]
+        a = self.affine
+        o = a[:3, :2] @ np.array([-0.5, -0.5]) + a[:3, 3]
+        u = a[:3, 1] * w
+        v = a[:3, 0] * h
+        return {
+            "filename": self.section.get("name", "section"),
+            "width": int(w),
+            "height": int(h),
+            "anchoring": [float(x) for x in (*o, *u, *v)],
+            "space": self.space,
+        }
+
+    @staticmethod
+    def affine_from_quicknii(anchoring: ArrayLike, width: int, height: int, thickness_mm: float | None = None) -> NDArray:
+        """Inverse of :meth:`to_quicknii`: the (4, 4) pixel->mm affine of an o, u, v anchoring."""
+        from .planes import section_affine
+
+        v9 = np.asarray(anchoring, float).reshape(9)
+        o, u, v = v9[:3], v9[3:6], v9[6:9]
+        lin = np.stack([v / height, u / width], axis=1)
+        t = o + lin @ np.array([0.5, 0.5])
+        return section_affine(lin, t, thickness_mm)
+
+    # -- persistence ------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        from . import __version__
+
+        model = _ResultModel(
+            siibra_anchor_version=__version__, space=self.space, affine=self.affine.tolist(),
+            confidence=self.confidence, section=_jsonable(self.section),
+            matches={c: self._matches[c].astype(float).tolist() for c in MATCH_COLUMNS},
+            alternatives=[Alternative(**{**a, "affine": np.asarray(a["affine"]).tolist()}) for a in self.alternatives],
+            diagnostics=_jsonable(self.diagnostics), encoder_hash=self.encoder_hash,
+            reference=_jsonable(self.reference),
+        )
+        return model.model_dump(mode="json")
+
+    def save(self, path: str | PathLike[str]) -> Path:
+        """Write the result as JSON (atomic). Returns the path."""
+        from .cache import atomic_write_text
+
+        path = Path(path)
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
+        return path
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AnchoringResult:
+        if not isinstance(d, dict):
+            raise CorruptFileError(f"an anchoring result must be a JSON object, got {type(d).__name__}")
+        ver = d.get("schema_version")
+        if isinstance(ver, int) and ver > RESULT_SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"result has schema version {ver}, newer than this siibra-anchor understands "
+                f"({RESULT_SCHEMA_VERSION}); upgrade siibra-anchor"
+            )
+        try:
+            m = _ResultModel.model_validate(d)
+        except ValidationError as exc:
+            raise CorruptFileError(f"not a valid anchoring result: {exc.errors()[0]['msg']} at {exc.errors()[0]['loc']}") from exc
+        return cls(
+            affine=m.affine, space=m.space, confidence=m.confidence, matches=m.matches,
+            alternatives=[a.model_dump() for a in m.alternatives], section=m.section,
+            diagnostics=m.diagnostics, encoder_hash=m.encoder_hash, reference=m.reference,
+        )
+
+    @classmethod
+    def load(cls, path: str | PathLike[str]) -> AnchoringResult:
+        """Read a result written by :meth:`save`."""
+        path = Path(path)
+        if not path.is_file():
+            raise SectionFileNotFoundError(f"result file not found: {path}")
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CorruptFileError(f"{path} is not valid JSON ({exc}); re-run the anchoring") from exc
+        return cls.from_dict(d)
+
+    # -- bridges (implemented in adapters/ and viewer/) -------------------------------------------
+    def to_siibra(self, space: str | None = None):
+        """siibra objects of the anchored section (see :mod:`siibra_anchor.adapters.siibra_objects`)."""
+        from .adapters.siibra_objects import result_to_siibra
+
+        return result_to_siibra(self, space=space)
+
+    def assign_regions(self, parcellation: str = "julich", **kwargs: Any):
+        """Regions the anchored tissue touches (see :mod:`siibra_anchor.adapters.regions`)."""
+        from .adapters.regions import assign_regions
+
+        return assign_regions(self, parcellation=parcellation, **kwargs)
+
+    def neuroglancer_url(self, **kwargs: Any) -> str:
+        """Neuroglancer link showing the section in the reference volume (see :mod:`siibra_anchor.viewer`)."""
+        from .viewer.state import result_url
+
+        return result_url(self, **kwargs)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
