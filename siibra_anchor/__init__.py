@@ -22,6 +22,7 @@ _LAZY = {
     "anchor_series": ".anchoring",
     "PatchSpec": ".patches",
     "errors": ".errors",
+    "templates": ".templates",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
@@ -32,7 +33,7 @@ def __getattr__(name: str) -> Any:
     if mod is None:
         raise AttributeError(f"module 'siibra_anchor' has no attribute {name!r}")
     m = importlib.import_module(mod, __name__)
-    value = m if name == "errors" else getattr(m, name)
+    value = m if name in ("errors", "templates") else getattr(m, name)
     globals()[name] = value
     return value
 

@@ -188,14 +188,15 @@ def ransac_section(
             s0 = starts[g3[:, j]]
             sz = sizes[g3[:, j]]
             off = np.zeros(nb, np.int64)
-            for m in range(int(sz.max())):
-                valid = m < sz
-                c = np.where(valid, cum_in[np.minimum(s0 + m, len(cum_in) - 1)], 2.0)
+            for step in range(int(sz.max())):
+                valid = step < sz
+                c = np.where(valid, cum_in[np.minimum(s0 + step, len(cum_in) - 1)], 2.0)
                 off += (valid & (c < u[:, j])).astype(np.int64)
             pick[:, j] = s0 + np.minimum(off, sz - 1)
         p2 = rc[pick]  # (nb, 3, 2)
         d = np.linalg.norm(p2[:, [0, 1, 2]] - p2[:, [1, 2, 0]], axis=-1)
-        area = np.abs(np.cross(p2[:, 1] - p2[:, 0], p2[:, 2] - p2[:, 0]))
+        e1, e2 = p2[:, 1] - p2[:, 0], p2[:, 2] - p2[:, 0]
+        area = np.abs(e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0])
         ok = (d.min(axis=1) >= min_pixel_spread) & (area >= 0.25 * min_pixel_spread**2)
         if not ok.any():
             continue

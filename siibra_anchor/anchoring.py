@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 import tracemalloc
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -88,9 +88,26 @@ def plane_views(m: SectionMap, plane_axes: NDArray, n_rotations: int, mirrors: l
     return views
 
 
+def mounting_mirrored(m: SectionMap) -> bool:
+    """True if placement ``m`` shows the section mirrored relative to the usual view of the closest
+    canonical plane (:data:`~siibra_anchor.planes.CANONICAL_PLANES`): the section was mounted face down."""
+    from .planes import CANONICAL_PLANES
+
+    name = ("sagittal", "coronal", "axial")[int(np.argmax(np.abs(m.normal)))]
+    ur, uc = CANONICAL_PLANES[name]
+    su = m.linear / np.linalg.norm(m.linear, axis=0, keepdims=True)
+    return bool(np.linalg.det(su.T @ np.stack([ur, uc], axis=1)) < 0)
+
+
 def _guided(
-    emb: NDArray, cen: NDArray, ref: Any, m: SectionMap, params: AnchorParams, spacing: float,
-    n_rotations: int, mirrors: list[bool],
+    emb: NDArray,
+    cen: NDArray,
+    ref: Any,
+    m: SectionMap,
+    params: AnchorParams,
+    spacing: float,
+    n_rotations: int,
+    mirrors: list[bool],
 ) -> tuple[SectionMap, dict[str, NDArray]]:
     """Re-match each patch among references near where ``m`` puts it, comparing each reference with the
     patch view that ``m`` predicts; refit a similarity on the good matches; shrink the radius."""
@@ -253,8 +270,15 @@ def anchor(
     xyz_pairs = ref.centres_mm[idx.ravel()]
     grp = np.repeat(np.arange(len(coarse)), idx.shape[1])
     hyps = ransac_section(
-        rc_pairs, xyz_pairs, grp, sims.ravel(), spacing=spec.spacing_mm, rng=rng,
-        residual_threshold=p.ransac_threshold_mm, scale_range=p.scale_range, n_trials=p.ransac_trials,
+        rc_pairs,
+        xyz_pairs,
+        grp,
+        sims.ravel(),
+        spacing=spec.spacing_mm,
+        rng=rng,
+        residual_threshold=p.ransac_threshold_mm,
+        scale_range=p.scale_range,
+        n_trials=p.ransac_trials,
         n_hypotheses=p.n_hypotheses,
     )
     timings["match_s"] = time.perf_counter() - t0
@@ -290,7 +314,7 @@ def anchor(
 
     # -- choose by image similarity and refine ----------------------------------------------------
     t0 = time.perf_counter()
-    scored = []
+    scored: list[list[Any]] = []
     pts = None
     smoothed = {sg: ref.smoothed_volume(sg) for sg in (2.0, 1.0, 0.0)}
     if ref.volume is not None:
@@ -303,11 +327,18 @@ def anchor(
             scored.append([val - base, g, info])
         scored.sort(key=lambda x: -x[0])
         if p.refine:
-            # refine the best two coarsely, then re-rank (refinement can overturn a close call)
-            for item in scored[:2]:
-                lin, t, _ = refine_map(pts, item[1].linear, item[1].translation, ref.volume,
-                                       ref.volume_affine, smoothed=smoothed, smooth_sigmas=(2.0,),
-                                       max_evals=150)
+            # refine the best three coarsely, then re-rank (refinement can overturn a close call)
+            for item in scored[:3]:
+                lin, t, _ = refine_map(
+                    pts,
+                    item[1].linear,
+                    item[1].translation,
+                    ref.volume,
+                    ref.volume_affine,
+                    smoothed=smoothed,
+                    smooth_sigmas=(2.0,),
+                    max_evals=150,
+                )
                 lin = constrain_affine(lin, spec.spacing_mm, p.scale_range)
                 gm = SectionMap(lin, t, score=item[1].score)
                 val = plane_nmi(pts, lin, t, ref.volume, ref.volume_affine)
@@ -315,11 +346,21 @@ def anchor(
                 item[1] = gm
             scored.sort(key=lambda x: -x[0])
             top = scored[0]
-            lin, t, _ = refine_map(pts, top[1].linear, top[1].translation, ref.volume, ref.volume_affine,
-                                   smoothed=smoothed, smooth_sigmas=(1.0, 0.0), max_evals=200)
+            lin, t, _ = refine_map(
+                pts,
+                top[1].linear,
+                top[1].translation,
+                ref.volume,
+                ref.volume_affine,
+                smoothed=smoothed,
+                smooth_sigmas=(1.0, 0.0),
+                max_evals=200,
+            )
             lin = constrain_affine(lin, spec.spacing_mm, p.scale_range)
             gm = SectionMap(lin, t, score=top[1].score)
-            gain = plane_nmi(pts, lin, t, ref.volume, ref.volume_affine) - _shifted_nmi(pts, gm, ref, ref.volume)
+            gain = plane_nmi(pts, lin, t, ref.volume, ref.volume_affine) - _shifted_nmi(
+                pts, gm, ref, ref.volume
+            )
             if gain >= top[0]:
                 scored[0] = [gain, gm, top[2]]
     else:
@@ -327,9 +368,62 @@ def anchor(
         scored.sort(key=lambda x: -x[0])
     timings["refine_s"] = time.perf_counter() - t0
 
+    if ref.volume is not None and p.refine and pts is not None:
+        # The mirror image of the winner across the mid-sagittal plane (x -> -x) is the classic
+        # left/right confusion; test it explicitly unless a hint rules it out.
+        from .refine import plane_nmi, refine_map
+
+        top = scored[0]
+        d = np.diag([-1.0, 1.0, 1.0])
+        mir = SectionMap(d @ top[1].linear, d @ top[1].translation, score=top[1].score)
+        far = np.linalg.norm(mir.apply(tissue_rc) - top[1].apply(tissue_rc), axis=1).mean() > 10.0
+        x_c = float(mir.apply(tissue_rc)[:, 0].mean())
+        allowed = far and not (
+            (hemisphere == "left" and x_c > 5.0)
+            or (hemisphere == "right" and x_c < -5.0)
+            or (flipped is not None and mounting_mirrored(mir) != bool(flipped))
+        )
+        if allowed:
+            lin, t, _ = refine_map(
+                pts,
+                mir.linear,
+                mir.translation,
+                ref.volume,
+                ref.volume_affine,
+                smoothed=smoothed,
+                smooth_sigmas=(2.0, 0.0),
+                max_evals=200,
+            )
+            lin = constrain_affine(lin, spec.spacing_mm, p.scale_range)
+            gm = SectionMap(lin, t, score=mir.score)
+            gain = plane_nmi(pts, lin, t, ref.volume, ref.volume_affine) - _shifted_nmi(
+                pts, gm, ref, ref.volume
+            )
+            g2, info2 = _guided(
+                emb,
+                cen,
+                ref,
+                gm,
+                replace(p, guided_radii_mm=(p.guided_radii_mm[-1],)),
+                spec.spacing_mm,
+                p.n_rotations,
+                mirrors,
+            )
+            scored.append([gain, gm, info2 if info2 else top[2]])
+            scored.sort(key=lambda x: -x[0])
+
     best_gain, best, info = scored[0]
     cons = consistency(best)
     conf = confidence_from_scores(cons, best_gain if ref.volume is not None else 0.05)
+    # an alternative placement (> 10 mm away over the tissue) that fits almost as well makes the choice
+    # a coin toss (e.g. a mirrored block near the midline of a symmetric brain): say so
+    pos_best = best.apply(tissue_rc)
+    margin = np.inf
+    for gain, g, _ in scored[1:]:
+        if np.linalg.norm(g.apply(tissue_rc) - pos_best, axis=1).mean() > 10.0:
+            margin = min(margin, best_gain - gain)
+    if np.isfinite(margin):
+        conf *= 0.5 + 0.5 * float(np.tanh(max(margin, 0.0) / 0.08))
 
     # -- result -------------------------------------------------------------------------------------
     thickness = float(np.mean(section.spacing_mm))
@@ -340,45 +434,85 @@ def anchor(
     xyz = np.where(ok[:, None], ref.centres_mm[np.maximum(midx, 0)], np.nan)
     resid = np.linalg.norm(pred - xyz, axis=1)
     matches = {
-        "row": cen[:, 0] * scale[0], "col": cen[:, 1] * scale[1],
-        "x": xyz[:, 0], "y": xyz[:, 1], "z": xyz[:, 2],
+        "row": cen[:, 0] * scale[0],
+        "col": cen[:, 1] * scale[1],
+        "x": xyz[:, 0],
+        "y": xyz[:, 1],
+        "z": xyz[:, 2],
         "similarity": np.where(ok, info.get("sim", np.zeros(n)), np.nan),
-        "residual_mm": resid, "inlier": ok & (resid < p.inlier_mm),
+        "residual_mm": resid,
+        "inlier": ok & (resid < p.inlier_mm),
     }
-    c_best = best.apply(tissue_rc).mean(axis=0)
+    c_best = pos_best.mean(axis=0)
     alternatives = []
+    listed = [pos_best]
     for gain, g, _ in scored[1:]:
-        c_alt = g.apply(tissue_rc).mean(axis=0)
+        pos = g.apply(tissue_rc)
+        if min(np.linalg.norm(pos - q, axis=1).mean() for q in listed) <= 10.0:
+            continue  # the same placement, found twice
+        listed.append(pos)
+        c_alt = pos.mean(axis=0)
         label = "other placement"
         if np.sign(c_alt[0]) != np.sign(c_best[0]) and abs(c_alt[0]) > 5 and abs(c_best[0]) > 5:
             label = "other hemisphere"
-        elif float(np.cross(g.linear[:, 0], g.linear[:, 1]) @ np.cross(best.linear[:, 0], best.linear[:, 1])) < 0:
+        elif (
+            float(np.cross(g.linear[:, 0], g.linear[:, 1]) @ np.cross(best.linear[:, 0], best.linear[:, 1]))
+            < 0
+        ):
             label = "mirrored / reversed normal"
-        alternatives.append({
-            "affine": _section_map_to_affine(g, scale, thickness), "score": float(gain),
-            "inlier_fraction": consistency(g), "label": label,
-        })
+        alternatives.append(
+            {
+                "affine": _section_map_to_affine(g, scale, thickness),
+                "score": float(gain),
+                "inlier_fraction": consistency(g),
+                "label": label,
+            }
+        )
     total = time.perf_counter() - t_start
     timings["total_s"] = total
     diagnostics = {
-        "timings": timings, "n_patches": int(n), "n_coarse": int(len(coarse)), "n_hypotheses": len(hyps),
-        "consistency": cons, "nmi_gain": float(best_gain) if ref.volume is not None else None,
-        "seed": int(seed), "hemisphere": hemisphere, "flipped": flipped,
+        "timings": timings,
+        "n_patches": int(n),
+        "n_coarse": int(len(coarse)),
+        "n_hypotheses": len(hyps),
+        "consistency": cons,
+        "nmi_gain": float(best_gain) if ref.volume is not None else None,
+        "margin_to_alternative": float(margin) if np.isfinite(margin) else None,
+        "seed": int(seed),
+        "hemisphere": hemisphere,
+        "flipped": flipped,
         "params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in p.__dict__.items()},
     }
     if conf < 0.5:
         log.warning(
             "low confidence %.2f for section %r: the placement may be wrong (consistency %.2f, NMI gain %.3f)",
-            conf, section.name, cons, best_gain,
+            conf,
+            section.name,
+            cons,
+            best_gain,
         )
     return AnchoringResult(
-        affine=affine, space=ref.space, confidence=conf, matches=matches, alternatives=alternatives,
-        section={"name": section.name, "shape": list(section.shape), "spacing_mm": list(section.spacing_mm),
-                 "modality": section.modality},
-        diagnostics=diagnostics, encoder_hash=ref.encoder_hash,
-        reference={"space": ref.space, "n_sections": ref.n_sections, "n_patches": ref.n_patches,
-                   "params": ref.params},
-        mask=section.mask, image=None,
+        affine=affine,
+        space=ref.space,
+        confidence=conf,
+        matches=matches,
+        alternatives=alternatives,
+        section={
+            "name": section.name,
+            "shape": list(section.shape),
+            "spacing_mm": list(section.spacing_mm),
+            "modality": section.modality,
+        },
+        diagnostics=diagnostics,
+        encoder_hash=ref.encoder_hash,
+        reference={
+            "space": ref.space,
+            "n_sections": ref.n_sections,
+            "n_patches": ref.n_patches,
+            "params": ref.params,
+        },
+        mask=section.mask,
+        image=None,
     )
 
 

@@ -81,14 +81,20 @@ class PatchEncoder(nn.Module):
     def __init__(self, in_channels: int = 1, width: int = 32, dim: int = 128, patch_size: int = 32) -> None:
         super().__init__()
         self.config: dict[str, Any] = {
-            "arch": "patch-cnn", "in_channels": in_channels, "width": width, "dim": dim,
+            "arch": "patch-cnn",
+            "in_channels": in_channels,
+            "width": width,
+            "dim": dim,
             "patch_size": patch_size,
         }
         w = int(width)
         self.features = nn.Sequential(
-            _block(in_channels, w), nn.AvgPool2d(2),
-            _block(w, 2 * w), nn.AvgPool2d(2),
-            _block(2 * w, 4 * w), nn.AvgPool2d(2),
+            _block(in_channels, w),
+            nn.AvgPool2d(2),
+            _block(w, 2 * w),
+            nn.AvgPool2d(2),
+            _block(2 * w, 4 * w),
+            nn.AvgPool2d(2),
             _block(4 * w, 4 * w),
         )
         self.head = nn.Sequential(nn.Linear(8 * w, 4 * w), nn.GELU(), nn.Linear(4 * w, int(dim)))

@@ -102,7 +102,11 @@ def extract_patches(
     rows = c[:, 0][:, None, None, None] + rot_r[None]
     cols = c[:, 1][:, None, None, None] + rot_c[None]
     vals = ndimage.map_coordinates(
-        np.asarray(image, np.float32), [rows.ravel(), cols.ravel()], order=order, mode="constant", cval=0.0,
+        np.asarray(image, np.float32),
+        [rows.ravel(), cols.ravel()],
+        order=order,
+        mode="constant",
+        cval=0.0,
         prefilter=False,
     )
     return vals.reshape(c.shape[0], ang.size, p, p).astype(np.float32)

@@ -57,7 +57,7 @@ def section_affine(linear: ArrayLike, translation: ArrayLike, thickness_mm: floa
         thickness_mm = float(np.mean(np.linalg.norm(lin, axis=0)))
     aff = np.eye(4)
     aff[:3, :2] = lin
-    aff[:3, 2] = n / nn * float(thickness_mm)
+    aff[:3, 2] = n / nn * float(thickness_mm)  # type: ignore[arg-type]
     aff[:3, 3] = t
     return aff
 
@@ -74,13 +74,14 @@ def plane_affine(
 
     The centre of the image (pixel ``((H-1)/2, (W-1)/2)``) lands on ``center_mm``.
     """
-    sr, sc = (spacing_mm, spacing_mm) if np.isscalar(spacing_mm) else spacing_mm  # type: ignore[misc]
+    sp = np.broadcast_to(np.asarray(spacing_mm, dtype=float), (2,))
+    sr, sc = float(sp[0]), float(sp[1])
     r = np.asarray(row_dir, float)
     c = np.asarray(col_dir, float)
     r = r / np.linalg.norm(r)
     c = c - r * float(r @ c)
     c = c / np.linalg.norm(c)
-    lin = np.stack([r * float(sr), c * float(sc)], axis=1)
+    lin = np.stack([r * sr, c * sc], axis=1)
     h, w = shape
     t = np.asarray(center_mm, float) - lin @ np.array([(h - 1) / 2.0, (w - 1) / 2.0])
     return section_affine(lin, t, thickness_mm)
@@ -112,7 +113,11 @@ def sample_volume(
 
 
 def cut_plane(
-    data: NDArray, vol_affine: ArrayLike, affine: ArrayLike, shape: tuple[int, int], order: int = 1,
+    data: NDArray,
+    vol_affine: ArrayLike,
+    affine: ArrayLike,
+    shape: tuple[int, int],
+    order: int = 1,
     cval: float = 0.0,
 ) -> NDArray:
     """Resample a volume on the (H, W) pixel grid of a section affine. Returns (H, W) float32."""

@@ -46,7 +46,9 @@ def volume_brain_mask(data: NDArray) -> NDArray:
 def _world_bbox(mask: NDArray, affine: NDArray) -> tuple[NDArray, NDArray]:
     ijk = np.argwhere(mask)
     lo, hi = ijk.min(axis=0), ijk.max(axis=0)
-    corners = np.array([[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])], float)
+    corners = np.array(
+        [[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])], float
+    )
     w = corners @ affine[:3, :3].T + affine[:3, 3]
     return w.min(axis=0), w.max(axis=0)
 
@@ -156,7 +158,9 @@ class Reference:
         if key not in self._cache:
             from scipy import ndimage
 
-            self._cache[key] = ndimage.gaussian_filter(self.volume, sigma_vox) if sigma_vox > 0 else self.volume
+            self._cache[key] = (
+                ndimage.gaussian_filter(self.volume, sigma_vox) if sigma_vox > 0 else self.volume
+            )
         return self._cache[key]
 
     @property
@@ -189,15 +193,29 @@ class Reference:
             from .templates import volume_path
 
             return cls.from_volume(
-                volume_path("mni152"), space="mni152", n_sections=n_sections, axis=axis, encoder=encoder,
-                spec=spec, stride_px=stride_px, cache=cache, progress=progress,
+                volume_path("mni152"),
+                space="mni152",
+                n_sections=n_sections,
+                axis=axis,
+                encoder=encoder,
+                spec=spec,
+                stride_px=stride_px,
+                cache=cache,
+                progress=progress,
             )
         from .adapters.siibra_spaces import fetch_template  # network / siibra layer
 
         path = fetch_template(key)
         return cls.from_volume(
-            path, space=key, n_sections=n_sections, axis=axis, encoder=encoder, spec=spec,
-            stride_px=stride_px, cache=cache, progress=progress,
+            path,
+            space=key,
+            n_sections=n_sections,
+            axis=axis,
+            encoder=encoder,
+            spec=spec,
+            stride_px=stride_px,
+            cache=cache,
+            progress=progress,
         )
 
     @classmethod
@@ -250,9 +268,14 @@ class Reference:
             vaff = np.asarray(volume.affine, float)
             vol_id = hashlib.sha256(data.tobytes() + vaff.tobytes()).hexdigest()
         params = {
-            "format": REFERENCE_FORMAT_VERSION, "space": space_key, "volume_sha256": vol_id,
-            "spec": spec.to_dict(), "counts": counts, "stride_px": int(stride_px),
-            "encoder": encoder_hash(enc), "kind": "volume",
+            "format": REFERENCE_FORMAT_VERSION,
+            "space": space_key,
+            "volume_sha256": vol_id,
+            "spec": spec.to_dict(),
+            "counts": counts,
+            "stride_px": int(stride_px),
+            "encoder": encoder_hash(enc),
+            "kind": "volume",
         }
         from .cache import cache_dir, cache_key
 
@@ -282,7 +305,10 @@ class Reference:
         lo, hi = _world_bbox(mask3, vaff)
         centre = (lo + hi) / 2.0
         margin = spec.size_px // 2 * spec.spacing_mm
-        planes, patches, pix, pids = [], [], [], []
+        planes: list[NDArray] = []
+        patches: list[NDArray] = []
+        pix: list[NDArray] = []
+        pids: list[NDArray] = []
         jobs = [(a, k) for a in counts for k in range(counts[a])]
         it: Iterable = jobs
         if progress:
@@ -319,13 +345,18 @@ class Reference:
         pids_a = np.concatenate(pids)
         pix_a = np.concatenate(pix)
         planes_a = np.stack(planes)
-        centres = np.concatenate(
-            [pixel_to_world(planes_a[i], p[:, 0], p[:, 1]) for i, p in enumerate(pix)]
-        )
+        centres = np.concatenate([pixel_to_world(planes_a[i], p[:, 0], p[:, 1]) for i, p in enumerate(pix)])
         return cls(
-            space=space_key, spec=spec, centres_mm=centres, embeddings=emb.astype(np.float32),
-            plane_ids=pids_a, pixels=pix_a.astype(np.float32), planes=planes_a,
-            encoder_hash=encoder_hash(enc), params=params, volume=vol_norm.astype(np.float32),
+            space=space_key,
+            spec=spec,
+            centres_mm=centres,
+            embeddings=emb.astype(np.float32),
+            plane_ids=pids_a,
+            pixels=pix_a.astype(np.float32),
+            planes=planes_a,
+            encoder_hash=encoder_hash(enc),
+            params=params,
+            volume=vol_norm.astype(np.float32),
             volume_affine=np.asarray(vaff, float),
         )
 
@@ -350,7 +381,10 @@ class Reference:
         enc = encoder if encoder is not None else load_default_encoder()
         if len(sections) == 0:
             raise InvalidReferenceError("from_sections needs at least one (Section, affine) pair")
-        planes, patches, pix, pids = [], [], [], []
+        planes: list[NDArray] = []
+        patches: list[NDArray] = []
+        pix: list[NDArray] = []
+        pids: list[NDArray] = []
         for i, item in enumerate(sections):
             try:
                 sec, aff = item
@@ -358,7 +392,9 @@ class Reference:
             except (TypeError, ValueError) as exc:
                 raise InvalidReferenceError(f"item {i} is not a (Section, affine) pair: {item!r}") from exc
             if aff.shape != (4, 4) or not np.all(np.isfinite(aff)):
-                raise InvalidReferenceError(f"affine of item {i} must be a finite (4, 4) matrix, got {aff.shape}")
+                raise InvalidReferenceError(
+                    f"affine of item {i} must be a finite (4, 4) matrix, got {aff.shape}"
+                )
             img, msk, scale = sec.at_spacing(spec.spacing_mm)
             waff = aff @ np.diag([scale[0], scale[1], 1.0, 1.0])
             cen = grid_centres(msk, spec, stride_px=stride_px)
@@ -375,22 +411,39 @@ class Reference:
         centres = np.concatenate([pixel_to_world(planes_a[i], p[:, 0], p[:, 1]) for i, p in enumerate(pix)])
         space_key = space if str(space).startswith("custom:") else canonical_space(space)
         return cls(
-            space=space_key, spec=spec, centres_mm=centres,
+            space=space_key,
+            spec=spec,
+            centres_mm=centres,
             embeddings=embed_patches(enc, np.concatenate(patches)).astype(np.float32),
-            plane_ids=np.concatenate(pids), pixels=np.concatenate(pix).astype(np.float32),
-            planes=planes_a, encoder_hash=encoder_hash(enc),
-            params={"format": REFERENCE_FORMAT_VERSION, "space": space_key, "kind": "sections",
-                    "n_sections": len(planes), "spec": spec.to_dict(), "stride_px": int(stride_px)},
+            plane_ids=np.concatenate(pids),
+            pixels=np.concatenate(pix).astype(np.float32),
+            planes=planes_a,
+            encoder_hash=encoder_hash(enc),
+            params={
+                "format": REFERENCE_FORMAT_VERSION,
+                "space": space_key,
+                "kind": "sections",
+                "n_sections": len(planes),
+                "spec": spec.to_dict(),
+                "stride_px": int(stride_px),
+            },
         )
 
     def subset(self, keep: NDArray) -> Reference:
         """A reference restricted to the patches where ``keep`` (N,) bool is true (planes kept as is)."""
         k = np.asarray(keep, bool)
         return Reference(
-            space=self.space, spec=self.spec, centres_mm=self.centres_mm[k], embeddings=self.embeddings[k],
-            plane_ids=self.plane_ids[k], pixels=self.pixels[k], planes=self.planes,
-            encoder_hash=self.encoder_hash, params={**self.params, "subset": int(k.sum())},
-            volume=self.volume, volume_affine=self.volume_affine,
+            space=self.space,
+            spec=self.spec,
+            centres_mm=self.centres_mm[k],
+            embeddings=self.embeddings[k],
+            plane_ids=self.plane_ids[k],
+            pixels=self.pixels[k],
+            planes=self.planes,
+            encoder_hash=self.encoder_hash,
+            params={**self.params, "subset": int(k.sum())},
+            volume=self.volume,
+            volume_affine=self.volume_affine,
         )
 
     # -- persistence ------------------------------------------------------------------------------
@@ -404,12 +457,16 @@ class Reference:
 
         path = Path(path)
         with atomic_dir(path) as tmp:
-            g = zarr.open_group(str(tmp), mode="w")
-            g.attrs.update({
-                "siibra_anchor_reference": REFERENCE_FORMAT_VERSION,
-                "space": self.space, "spec": self.spec.to_dict(), "encoder_hash": self.encoder_hash,
-                "params": json.loads(json.dumps(self.params, default=str)),
-            })
+            g: Any = zarr.open_group(str(tmp), mode="w")
+            g.attrs.update(
+                {
+                    "siibra_anchor_reference": REFERENCE_FORMAT_VERSION,
+                    "space": self.space,
+                    "spec": self.spec.to_dict(),
+                    "encoder_hash": self.encoder_hash,
+                    "params": json.loads(json.dumps(self.params, default=str)),
+                }
+            )
             g.create_array("centres_mm", data=self.centres_mm.astype(np.float64))
             g.create_array("embeddings", data=self.embeddings.astype(np.float32))
             g.create_array("plane_ids", data=self.plane_ids.astype(np.int32))
@@ -431,8 +488,8 @@ class Reference:
 
             raise SectionFileNotFoundError(f"reference not found: {path}")
         try:
-            g = zarr.open_group(str(path), mode="r")
-            attrs = dict(g.attrs)
+            g: Any = zarr.open_group(str(path), mode="r")
+            attrs: dict[str, Any] = dict(g.attrs)
             ver = attrs.get("siibra_anchor_reference")
             if ver is None:
                 raise CorruptFileError(f"{path} is not a siibra-anchor reference (no format attribute)")
@@ -445,14 +502,17 @@ class Reference:
             vol = np.asarray(g["volume"][:], np.float32) if "volume" in keys else None
             vaff = np.asarray(g["volume_affine"][:], float) if "volume_affine" in keys else None
             return cls(
-                space=attrs["space"], spec=PatchSpec(**attrs["spec"]),
+                space=attrs["space"],
+                spec=PatchSpec(**attrs["spec"]),
                 centres_mm=np.asarray(g["centres_mm"][:], float),
                 embeddings=np.asarray(g["embeddings"][:], np.float32),
                 plane_ids=np.asarray(g["plane_ids"][:], np.int32),
                 pixels=np.asarray(g["pixels"][:], np.float32),
                 planes=np.asarray(g["planes"][:], float),
-                encoder_hash=attrs["encoder_hash"], params=dict(attrs.get("params", {})),
-                volume=vol, volume_affine=vaff,
+                encoder_hash=attrs["encoder_hash"],
+                params=dict(attrs.get("params", {})),
+                volume=vol,
+                volume_affine=vaff,
             )
         except (CorruptFileError, SchemaVersionError, InvalidReferenceError):
             raise

@@ -107,7 +107,9 @@ def refine_map(
             return -plane_nmi(pts, li, ti, vol, vol_affine)
 
         res = optimize.minimize(
-            cost, np.zeros(9), method="Powell",
+            cost,
+            np.zeros(9),
+            method="Powell",
             options={"maxfev": max_evals, "xtol": 1e-2, "ftol": 1e-5},
         )
         lin, tt = _compose(res.x, lin, tt, c_px)

@@ -87,7 +87,9 @@ class AnchoringResult:
         self.space = str(space)
         self.confidence = float(np.clip(confidence, 0.0, 1.0))
         m = matches or {c: [] for c in MATCH_COLUMNS}
-        self._matches = {c: np.asarray(m.get(c, []), dtype=bool if c == "inlier" else float) for c in MATCH_COLUMNS}
+        self._matches = {
+            c: np.asarray(m.get(c, []), dtype=bool if c == "inlier" else float) for c in MATCH_COLUMNS
+        }
         self.alternatives = list(alternatives or [])
         self.section = dict(section or {})
         self.diagnostics = dict(diagnostics or {})
@@ -163,7 +165,8 @@ class AnchoringResult:
         ]
         if self.alternatives:
             lines.append(
-                "alternatives " + "; ".join(f"{a['label']} (score {a['score']:.3f})" for a in self.alternatives[:3])
+                "alternatives "
+                + "; ".join(f"{a['label']} (score {a['score']:.3f})" for a in self.alternatives[:3])
             )
         return "\n".join(lines)
 
@@ -192,7 +195,9 @@ class AnchoringResult:
         }
 
     @staticmethod
-    def affine_from_quicknii(anchoring: ArrayLike, width: int, height: int, thickness_mm: float | None = None) -> NDArray:
+    def affine_from_quicknii(
+        anchoring: ArrayLike, width: int, height: int, thickness_mm: float | None = None
+    ) -> NDArray:
         """Inverse of :meth:`to_quicknii`: the (4, 4) pixel->mm affine of an o, u, v anchoring."""
         from .planes import section_affine
 
@@ -207,11 +212,17 @@ class AnchoringResult:
         from . import __version__
 
         model = _ResultModel(
-            siibra_anchor_version=__version__, space=self.space, affine=self.affine.tolist(),
-            confidence=self.confidence, section=_jsonable(self.section),
+            siibra_anchor_version=__version__,
+            space=self.space,
+            affine=self.affine.tolist(),
+            confidence=self.confidence,
+            section=_jsonable(self.section),
             matches={c: self._matches[c].astype(float).tolist() for c in MATCH_COLUMNS},
-            alternatives=[Alternative(**{**a, "affine": np.asarray(a["affine"]).tolist()}) for a in self.alternatives],
-            diagnostics=_jsonable(self.diagnostics), encoder_hash=self.encoder_hash,
+            alternatives=[
+                Alternative(**{**a, "affine": np.asarray(a["affine"]).tolist()}) for a in self.alternatives
+            ],
+            diagnostics=_jsonable(self.diagnostics),
+            encoder_hash=self.encoder_hash,
             reference=_jsonable(self.reference),
         )
         return model.model_dump(mode="json")
@@ -237,11 +248,19 @@ class AnchoringResult:
         try:
             m = _ResultModel.model_validate(d)
         except ValidationError as exc:
-            raise CorruptFileError(f"not a valid anchoring result: {exc.errors()[0]['msg']} at {exc.errors()[0]['loc']}") from exc
+            raise CorruptFileError(
+                f"not a valid anchoring result: {exc.errors()[0]['msg']} at {exc.errors()[0]['loc']}"
+            ) from exc
         return cls(
-            affine=m.affine, space=m.space, confidence=m.confidence, matches=m.matches,
-            alternatives=[a.model_dump() for a in m.alternatives], section=m.section,
-            diagnostics=m.diagnostics, encoder_hash=m.encoder_hash, reference=m.reference,
+            affine=m.affine,
+            space=m.space,
+            confidence=m.confidence,
+            matches=dict(m.matches),  # type: ignore[arg-type]
+            alternatives=[a.model_dump() for a in m.alternatives],
+            section=m.section,
+            diagnostics=m.diagnostics,
+            encoder_hash=m.encoder_hash,
+            reference=m.reference,
         )
 
     @classmethod

@@ -29,7 +29,9 @@ def validate_spacing(spacing_mm: Any) -> tuple[float, float]:
     try:
         vals = np.atleast_1d(np.asarray(spacing_mm, dtype=np.float64)).ravel()
     except (TypeError, ValueError) as exc:
-        raise SpacingError(f"spacing_mm must be a number or (row, col) pair of mm, got {spacing_mm!r}") from exc
+        raise SpacingError(
+            f"spacing_mm must be a number or (row, col) pair of mm, got {spacing_mm!r}"
+        ) from exc
     if vals.size == 1:
         vals = np.repeat(vals, 2)
     if vals.size != 2:
@@ -149,7 +151,9 @@ class Section:
         """
         from siibra_anchor.adapters.formats import read_section_image
 
-        img, spacing, meta = read_section_image(path, spacing_mm=spacing_mm, target_spacing_mm=target_spacing_mm)
+        img, spacing, meta = read_section_image(
+            path, spacing_mm=spacing_mm, target_spacing_mm=target_spacing_mm
+        )
         return cls(img, spacing, mask=mask, modality=modality, name=name or meta.get("name", str(path)))
 
     # -- basic properties -------------------------------------------------------------------------

@@ -146,12 +146,23 @@ def simulate_section(
     if noise:
         img = img + rng.normal(0, noise, img.shape)
     params = {
-        "volume": str(volume), "orientation": orientation, "offset_mm": offset_mm, "tilt_deg": tilt_deg,
-        "rotation_deg": rotation_deg, "spacing_mm": spacing_mm, "scale_error": scale_error,
-        "partial": partial, "contrast": contrast, "noise": noise, "flip": flip,
+        "volume": str(volume),
+        "orientation": orientation,
+        "offset_mm": offset_mm,
+        "tilt_deg": tilt_deg,
+        "rotation_deg": rotation_deg,
+        "spacing_mm": spacing_mm,
+        "scale_error": scale_error,
+        "partial": partial,
+        "contrast": contrast,
+        "noise": noise,
+        "flip": flip,
     }
     sec = Section(
-        img.astype(np.float32), spacing_mm=spacing_mm * scale_error, mask=msk, modality=contrast,
+        img.astype(np.float32),
+        spacing_mm=spacing_mm * scale_error,
+        mask=msk,
+        modality=contrast,
         name=name or f"sim-{orientation}-{volume}",
     )
     return SimulatedSection(sec, aff, params)

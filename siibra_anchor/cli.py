@@ -1,0 +1,210 @@
+"""Command line: ``siibra-anchor anchor|demo|benchmark|reference build|train``.
+
+A thin wrapper over the library. Errors of siibra-anchor become one line on stderr and exit code 2;
+progress bars go to stderr and are off with ``--quiet``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+log = logging.getLogger("siibra_anchor")
+
+
+def _add_anchor_opts(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--space", default="mni152", help="reference space (default: mni152, embedded)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--n-patches", type=int, default=None, help="about how many section patches to use")
+    p.add_argument(
+        "--hemisphere",
+        choices=["left", "right"],
+        default=None,
+        help="hint: section holds only this hemisphere",
+    )
+    fl = p.add_mutually_exclusive_group()
+    fl.add_argument(
+        "--flipped", dest="flipped", action="store_true", default=None, help="section is mounted face down"
+    )
+    fl.add_argument("--not-flipped", dest="flipped", action="store_false", help="section is mounted face up")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="siibra-anchor", description=__doc__.splitlines()[0])
+    ap.add_argument("--quiet", action="store_true", help="no progress bars, only warnings and results")
+    ap.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("anchor", help="anchor one section image")
+    p.add_argument("image", help="PNG, TIFF (incl. pyramidal), NIfTI or OME-Zarr section")
+    p.add_argument(
+        "--spacing-mm", type=float, default=None, help="pixel spacing in mm (required unless the file has it)"
+    )
+    p.add_argument("--out", default=None, help="result JSON (default: IMAGE.anchor.json next to the image)")
+    p.add_argument("--modality", default="unknown", help="free text kept with the result (nissl, pli, ...)")
+    _add_anchor_opts(p)
+
+    p = sub.add_parser("demo", help="anchor a real section cut from a template that is not the reference one")
+    p.add_argument("--out", default="siibra-anchor-demo", help="folder for the section image and result")
+    p.add_argument("--volume", default="fsl-mni152-t1", help="volume the demo section is cut from")
+    p.add_argument("--orientation", default="coronal", choices=["coronal", "sagittal", "axial"])
+    p.add_argument("--rotation-deg", type=float, default=35.0)
+    p.add_argument("--tilt-deg", type=float, default=8.0)
+    _add_anchor_opts(p)
+
+    p = sub.add_parser("benchmark", help="measure anchoring error, time and memory on simulated sections")
+    p.add_argument("--quick", action="store_true", help="8 sections instead of 36")
+    p.add_argument("--out", default=None, help="folder for benchmark.json")
+    p.add_argument("--seed", type=int, default=2026)
+
+    p = sub.add_parser("reference", help="reference indexes")
+    rsub = p.add_subparsers(dest="rcmd", required=True)
+    b = rsub.add_parser("build", help="build (and cache) the reference of a space")
+    b.add_argument("--space", default="mni152")
+    b.add_argument("--n-sections", type=int, default=30, help="reference sections per orientation")
+    b.add_argument("--axis", nargs="+", default=["coronal", "sagittal", "axial"])
+    b.add_argument("--out", default=None, help="also save the reference to this .zarr folder")
+
+    p = sub.add_parser("train", help="train a patch encoder (see siibra_anchor.training)")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="CONFIG.yaml [--resume] [--steps N] [--out DIR]")
+    return ap
+
+
+def _print(*a: Any) -> None:
+    sys.stdout.write(" ".join(str(x) for x in a) + "\n")
+
+
+def _cmd_anchor(ns: argparse.Namespace) -> int:
+    import siibra_anchor as sa
+
+    section = sa.Section.from_file(ns.image, spacing_mm=ns.spacing_mm, modality=ns.modality)
+    res = sa.anchor(
+        section,
+        space=ns.space,
+        n_patches=ns.n_patches,
+        seed=ns.seed,
+        progress=not ns.quiet,
+        hemisphere=ns.hemisphere,
+        flipped=ns.flipped,
+    )
+    out = Path(ns.out) if ns.out else Path(str(ns.image).rstrip("/") + ".anchor.json")
+    res.save(out)
+    _print(res.summary())
+    _print(f"result      {out}")
+    return 0
+
+
+def _cmd_demo(ns: argparse.Namespace) -> int:
+    import numpy as np
+    from PIL import Image
+
+    import siibra_anchor as sa
+    from siibra_anchor.simulate import section_error, simulate_section
+
+    sim = simulate_section(
+        volume=ns.volume,
+        orientation=ns.orientation,
+        rotation_deg=ns.rotation_deg,
+        tilt_deg=ns.tilt_deg,
+        offset_mm=-12.0,
+        spacing_mm=0.4,
+        contrast="as-is",
+        seed=ns.seed,
+        name=f"demo-{ns.volume}-{ns.orientation}",
+    )
+    out = Path(ns.out)
+    out.mkdir(parents=True, exist_ok=True)
+    png = out / "section.png"
+    img8 = (np.clip(sim.section.image, 0, 1) * 255).astype(np.uint8)
+    Image.fromarray(img8).save(png)
+    np.savetxt(out / "true_affine.txt", sim.true_affine)
+    _print(f"demo section {png}: cut from {ns.volume} ({sa.templates.VOLUMES[ns.volume].description})")
+    _print(
+        f"             {ns.orientation}, rotated {ns.rotation_deg} deg, tilted {ns.tilt_deg} deg, 0.4 mm/px"
+    )
+    section = sa.Section.from_file(png, spacing_mm=0.4, name=sim.section.name)
+    res = sa.anchor(
+        section,
+        space=ns.space,
+        seed=ns.seed,
+        progress=not ns.quiet,
+        hemisphere=ns.hemisphere,
+        flipped=ns.flipped,
+        n_patches=ns.n_patches,
+    )
+    res.save(out / "result.json")
+    _print(res.summary())
+    err = section_error(res.affine, sim.true_affine, sim.section.mask)
+    _print(
+        f"error       {err:.2f} mm mean over the tissue against the true placement "
+        f"({res.diagnostics['timings']['total_s']:.1f} s)"
+    )
+    _print(f"result      {out / 'result.json'}")
+    try:
+        url = res.neuroglancer_url()
+    except ImportError as exc:  # the viewer extra is optional
+        _print(f"neuroglancer: not available ({exc}); pip install 'siibra-anchor[viewer]'")
+    else:
+        (out / "neuroglancer_url.txt").write_text(url + "\n")
+        _print(f"neuroglancer {out / 'neuroglancer_url.txt'}")
+    return 0
+
+
+def _cmd_benchmark(ns: argparse.Namespace) -> int:
+    from .benchmark import format_table, run_benchmark
+
+    rep = run_benchmark(quick=ns.quick, out=ns.out, seed=ns.seed, progress=not ns.quiet)
+    _print(format_table(rep))
+    return 0
+
+
+def _cmd_reference(ns: argparse.Namespace) -> int:
+    import time
+
+    import siibra_anchor as sa
+
+    t = time.perf_counter()
+    ref = sa.Reference.from_space(ns.space, n_sections=ns.n_sections, axis=ns.axis, progress=not ns.quiet)
+    _print(f"{ref} ready in {time.perf_counter() - t:.1f} s")
+    if ns.out:
+        _print(f"saved {ref.save(ns.out)}")
+    return 0
+
+
+def _cmd_train(ns: argparse.Namespace) -> int:
+    from .training.__main__ import main as train_main
+
+    return int(train_main(ns.args) or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .errors import AnchorError
+
+    ns = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if ns.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    cmds = {
+        "anchor": _cmd_anchor,
+        "demo": _cmd_demo,
+        "benchmark": _cmd_benchmark,
+        "reference": _cmd_reference,
+        "train": _cmd_train,
+    }
+    try:
+        return cmds[ns.cmd](ns)
+    except AnchorError as exc:
+        sys.stderr.write(f"siibra-anchor: error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("siibra-anchor: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

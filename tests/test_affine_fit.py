@@ -1,0 +1,149 @@
+"""Affine fitting against plain reference implementations and known transforms with outliers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from siibra_anchor.affine_fit import (
+    SectionMap,
+    affine_fit,
+    constrain_affine,
+    ransac_section,
+    similarity_fit,
+)
+from siibra_anchor.planes import plane_affine, section_affine
+
+
+def _random_map(rng, spacing=1.5, scale=1.0):
+    rot = Rotation.random(random_state=rng).as_matrix()
+    lin = spacing * scale * rot[:, :2]
+    t = rng.uniform(-50, 50, 3)
+    return lin, t
+
+
+def _lstsq_reference(src, dst):
+    """Plain reference: solve [r c 1] X = dst column by column with normal equations."""
+    a = np.column_stack([src, np.ones(len(src))])
+    x = np.linalg.solve(a.T @ a, a.T @ dst)
+    return x[:2].T, x[2]
+
+
+def test_affine_fit_matches_normal_equations():
+    rng = np.random.default_rng(0)
+    src = rng.uniform(0, 100, (50, 2))
+    lin = rng.normal(size=(3, 2))
+    t = rng.normal(size=3)
+    dst = src @ lin.T + t + rng.normal(0, 0.1, (50, 3))
+    got_l, got_t = affine_fit(src, dst)
+    ref_l, ref_t = _lstsq_reference(src, dst)
+    np.testing.assert_allclose(got_l, ref_l, rtol=1e-8, atol=1e-8)
+    np.testing.assert_allclose(got_t, ref_t, rtol=1e-8, atol=1e-8)
+
+
+@pytest.mark.parametrize("mirror", [False, True])
+def test_similarity_fit_recovers_exact_transform(mirror):
+    rng = np.random.default_rng(1)
+    lin, t = _random_map(rng, scale=1.1)
+    if mirror:
+        lin = lin[:, ::-1]  # swapping the in-plane axes is a mirror of the image
+    src = rng.uniform(0, 80, (20, 2))
+    dst = src @ lin.T + t
+    got_l, got_t, s = similarity_fit(src, dst)
+    np.testing.assert_allclose(got_l, lin, atol=1e-9)
+    np.testing.assert_allclose(got_t, t, atol=1e-7)
+    assert s == pytest.approx(1.65)
+
+
+def test_similarity_fit_is_batched():
+    rng = np.random.default_rng(2)
+    maps = [_random_map(rng) for _ in range(4)]
+    src = rng.uniform(0, 80, (4, 10, 2))
+    dst = np.stack([src[i] @ m[0].T + m[1] for i, m in enumerate(maps)])
+    lin, t, _ = similarity_fit(src, dst)
+    for i, (ml, mt) in enumerate(maps):
+        np.testing.assert_allclose(lin[i], ml, atol=1e-9)
+        np.testing.assert_allclose(t[i], mt, atol=1e-7)
+
+
+def test_ransac_recovers_transform_with_60_percent_outliers():
+    rng = np.random.default_rng(3)
+    lin, t = _random_map(rng, spacing=1.5, scale=0.9)
+    n = 300
+    src = rng.uniform(0, 100, (n, 2))
+    dst = src @ lin.T + t + rng.normal(0, 1.0, (n, 3))
+    bad = rng.random(n) < 0.6
+    dst[bad] = rng.uniform(-90, 90, (bad.sum(), 3))
+    # several candidates per patch: the true one (if good) and random decoys
+    k = 3
+    rc = np.repeat(src, k, axis=0)
+    xyz = np.repeat(dst, k, axis=0)
+    decoy = np.ones(len(rc), bool)
+    decoy[::k] = False
+    xyz[decoy] = rng.uniform(-90, 90, (decoy.sum(), 3))
+    grp = np.repeat(np.arange(n), k)
+    sim = rng.uniform(0.5, 1.0, len(rc))
+    hyps = ransac_section(
+        rc, xyz, grp, sim, spacing=1.5, rng=np.random.default_rng(0), residual_threshold=4.0
+    )
+    assert hyps, "RANSAC returned no hypothesis"
+    best = hyps[0]
+    # compare against the plain least-squares fit on the true inliers
+    ref_l, ref_t = _lstsq_reference(src[~bad], dst[~bad])
+    pts = rng.uniform(0, 100, (100, 2))
+    err = np.linalg.norm(best.apply(pts) - (pts @ ref_l.T + ref_t), axis=1)
+    assert err.max() < 3.0
+    assert best.score >= 0.8 * (~bad).sum()
+    # the inlier flags point at true pairs
+    assert best.inliers[~decoy].sum() >= 0.8 * (~bad).sum()
+
+
+def test_ransac_is_seeded():
+    rng = np.random.default_rng(4)
+    lin, t = _random_map(rng)
+    src = rng.uniform(0, 100, (100, 2))
+    dst = src @ lin.T + t
+    dst[::2] = rng.uniform(-90, 90, (50, 3))
+    grp = np.arange(100)
+    a = ransac_section(src, dst, grp, np.ones(100), 1.5, np.random.default_rng(7))
+    b = ransac_section(src, dst, grp, np.ones(100), 1.5, np.random.default_rng(7))
+    np.testing.assert_array_equal(a[0].linear, b[0].linear)
+
+
+def test_ransac_respects_scale_prior():
+    rng = np.random.default_rng(5)
+    lin, t = _random_map(rng, spacing=1.5, scale=3.0)  # three times the stated spacing: implausible
+    src = rng.uniform(0, 100, (60, 2))
+    dst = src @ lin.T + t
+    hyps = ransac_section(src, dst, np.arange(60), np.ones(60), 1.5, np.random.default_rng(0))
+    for h in hyps:
+        assert 1.5 * 0.7 <= np.sqrt(np.prod(h.scales)) <= 1.5 * 1.4
+
+
+def test_constrain_affine_limits_scale_and_anisotropy():
+    lin = np.array([[3.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    c = constrain_affine(lin, spacing=1.0, scale_range=(0.7, 1.4), max_anisotropy=1.15)
+    s = np.linalg.svd(c, compute_uv=False)
+    assert s.max() <= 1.4 + 1e-9 and s.min() >= 0.7 - 1e-9
+    assert s.max() / s.min() <= 1.15 + 1e-9
+
+
+def test_section_affine_convention():
+    lin = np.array([[0.0, 0.5], [0.0, 0.0], [-0.5, 0.0]])  # rows go down (-z), cols go +x
+    aff = section_affine(lin, [1.0, 2.0, 3.0], thickness_mm=0.05)
+    n = np.cross(lin[:, 0], lin[:, 1])
+    np.testing.assert_allclose(aff[:3, 2], n / np.linalg.norm(n) * 0.05)
+    assert np.linalg.det(aff) > 0
+    np.testing.assert_allclose(aff @ [2, 4, 0, 1], [3.0, 2.0, 2.0, 1.0])
+
+
+def test_plane_affine_centres_the_image():
+    aff = plane_affine([10, -20, 5], [0, 0, -1], [1, 0, 0], 0.5, (101, 51))
+    np.testing.assert_allclose(aff @ [50, 25, 0, 1], [10, -20, 5, 1])
+
+
+def test_sectionmap_residuals():
+    m = SectionMap(np.array([[1.0, 0], [0, 1.0], [0, 0]]), np.zeros(3))
+    r = m.residuals([[1, 2]], [[1, 2, 2]])
+    assert r[0] == pytest.approx(2.0)
