@@ -11,6 +11,7 @@ import logging
 import time
 import tracemalloc
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,6 +43,8 @@ class AnchorParams:
     scale_range: tuple[float, float] = (0.7, 1.4)
     guided_radii_mm: tuple[float, ...] = (16.0, 10.0, 7.0)
     inlier_mm: float = 5.0
+    max_guided_iterations: int = 4
+    converged_mm: float = 0.5
     refine: bool = True
     n_sample_points: int = 3000
 
@@ -116,7 +119,9 @@ def _guided(
     cur = m
     out: dict[str, NDArray] = {}
     axes = ref.plane_axes
-    for r in params.guided_radii_mm:
+    # shrink the radius, then iterate at the last radius until the placement stops moving
+    radii = list(params.guided_radii_mm) + [params.guided_radii_mm[-1]] * params.max_guided_iterations
+    for i, r in enumerate(radii):
         pred = cur.apply(cen)
         ref_view = plane_views(cur, axes, n_rotations, mirrors)[ref.plane_ids]
         sim, idx, _ = best_in_neighbourhood(emb, ref.embeddings, ref.tree, pred, r, ref_view=ref_view)
@@ -130,8 +135,12 @@ def _guided(
             break
         lin, t, _ = similarity_fit(cen[w > 0], xyz[w > 0], w[w > 0])
         lin = constrain_affine(lin, spacing, params.scale_range, max_anisotropy=1.0)
-        cur = SectionMap(lin, t, score=float((w > 0).sum()))
+        new = SectionMap(lin, t, score=float((w > 0).sum()))
         out = {"sim": sim, "idx": idx, "ok": ok}
+        moved = float(np.linalg.norm(new.apply(cen) - pred, axis=1).mean())
+        cur = new
+        if i >= len(params.guided_radii_mm) - 1 and moved < params.converged_mm:
+            break
     return cur, out
 
 
@@ -358,9 +367,7 @@ def anchor(
             )
             lin = constrain_affine(lin, spec.spacing_mm, p.scale_range)
             gm = SectionMap(lin, t, score=top[1].score)
-            gain = plane_nmi(pts, lin, t, ref.volume, ref.volume_affine) - _shifted_nmi(
-                pts, gm, ref, ref.volume
-            )
+            gain = plane_nmi(pts, lin, t, ref.volume, ref.volume_affine) - _shifted_nmi(pts, gm, ref, ref.volume)
             if gain >= top[0]:
                 scored[0] = [gain, gm, top[2]]
     else:
@@ -396,9 +403,7 @@ def anchor(
             )
             lin = constrain_affine(lin, spec.spacing_mm, p.scale_range)
             gm = SectionMap(lin, t, score=mir.score)
-            gain = plane_nmi(pts, lin, t, ref.volume, ref.volume_affine) - _shifted_nmi(
-                pts, gm, ref, ref.volume
-            )
+            gain = plane_nmi(pts, lin, t, ref.volume, ref.volume_affine) - _shifted_nmi(pts, gm, ref, ref.volume)
             g2, info2 = _guided(
                 emb,
                 cen,
@@ -455,10 +460,7 @@ def anchor(
         label = "other placement"
         if np.sign(c_alt[0]) != np.sign(c_best[0]) and abs(c_alt[0]) > 5 and abs(c_best[0]) > 5:
             label = "other hemisphere"
-        elif (
-            float(np.cross(g.linear[:, 0], g.linear[:, 1]) @ np.cross(best.linear[:, 0], best.linear[:, 1]))
-            < 0
-        ):
+        elif float(np.cross(g.linear[:, 0], g.linear[:, 1]) @ np.cross(best.linear[:, 0], best.linear[:, 1])) < 0:
             label = "mirrored / reversed normal"
         alternatives.append(
             {
@@ -502,6 +504,7 @@ def anchor(
             "shape": list(section.shape),
             "spacing_mm": list(section.spacing_mm),
             "modality": section.modality,
+            **({"path": str(Path(section.source).resolve())} if section.source else {}),
         },
         diagnostics=diagnostics,
         encoder_hash=ref.encoder_hash,

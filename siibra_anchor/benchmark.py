@@ -3,7 +3,8 @@
 ``siibra-anchor benchmark`` prints a table and writes JSON. Sections are cut from volumes *other* than
 the reference template (FSL's MNI152 T1, the 2009a T1 and grey-matter maps), at arbitrary in-plane
 rotation, up to 15 degrees tilt, 0.8-1.2 errors in the stated spacing, and partial (hemisections,
-blocks). The set is generated from a seed, so every run measures the same sections. Each run measures,
+blocks). Hints a user would give are passed: the mounting (not flipped) and, for hemisections, the
+hemisphere. The set is generated from a seed, so every run measures the same sections. Each run measures,
 side by side, the default pipeline and baselines: the same matcher without the intensity refinement,
 and the placement given by the centroid of the best patch matches (no affine at all).
 """
@@ -139,9 +140,7 @@ def run_benchmark(
         t = time.perf_counter()
         res, peak = peak_memory_of(sa.anchor, sim.section, reference=ref, encoder=enc, seed=0)
         dt = time.perf_counter() - t
-        res_nr = sa.anchor(
-            sim.section, reference=ref, encoder=enc, seed=0, params=replace(base_params, refine=False)
-        )
+        res_nr = sa.anchor(sim.section, reference=ref, encoder=enc, seed=0, params=replace(base_params, refine=False))
         rows.append(
             {
                 **case.__dict__,
@@ -207,13 +206,9 @@ def format_table(report: dict[str, Any]) -> str:
         ("baseline_centroid", "baseline: centroid of matches"),
     ):
         s = report[key]
-        lines.append(
-            f"{name:<34}{s['median_mm']:>10.2f}{s['p90_mm']:>10.2f}{s['failure_rate']:>10.0%}{s['n']:>6}"
-        )
+        lines.append(f"{name:<34}{s['median_mm']:>10.2f}{s['p90_mm']:>10.2f}{s['failure_rate']:>10.0%}{s['n']:>6}")
     lines.append("")
     lines.append("default pipeline by test volume/contrast:")
     for k, s in report["by_contrast"].items():
-        lines.append(
-            f"  {k:<32}{s['median_mm']:>10.2f}{s['p90_mm']:>10.2f}{s['failure_rate']:>10.0%}{s['n']:>6}"
-        )
+        lines.append(f"  {k:<32}{s['median_mm']:>10.2f}{s['p90_mm']:>10.2f}{s['failure_rate']:>10.0%}{s['n']:>6}")
     return "\n".join(lines)

@@ -28,9 +28,7 @@ def _add_anchor_opts(p: argparse.ArgumentParser) -> None:
         help="hint: section holds only this hemisphere",
     )
     fl = p.add_mutually_exclusive_group()
-    fl.add_argument(
-        "--flipped", dest="flipped", action="store_true", default=None, help="section is mounted face down"
-    )
+    fl.add_argument("--flipped", dest="flipped", action="store_true", default=None, help="section is mounted face down")
     fl.add_argument("--not-flipped", dest="flipped", action="store_false", help="section is mounted face up")
 
 
@@ -69,6 +67,11 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--n-sections", type=int, default=30, help="reference sections per orientation")
     b.add_argument("--axis", nargs="+", default=["coronal", "sagittal", "axial"])
     b.add_argument("--out", default=None, help="also save the reference to this .zarr folder")
+
+    p = sub.add_parser("view", help="show a result in Neuroglancer (local, offline) or render a screenshot")
+    from .viewer.cli import add_view_arguments
+
+    add_view_arguments(p)
 
     p = sub.add_parser("train", help="train a patch encoder (see siibra_anchor.training)")
     p.add_argument("args", nargs=argparse.REMAINDER, help="CONFIG.yaml [--resume] [--steps N] [--out DIR]")
@@ -124,9 +127,7 @@ def _cmd_demo(ns: argparse.Namespace) -> int:
     Image.fromarray(img8).save(png)
     np.savetxt(out / "true_affine.txt", sim.true_affine)
     _print(f"demo section {png}: cut from {ns.volume} ({sa.templates.VOLUMES[ns.volume].description})")
-    _print(
-        f"             {ns.orientation}, rotated {ns.rotation_deg} deg, tilted {ns.tilt_deg} deg, 0.4 mm/px"
-    )
+    _print(f"             {ns.orientation}, rotated {ns.rotation_deg} deg, tilted {ns.tilt_deg} deg, 0.4 mm/px")
     section = sa.Section.from_file(png, spacing_mm=0.4, name=sim.section.name)
     res = sa.anchor(
         section,
@@ -176,6 +177,12 @@ def _cmd_reference(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_view(ns: argparse.Namespace) -> int:
+    from .viewer.cli import view_main
+
+    return int(view_main(ns) or 0)
+
+
 def _cmd_train(ns: argparse.Namespace) -> int:
     from .training.__main__ import main as train_main
 
@@ -194,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         "demo": _cmd_demo,
         "benchmark": _cmd_benchmark,
         "reference": _cmd_reference,
+        "view": _cmd_view,
         "train": _cmd_train,
     }
     try:

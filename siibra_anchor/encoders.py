@@ -186,18 +186,14 @@ def check_encoder(model: nn.Module, patch_size: int, in_channels: int = 1) -> in
         with torch.inference_mode():
             y = model.eval()(x)
     except Exception as exc:  # an arbitrary user module may fail in any way
-        raise EncoderError(
-            f"encoder failed on a (2, {in_channels}, {patch_size}, {patch_size}) batch: {exc}"
-        ) from exc
+        raise EncoderError(f"encoder failed on a (2, {in_channels}, {patch_size}, {patch_size}) batch: {exc}") from exc
     if not isinstance(y, torch.Tensor) or y.ndim != 2 or y.shape[0] != 2:
         shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
         raise EncoderError(f"encoder must map (N, C, P, P) to (N, D); got output {shape}")
     return int(y.shape[1])
 
 
-def embed_patches(
-    model: nn.Module, patches: NDArray, batch_size: int = 2048, device: str | None = None
-) -> NDArray:
+def embed_patches(model: nn.Module, patches: NDArray, batch_size: int = 2048, device: str | None = None) -> NDArray:
     """Embed patches with ``model``: (N, P, P) or (N, C, P, P) float32 -> (N, D) float32, L2-normalised."""
     x = np.asarray(patches, np.float32)
     if x.ndim == 3:

@@ -46,9 +46,7 @@ def volume_brain_mask(data: NDArray) -> NDArray:
 def _world_bbox(mask: NDArray, affine: NDArray) -> tuple[NDArray, NDArray]:
     ijk = np.argwhere(mask)
     lo, hi = ijk.min(axis=0), ijk.max(axis=0)
-    corners = np.array(
-        [[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])], float
-    )
+    corners = np.array([[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])], float)
     w = corners @ affine[:3, :3].T + affine[:3, 3]
     return w.min(axis=0), w.max(axis=0)
 
@@ -158,9 +156,7 @@ class Reference:
         if key not in self._cache:
             from scipy import ndimage
 
-            self._cache[key] = (
-                ndimage.gaussian_filter(self.volume, sigma_vox) if sigma_vox > 0 else self.volume
-            )
+            self._cache[key] = ndimage.gaussian_filter(self.volume, sigma_vox) if sigma_vox > 0 else self.volume
         return self._cache[key]
 
     @property
@@ -295,9 +291,7 @@ class Reference:
         return ref
 
     @classmethod
-    def _build_from_volume(
-        cls, data, vaff, space_key, counts, spec, stride_px, enc, params, progress
-    ) -> Reference:
+    def _build_from_volume(cls, data, vaff, space_key, counts, spec, stride_px, enc, params, progress) -> Reference:
         from .encoders import embed_patches, encoder_hash
 
         mask3 = volume_brain_mask(data)
@@ -392,9 +386,7 @@ class Reference:
             except (TypeError, ValueError) as exc:
                 raise InvalidReferenceError(f"item {i} is not a (Section, affine) pair: {item!r}") from exc
             if aff.shape != (4, 4) or not np.all(np.isfinite(aff)):
-                raise InvalidReferenceError(
-                    f"affine of item {i} must be a finite (4, 4) matrix, got {aff.shape}"
-                )
+                raise InvalidReferenceError(f"affine of item {i} must be a finite (4, 4) matrix, got {aff.shape}")
             img, msk, scale = sec.at_spacing(spec.spacing_mm)
             waff = aff @ np.diag([scale[0], scale[1], 1.0, 1.0])
             cen = grid_centres(msk, spec, stride_px=stride_px)

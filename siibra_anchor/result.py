@@ -87,9 +87,7 @@ class AnchoringResult:
         self.space = str(space)
         self.confidence = float(np.clip(confidence, 0.0, 1.0))
         m = matches or {c: [] for c in MATCH_COLUMNS}
-        self._matches = {
-            c: np.asarray(m.get(c, []), dtype=bool if c == "inlier" else float) for c in MATCH_COLUMNS
-        }
+        self._matches = {c: np.asarray(m.get(c, []), dtype=bool if c == "inlier" else float) for c in MATCH_COLUMNS}
         self.alternatives = list(alternatives or [])
         self.section = dict(section or {})
         self.diagnostics = dict(diagnostics or {})
@@ -165,8 +163,7 @@ class AnchoringResult:
         ]
         if self.alternatives:
             lines.append(
-                "alternatives "
-                + "; ".join(f"{a['label']} (score {a['score']:.3f})" for a in self.alternatives[:3])
+                "alternatives " + "; ".join(f"{a['label']} (score {a['score']:.3f})" for a in self.alternatives[:3])
             )
         return "\n".join(lines)
 
@@ -218,9 +215,7 @@ class AnchoringResult:
             confidence=self.confidence,
             section=_jsonable(self.section),
             matches={c: self._matches[c].astype(float).tolist() for c in MATCH_COLUMNS},
-            alternatives=[
-                Alternative(**{**a, "affine": np.asarray(a["affine"]).tolist()}) for a in self.alternatives
-            ],
+            alternatives=[Alternative(**{**a, "affine": np.asarray(a["affine"]).tolist()}) for a in self.alternatives],
             diagnostics=_jsonable(self.diagnostics),
             encoder_hash=self.encoder_hash,
             reference=_jsonable(self.reference),

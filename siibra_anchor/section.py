@@ -29,9 +29,7 @@ def validate_spacing(spacing_mm: Any) -> tuple[float, float]:
     try:
         vals = np.atleast_1d(np.asarray(spacing_mm, dtype=np.float64)).ravel()
     except (TypeError, ValueError) as exc:
-        raise SpacingError(
-            f"spacing_mm must be a number or (row, col) pair of mm, got {spacing_mm!r}"
-        ) from exc
+        raise SpacingError(f"spacing_mm must be a number or (row, col) pair of mm, got {spacing_mm!r}") from exc
     if vals.size == 1:
         vals = np.repeat(vals, 2)
     if vals.size != 2:
@@ -116,13 +114,13 @@ class Section:
             )
         gray = to_gray(arr)
         if float(gray.max()) <= float(gray.min()):
-            raise InvalidSectionError(
-                f"section image is constant (every pixel {float(gray.min())}); nothing to anchor"
-            )
+            raise InvalidSectionError(f"section image is constant (every pixel {float(gray.min())}); nothing to anchor")
         self.image: NDArray = arr
         self.spacing_mm: tuple[float, float] = validate_spacing(spacing_mm)
         self.modality = str(modality)
         self.name = str(name)
+        #: file the section was read from (set by :meth:`from_file`), kept with results for viewers
+        self.source: str | None = None
         self._gray = gray
         self._mask: NDArray | None = None
         if mask is not None:
@@ -151,10 +149,10 @@ class Section:
         """
         from siibra_anchor.adapters.formats import read_section_image
 
-        img, spacing, meta = read_section_image(
-            path, spacing_mm=spacing_mm, target_spacing_mm=target_spacing_mm
-        )
-        return cls(img, spacing, mask=mask, modality=modality, name=name or meta.get("name", str(path)))
+        img, spacing, meta = read_section_image(path, spacing_mm=spacing_mm, target_spacing_mm=target_spacing_mm)
+        sec = cls(img, spacing, mask=mask, modality=modality, name=name or meta.get("name", str(path)))
+        sec.source = str(path)
+        return sec
 
     # -- basic properties -------------------------------------------------------------------------
     @property
@@ -190,8 +188,7 @@ class Section:
 
     def __repr__(self) -> str:
         return (
-            f"Section(name={self.name!r}, shape={self.shape}, spacing_mm={self.spacing_mm}, "
-            f"modality={self.modality!r})"
+            f"Section(name={self.name!r}, shape={self.shape}, spacing_mm={self.spacing_mm}, modality={self.modality!r})"
         )
 
     # -- resampling -------------------------------------------------------------------------------

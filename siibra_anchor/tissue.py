@@ -80,9 +80,7 @@ def tissue_mask(
     if rgb is not None:
         c = np.asarray(rgb)
         if c.ndim != 3 or c.shape[:2] != g.shape or c.shape[2] < 3:
-            raise InvalidSectionError(
-                f"rgb must be (H, W, C>=3) matching gray {g.shape}, got shape {c.shape}"
-            )
+            raise InvalidSectionError(f"rgb must be (H, W, C>=3) matching gray {g.shape}, got shape {c.shape}")
         feats = c[..., :3]  # stays in its dtype until block-averaged: big RGB scans are not copied
     else:
         feats = g[..., None]
