@@ -19,10 +19,11 @@ from numpy.typing import NDArray
 
 from .affine_fit import SectionMap, constrain_affine, ransac_section, similarity_fit
 from .errors import EmptyMaskError, EncoderError, ImageTooSmallError, InvalidSectionError
-from .patches import extract_patches, grid_centres, normalize_intensity, rotation_angles
+from .patches import grid_centres, normalize_intensity, rotation_angles
 from .planes import section_affine
 from .result import AnchoringResult
 from .section import Section
+from .views import PatchViews
 
 __all__ = ["anchor", "anchor_series", "AnchorParams", "confidence_from_scores"]
 
@@ -35,7 +36,7 @@ class AnchorParams:
 
     n_rotations: int = 12
     k: int = 8
-    n_coarse: int = 300
+    n_coarse: int = 200
     coarse_dim: int = 48
     ransac_trials: int = 3000
     ransac_threshold_mm: float = 7.5
@@ -44,22 +45,29 @@ class AnchorParams:
     guided_radii_mm: tuple[float, ...] = (16.0, 10.0, 7.0)
     inlier_mm: float = 5.0
     max_guided_iterations: int = 4
+    dense_below: int = 250
     converged_mm: float = 0.5
     refine: bool = True
     n_sample_points: int = 3000
 
 
 def confidence_from_scores(consistency: float, nmi_gain: float) -> float:
-    """Map the two quality scores of a placement to [0, 1].
+    """Map the two quality scores of a placement to [0, 1]; both must be high for a high value.
 
     consistency : fraction of coarse section patches whose global top-k matches include one within the
-        RANSAC threshold of where the final affine puts the patch (random for a wrong placement).
+        RANSAC threshold of where the final affine puts the patch (a few percent for a wrong placement).
     nmi_gain : normalised mutual information of the section with the template on the final plane minus
-        its median on planes shifted 15 mm away (0 when nothing in the image relates to the template).
-    A logistic model of both; its coefficients come from simulated sections (see docs/benchmarks.md).
+        its median on planes shifted 15 mm away (near 0 when nothing in the image relates to the template;
+        about 0.05 for a mask outline alone).
+    ``sigmoid(25 (consistency - 0.10)) * sigmoid(60 (nmi_gain - 0.06))``; the thresholds sit between
+    what noise and non-brain images reach and what correctly placed sections reach in the benchmark
+    (docs/benchmarks.md shows the calibration).
     """
-    z = 14.0 * (consistency - 0.12) + 90.0 * (nmi_gain - 0.025)
-    return float(1.0 / (1.0 + np.exp(-z)))
+
+    def sig(z: float) -> float:
+        return float(1.0 / (1.0 + np.exp(-z)))
+
+    return sig(25.0 * (consistency - 0.10)) * sig(60.0 * (nmi_gain - 0.06))
 
 
 def _section_map_to_affine(m: SectionMap, scale: NDArray, thickness_mm: float) -> NDArray:
@@ -103,7 +111,7 @@ def mounting_mirrored(m: SectionMap) -> bool:
 
 
 def _guided(
-    emb: NDArray,
+    emb: Any,
     cen: NDArray,
     ref: Any,
     m: SectionMap,
@@ -238,6 +246,9 @@ def anchor(
         raise EmptyMaskError(f"section {section.name!r} has no tissue at {spec.spacing_mm} mm/px")
     imgn = normalize_intensity(img, msk)
     cen = grid_centres(msk, spec)
+    if n_patches is None and len(cen) < p.dense_below:
+        # small pieces (blocks, hemisections) need denser sampling to collect consistent matches
+        cen = grid_centres(msk, spec, stride_px=max(1, spec.stride_px // 2))
     if n_patches is not None and len(cen) > 0:
         stride = max(1, int(round(spec.stride_px * np.sqrt(len(cen) / n_patches))))
         cen = grid_centres(msk, spec, stride_px=stride)
@@ -254,24 +265,21 @@ def anchor(
         )
     angles = rotation_angles(p.n_rotations)
     mirrors = [False, True] if flipped is None else [bool(flipped)]
-    patches = np.concatenate(
-        [extract_patches(imgn, cen, spec.size_px, angles, mirror=mr) for mr in mirrors], axis=1
-    )  # (N, A*M, P, P)
-    n, a_m = patches.shape[:2]
-    emb = embed_patches(enc, patches.reshape(n * a_m, spec.size_px, spec.size_px), device=device)
-    emb = emb.reshape(n, a_m, -1)
+    emb = PatchViews(imgn, cen, spec.size_px, angles, mirrors, enc, device=device)
+    n = emb.n
+    coarse = np.sort(rng.choice(n, min(n, p.n_coarse), replace=False))
+    emb_coarse = emb.all_views(coarse)
     timings["embed_s"] = time.perf_counter() - t0
 
     # -- coarse: global top-k on a subset, RANSAC hypotheses -------------------------------------
     t0 = time.perf_counter()
-    coarse = np.sort(rng.choice(n, min(n, p.n_coarse), replace=False))
     cmask, proj, cref = ref.coarse_index(p.coarse_dim)
     cpos = np.flatnonzero(cmask)
     ref_mask = None
     if hemisphere is not None:
         xs = ref.centres_mm[cpos, 0]
         ref_mask = xs < 10.0 if hemisphere == "left" else xs > -10.0
-    q = emb[coarse] @ proj
+    q = emb_coarse @ proj
     q /= np.maximum(np.linalg.norm(q, axis=2, keepdims=True), 1e-12)
     sims, cidx, _ = topk_cosine(q, cref, p.k, ref_mask=ref_mask)
     idx = cpos[cidx]
@@ -475,6 +483,7 @@ def anchor(
     diagnostics = {
         "timings": timings,
         "n_patches": int(n),
+        "n_encoded_views": int(emb.n_encoded),
         "n_coarse": int(len(coarse)),
         "n_hypotheses": len(hyps),
         "consistency": cons,

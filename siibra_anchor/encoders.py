@@ -6,7 +6,8 @@ Two encoders ship with the package:
 * :class:`RawPixelEncoder` -- the documented baseline: the patch, average-pooled and standardised. No
   learning; it is what the method is compared against.
 * :class:`PatchEncoder` -- a small CNN trained by spatial contrastive learning (``siibra_anchor.training``),
-  loaded from weights shipped in ``siibra_anchor/weights`` with their sha256 (see ``weights/default.json``).
+  loaded from weights shipped in ``siibra_anchor/weights`` with their sha256 and the command that trained
+  them (see ``weights/default.json``; :func:`load_default_encoder` loads the default one).
 
 This module imports torch; the package imports it lazily, only when an encoder is needed.
 """
@@ -78,7 +79,9 @@ class PatchEncoder(nn.Module):
     gives the same vector). About 0.3 M parameters at width 32.
     """
 
-    def __init__(self, in_channels: int = 1, width: int = 32, dim: int = 128, patch_size: int = 32) -> None:
+    def __init__(
+        self, in_channels: int = 1, width: int = 32, dim: int = 128, patch_size: int = 32, input_pool: int = 1
+    ) -> None:
         super().__init__()
         self.config: dict[str, Any] = {
             "arch": "patch-cnn",
@@ -87,6 +90,9 @@ class PatchEncoder(nn.Module):
             "dim": dim,
             "patch_size": patch_size,
         }
+        if input_pool != 1:  # keep configs of earlier models unchanged
+            self.config["input_pool"] = int(input_pool)
+        self.input_pool = int(input_pool)
         w = int(width)
         self.features = nn.Sequential(
             _block(in_channels, w),
@@ -100,6 +106,8 @@ class PatchEncoder(nn.Module):
         self.head = nn.Sequential(nn.Linear(8 * w, 4 * w), nn.GELU(), nn.Linear(4 * w, int(dim)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_pool > 1:  # a cheaper encoder: see the patch at half resolution
+            x = nn.functional.avg_pool2d(x, self.input_pool)
         f = self.features(x)
         pooled = torch.cat([f.mean(dim=(2, 3)), f.amax(dim=(2, 3))], dim=1)
         return nn.functional.normalize(self.head(pooled), dim=1)
@@ -146,24 +154,36 @@ def load_encoder(weights_path: Any, config: dict[str, Any], sha256: str | None =
 
 
 def default_manifest() -> dict[str, Any]:
-    """The shipped ``weights/default.json``: which encoder is the default, its file, sha256 and recipe."""
+    """The shipped ``weights/default.json``: the encoders that ship, their files, sha256 and recipes."""
     with resources.files("siibra_anchor").joinpath("weights/default.json").open("r") as f:
         return json.load(f)
 
 
-def load_default_encoder() -> nn.Module:
-    """The package's default encoder, as named by ``weights/default.json``.
+def shipped_encoders() -> list[str]:
+    """Names of the encoders that ship with the package (the default first)."""
+    man = default_manifest()
+    names = list(man["encoders"])
+    names.remove(man["default"])
+    return [man["default"], *names]
 
-    A manifest without a ``file`` names a weight-free encoder (the raw-pixel baseline).
+
+def load_default_encoder(name: str | None = None) -> nn.Module:
+    """The package's default encoder (or the shipped encoder ``name``), checked against its sha256.
+
+    An entry without a ``file`` names a weight-free encoder (the raw-pixel baseline).
     """
     man = default_manifest()
-    if not man.get("file"):
-        model = build_encoder(man["config"])
+    key = name or man["default"]
+    if key not in man["encoders"]:
+        raise EncoderError(f"no shipped encoder {key!r}; shipped: {shipped_encoders()}")
+    entry = man["encoders"][key]
+    if not entry.get("file"):
+        model = build_encoder(entry["config"])
         model.eval()
         return model
-    path = resources.files("siibra_anchor").joinpath("weights/" + man["file"])
+    path = resources.files("siibra_anchor").joinpath("weights/" + entry["file"])
     with resources.as_file(path) as p:
-        return load_encoder(p, man["config"], sha256=man.get("sha256"))
+        return load_encoder(p, entry["config"], sha256=entry.get("sha256"))
 
 
 def encoder_hash(model: nn.Module) -> str:

@@ -72,7 +72,8 @@ def best_in_neighbourhood(
 
     Parameters
     ----------
-    queries : (Q, V, D) embeddings of each query patch in V views (angles x mirrors).
+    queries : (Q, V, D) embeddings of each query patch in V views (angles x mirrors), or a
+        :class:`~siibra_anchor.views.PatchViews` that computes the views it is asked for.
     refs : (R, D); tree : KD-tree over the (R, 3) reference centres in mm; predicted_mm : (Q, 3).
     ref_view : optional (R,) int, the view of the query to compare with each reference (the in-plane
         angle that the current placement predicts for that reference's section); -1 excludes the
@@ -82,8 +83,9 @@ def best_in_neighbourhood(
     -------
     sim (Q,), idx (Q,), view (Q,); ``idx == -1`` where no usable reference lies within the radius.
     """
-    q = _as_qad(queries)
-    n_q = q.shape[0]
+    lazy = hasattr(queries, "take")  # a PatchViews: embeddings computed on demand
+    q = None if lazy else _as_qad(queries)
+    n_q = queries.n if lazy else q.shape[0]
     sim = np.full(n_q, -2.0, np.float32)
     idx = np.full(n_q, -1, np.int64)
     view = np.zeros(n_q, np.int64)
@@ -96,7 +98,8 @@ def best_in_neighbourhood(
         rows = np.repeat(np.arange(i, i + len(lists)), counts)
         cand = np.concatenate([np.asarray(x, np.int64) for x in lists if len(x)])
         if ref_view is None:
-            s = np.einsum("pad,pd->pa", q[rows], refs[cand])  # (pairs, V)
+            qa = queries.all_views(rows) if lazy else q[rows]
+            s = np.einsum("pad,pd->pa", qa, refs[cand])  # (pairs, V)
             a = s.argmax(axis=1)
             sbest = s[np.arange(len(a)), a]
         else:
@@ -105,7 +108,8 @@ def best_in_neighbourhood(
             rows, cand, a = rows[keep], cand[keep], a[keep]
             if len(rows) == 0:
                 continue
-            sbest = np.einsum("pd,pd->p", q[rows, a], refs[cand])
+            qv = queries.take(rows, a) if lazy else q[rows, a]
+            sbest = np.einsum("pd,pd->p", qv, refs[cand])
         order = np.lexsort((-sbest, rows))  # by query, best first
         first = np.ones(len(order), bool)
         first[1:] = rows[order][1:] != rows[order][:-1]

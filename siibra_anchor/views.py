@@ -1,0 +1,95 @@
+"""Section patch embeddings in several views (in-plane angle x mirror), computed on demand.
+
+A section patch is compared with reference patches in the view that makes it look like them: for the
+global search every view is needed (the rotation is unknown), but once a placement is hypothesised each
+reference section asks for one predicted view. Computing views lazily and caching them keeps the number
+of encoder calls near ``n_coarse * V + n_patches * (a few)`` instead of ``n_patches * V``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .patches import extract_patches
+
+__all__ = ["PatchViews"]
+
+
+class PatchViews:
+    """Embeddings of patches at ``centres`` of ``image`` in V = len(angles) * len(mirrors) views.
+
+    View ``v = m * len(angles) + a`` is angle ``angles[a]`` with mirror flag ``mirrors[m]`` (see
+    :func:`~siibra_anchor.patches.extract_patches`). Embeddings are (D,) float32, L2-normalised.
+    """
+
+    def __init__(
+        self,
+        image: NDArray,
+        centres: NDArray,
+        size_px: int,
+        angles: NDArray,
+        mirrors: list[bool],
+        encoder: Any,
+        device: str | None = None,
+        batch_size: int = 1024,
+    ) -> None:
+        self.image = image
+        self.centres = np.asarray(centres, float)
+        self.size_px = int(size_px)
+        self.angles = np.asarray(angles, float)
+        self.mirrors = list(mirrors)
+        self.encoder = encoder
+        self.device = device
+        self.batch_size = batch_size
+        self._emb: NDArray | None = None
+        self._done = np.zeros((len(self.centres), self.n_views), bool)
+        self.n_encoded = 0
+
+    @property
+    def n(self) -> int:
+        return len(self.centres)
+
+    @property
+    def n_views(self) -> int:
+        return len(self.angles) * len(self.mirrors)
+
+    def ensure(self, rows: NDArray, views: NDArray) -> None:
+        """Encode the (row, view) pairs not computed yet."""
+        from .encoders import embed_patches
+
+        rows = np.asarray(rows, np.int64).ravel()
+        views = np.asarray(views, np.int64).ravel()
+        todo = ~self._done[rows, views]
+        if not todo.any():
+            return
+        pairs = np.unique(np.stack([views[todo], rows[todo]], axis=1), axis=0)
+        patches = np.empty((len(pairs), self.size_px, self.size_px), np.float32)
+        starts = np.flatnonzero(np.r_[True, pairs[1:, 0] != pairs[:-1, 0]])
+        for s, e in zip(starts, np.r_[starts[1:], len(pairs)], strict=True):
+            v = int(pairs[s, 0])
+            a, m = v % len(self.angles), v // len(self.angles)
+            patches[s:e] = extract_patches(
+                self.image, self.centres[pairs[s:e, 1]], self.size_px, [self.angles[a]], mirror=self.mirrors[m]
+            )[:, 0]
+        emb = embed_patches(self.encoder, patches, batch_size=self.batch_size, device=self.device)
+        if self._emb is None:
+            self._emb = np.zeros((self.n, self.n_views, emb.shape[1]), np.float32)
+        self._emb[pairs[:, 1], pairs[:, 0]] = emb
+        self._done[pairs[:, 1], pairs[:, 0]] = True
+        self.n_encoded += len(pairs)
+
+    def take(self, rows: NDArray, views: NDArray) -> NDArray:
+        """(P, D) embeddings of the (row, view) pairs."""
+        self.ensure(rows, views)
+        assert self._emb is not None
+        return self._emb[np.asarray(rows, np.int64), np.asarray(views, np.int64)]
+
+    def all_views(self, rows: NDArray) -> NDArray:
+        """(R, V, D) embeddings of the given rows in every view."""
+        rows = np.asarray(rows, np.int64)
+        rr = np.repeat(rows, self.n_views)
+        vv = np.tile(np.arange(self.n_views), len(rows))
+        return self.take(rr, vv).reshape(len(rows), self.n_views, -1)
