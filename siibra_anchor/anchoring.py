@@ -201,7 +201,7 @@ def anchor(
     -------
     :class:`AnchoringResult` whose ``affine`` maps original pixel (row, col, 0, 1) to world mm.
     """
-    from .encoders import embed_patches, encoder_hash, load_default_encoder
+    from .encoders import encoder_hash, load_default_encoder
     from .matching import topk_cosine
     from .reference import Reference
     from .spaces import canonical_space

@@ -151,9 +151,9 @@ def run_benchmark(
                 "error_no_refine_mm": section_error(res_nr.affine, sim.true_affine, sim.section.mask),
                 "error_centroid_mm": _centroid_error(res, sim),
                 "confidence": res.confidence,
-            "consistency": res.diagnostics["consistency"],
-            "nmi_gain": res.diagnostics["nmi_gain"],
-            "n_encoded_views": res.diagnostics["n_encoded_views"],
+                "consistency": res.diagnostics["consistency"],
+                "nmi_gain": res.diagnostics["nmi_gain"],
+                "n_encoded_views": res.diagnostics["n_encoded_views"],
             }
         )
     report: dict[str, Any] = {
