@@ -7,6 +7,8 @@ All searches are chunked so memory stays bounded (about ``chunk * A * R * 4`` by
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from numpy.typing import NDArray
@@ -60,7 +62,7 @@ def topk_cosine(
 
 
 def best_in_neighbourhood(
-    queries: NDArray,
+    queries: Any,
     refs: NDArray,
     tree: cKDTree,
     predicted_mm: NDArray,
@@ -84,7 +86,7 @@ def best_in_neighbourhood(
     sim (Q,), idx (Q,), view (Q,); ``idx == -1`` where no usable reference lies within the radius.
     """
     lazy = hasattr(queries, "take")  # a PatchViews: embeddings computed on demand
-    q = None if lazy else _as_qad(queries)
+    q: Any = None if lazy else _as_qad(queries)
     n_q = queries.n if lazy else q.shape[0]
     sim = np.full(n_q, -2.0, np.float32)
     idx = np.full(n_q, -1, np.int64)
