@@ -84,9 +84,7 @@ def test_ransac_recovers_transform_with_60_percent_outliers():
     xyz[decoy] = rng.uniform(-90, 90, (decoy.sum(), 3))
     grp = np.repeat(np.arange(n), k)
     sim = rng.uniform(0.5, 1.0, len(rc))
-    hyps = ransac_section(
-        rc, xyz, grp, sim, spacing=1.5, rng=np.random.default_rng(0), residual_threshold=4.0
-    )
+    hyps = ransac_section(rc, xyz, grp, sim, spacing=1.5, rng=np.random.default_rng(0), residual_threshold=4.0)
     assert hyps, "RANSAC returned no hypothesis"
     best = hyps[0]
     # compare against the plain least-squares fit on the true inliers

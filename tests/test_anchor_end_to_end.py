@@ -82,8 +82,7 @@ def test_left_right_ambiguity_is_reported(mni_reference):
     )
     res = sa.anchor(sim.section, reference=mni_reference, seed=0)
     errs = [section_error(res.affine, sim.true_affine, sim.section.mask)] + [
-        section_error(np.asarray(a["affine"]), sim.true_affine, sim.section.mask)
-        for a in res.alternatives[:1]
+        section_error(np.asarray(a["affine"]), sim.true_affine, sim.section.mask) for a in res.alternatives[:1]
     ]
     assert min(errs) < 4.0
     if errs[0] > 10.0:
@@ -92,9 +91,7 @@ def test_left_right_ambiguity_is_reported(mni_reference):
 
 
 def test_anchor_is_deterministic(mni_reference):
-    sim = simulate_section(
-        volume="fsl-mni152-t1", orientation="coronal", rotation_deg=10, seed=3, spacing_mm=0.6
-    )
+    sim = simulate_section(volume="fsl-mni152-t1", orientation="coronal", rotation_deg=10, seed=3, spacing_mm=0.6)
     a = sa.anchor(sim.section, reference=mni_reference, seed=4)
     b = sa.anchor(sim.section, reference=mni_reference, seed=4)
     np.testing.assert_array_equal(a.affine, b.affine)

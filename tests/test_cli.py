@@ -40,9 +40,7 @@ def test_cli_anchor_writes_result_and_prints_summary(tmp_path, mni_reference):
     png = tmp_path / "s0042.png"
     Image.fromarray((np.clip(sim.section.image, 0, 1) * 255).astype(np.uint8)).save(png)
     out = tmp_path / "s0042.anchor.json"
-    p = _run(
-        ["--quiet", "anchor", str(png), "--spacing-mm", "0.5", "--out", str(out), "--not-flipped"], tmp_path
-    )
+    p = _run(["--quiet", "anchor", str(png), "--spacing-mm", "0.5", "--out", str(out), "--not-flipped"], tmp_path)
     assert p.returncode == 0, p.stderr
     for word in ("space", "confidence", "centre", "plane", "rotation"):
         assert word in p.stdout

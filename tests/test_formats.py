@@ -167,9 +167,7 @@ def test_pyramidal_tiff_reads_the_coarsest_sufficient_level(tmp_path, brain, tar
         np.testing.assert_array_equal(img, brain)
     else:  # block mean of the level above: compare with a plain 2^level block average
         f = 2**level
-        ref = (
-            brain[: shape[0] * f, : shape[1] * f].astype(float).reshape(shape[0], f, shape[1], f).mean((1, 3))
-        )
+        ref = brain[: shape[0] * f, : shape[1] * f].astype(float).reshape(shape[0], f, shape[1], f).mean((1, 3))
         assert np.abs(img - ref).max() <= 1.0
 
 
@@ -203,9 +201,7 @@ def test_pyramidal_tiff_rgb_and_given_spacing_scales_levels(tmp_path, brain_rgb)
 
 def test_tiff_stack_is_not_a_section(tmp_path, brain):
     p = tmp_path / "stack.tif"
-    tifffile.imwrite(
-        p, np.stack([brain] * 5), metadata={"axes": "ZYX"}, resolution=(10.0, 10.0), resolutionunit=3
-    )
+    tifffile.imwrite(p, np.stack([brain] * 5), metadata={"axes": "ZYX"}, resolution=(10.0, 10.0), resolutionunit=3)
     with pytest.raises(InvalidSectionError, match="slice"):
         read_section_image(p)
 
@@ -332,9 +328,7 @@ def test_ome_zarr_with_many_channels_is_refused(tmp_path, brain):
                 {"name": "y", "type": "space", "unit": "micrometer"},
                 {"name": "x", "type": "space", "unit": "micrometer"},
             ],
-            "datasets": [
-                {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1, 10, 10]}]}
-            ],
+            "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1, 10, 10]}]}],
         }
     ]
     with pytest.raises(InvalidSectionError, match="C=5"):
@@ -485,9 +479,7 @@ def test_implausible_spacing_in_file(tmp_path, brain):
 
 
 def test_bare_zarr_array_with_spacing(tmp_path, brain):
-    arr = zarr.open_array(
-        str(tmp_path / "arr.zarr"), mode="w", shape=brain.shape, dtype=brain.dtype, zarr_format=2
-    )
+    arr = zarr.open_array(str(tmp_path / "arr.zarr"), mode="w", shape=brain.shape, dtype=brain.dtype, zarr_format=2)
     arr[...] = brain
     img, sp, _ = read_section_image(tmp_path / "arr.zarr", spacing_mm=0.2)
     np.testing.assert_array_equal(img, brain)

@@ -47,9 +47,7 @@ def test_save_load_round_trips_exactly(tmp_path):
     np.testing.assert_array_equal(r2.affine, r.affine)
     assert r2.confidence == r.confidence and r2.space == r.space
     assert r2.matches.equals(r.matches)
-    np.testing.assert_array_equal(
-        np.asarray(r2.alternatives[0]["affine"]), np.asarray(r.alternatives[0]["affine"])
-    )
+    np.testing.assert_array_equal(np.asarray(r2.alternatives[0]["affine"]), np.asarray(r.alternatives[0]["affine"]))
     assert r2.to_dict() == r.to_dict()
 
 
@@ -101,9 +99,7 @@ def test_affine_places_section_like_nibabel():
     r = _result(h=60, w=50)
     img = nib.Nifti1Image(np.zeros((60, 50, 1), np.float32), r.affine)
     for row, col in [(0, 0), (59, 49), (30, 7)]:
-        np.testing.assert_allclose(
-            nib.affines.apply_affine(img.affine, [row, col, 0]), r.to_points([row], [col])[0]
-        )
+        np.testing.assert_allclose(nib.affines.apply_affine(img.affine, [row, col, 0]), r.to_points([row], [col])[0])
     # third column: unit normal x thickness, positive determinant
     n = np.cross(r.affine[:3, 0], r.affine[:3, 1])
     np.testing.assert_allclose(r.affine[:3, 2] / np.linalg.norm(r.affine[:3, 2]), n / np.linalg.norm(n))

@@ -111,11 +111,7 @@ def test_masks(brain):
 def test_rgb_section_mask_uses_colour(brain):
     x = brain / brain.max()
     glass, pink = np.array([0.8, 0.8, 0.8]), np.array([0.95, 0.65, 0.95])
-    noisy = (
-        glass
-        - x[..., None] * (glass - pink)
-        + 0.05 * np.random.default_rng(2).standard_normal(x.shape + (3,))
-    )
+    noisy = glass - x[..., None] * (glass - pink) + 0.05 * np.random.default_rng(2).standard_normal(x.shape + (3,))
     rgb = np.clip(np.rint(255 * noisy), 0, 255).astype(np.uint8)
     s = Section(rgb, spacing_mm=0.5, modality="nissl")
     assert s.gray.shape == brain.shape
