@@ -180,7 +180,12 @@ def ransac_section(
     hyps: list[tuple[float, NDArray, NDArray]] = []
     for start in range(0, n_trials, batch):
         nb = min(batch, n_trials - start)
-        g3 = np.stack([rng.choice(n_groups, 3, replace=False) for _ in range(nb)])
+        g3 = rng.integers(0, n_groups, size=(nb, 3))
+        distinct = (g3[:, 0] != g3[:, 1]) & (g3[:, 0] != g3[:, 2]) & (g3[:, 1] != g3[:, 2])
+        g3 = g3[distinct]
+        nb = len(g3)
+        if nb == 0:
+            continue
         u = rng.random((nb, 3))
         # pick a pair inside each chosen group by inverse CDF
         pick = np.empty((nb, 3), np.int64)
@@ -205,7 +210,7 @@ def ransac_section(
         lin, t = lin[ok_s], t[ok_s]
         if len(lin) == 0:
             continue
-        pred = np.einsum("hij,mj->hmi", lin, rc) + t[:, None, :]
+        pred = np.matmul(rc[None], lin.transpose(0, 2, 1)) + t[:, None, :]  # (h, M, 3)
         res = np.linalg.norm(pred - xyz[None], axis=-1)  # (h, M)
         inl = _group_min(res, starts) < residual_threshold  # (h, G)
         score = inl.sum(axis=1).astype(float)

@@ -48,7 +48,8 @@ class AnchorParams:
     dense_below: int = 250
     converged_mm: float = 0.5
     refine: bool = True
-    n_sample_points: int = 3000
+    n_sample_points: int = 2000
+    n_refine: int = 2
 
 
 def confidence_from_scores(consistency: float, nmi_gain: float) -> float:
@@ -344,8 +345,8 @@ def anchor(
             scored.append([val - base, g, info])
         scored.sort(key=lambda x: -x[0])
         if p.refine:
-            # refine the best three coarsely, then re-rank (refinement can overturn a close call)
-            for item in scored[:3]:
+            # refine the best n_refine coarsely, then re-rank (refinement can overturn a close call)
+            for item in scored[: p.n_refine]:
                 lin, t, _ = refine_map(
                     pts,
                     item[1].linear,
@@ -354,7 +355,7 @@ def anchor(
                     ref.volume_affine,
                     smoothed=smoothed,
                     smooth_sigmas=(2.0,),
-                    max_evals=150,
+                    max_evals=120,
                 )
                 lin = constrain_affine(lin, spec.spacing_mm, p.scale_range)
                 gm = SectionMap(lin, t, score=item[1].score)
@@ -371,7 +372,7 @@ def anchor(
                 ref.volume_affine,
                 smoothed=smoothed,
                 smooth_sigmas=(1.0, 0.0),
-                max_evals=200,
+                max_evals=160,
             )
             lin = constrain_affine(lin, spec.spacing_mm, p.scale_range)
             gm = SectionMap(lin, t, score=top[1].score)
@@ -407,7 +408,7 @@ def anchor(
                 ref.volume_affine,
                 smoothed=smoothed,
                 smooth_sigmas=(2.0, 0.0),
-                max_evals=200,
+                max_evals=160,
             )
             lin = constrain_affine(lin, spec.spacing_mm, p.scale_range)
             gm = SectionMap(lin, t, score=mir.score)

@@ -59,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="8 sections instead of 36")
     p.add_argument("--out", default=None, help="folder for benchmark.json")
     p.add_argument("--seed", type=int, default=2026)
+    p.add_argument("--doc", default=None, help="also write the report as Markdown (e.g. docs/benchmarks.md)")
 
     p = sub.add_parser("reference", help="reference indexes")
     rsub = p.add_subparsers(dest="rcmd", required=True)
@@ -161,6 +162,12 @@ def _cmd_benchmark(ns: argparse.Namespace) -> int:
 
     rep = run_benchmark(quick=ns.quick, out=ns.out, seed=ns.seed, progress=not ns.quiet)
     _print(format_table(rep))
+    if ns.doc:
+        from .benchmark import format_markdown
+        from .cache import atomic_write_text
+
+        atomic_write_text(ns.doc, format_markdown(rep))
+        _print(f"wrote {ns.doc}")
     return 0
 
 

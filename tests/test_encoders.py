@@ -1,0 +1,78 @@
+"""Shipped encoders: checksums, loading with weights_only, the (N, C, P, P) -> (N, D) contract."""
+
+from __future__ import annotations
+
+import hashlib
+from importlib import resources
+
+import numpy as np
+import pytest
+import torch
+
+from siibra_anchor.encoders import (
+    PatchEncoder,
+    RawPixelEncoder,
+    check_encoder,
+    default_manifest,
+    embed_patches,
+    encoder_hash,
+    load_default_encoder,
+    load_encoder,
+    shipped_encoders,
+)
+from siibra_anchor.errors import EncoderError, WeightsChecksumError
+
+
+@pytest.mark.parametrize("name", shipped_encoders())
+def test_shipped_weights_match_their_sha256_and_load(name):
+    entry = default_manifest()["encoders"][name]
+    model = load_default_encoder(name)
+    if entry["file"]:
+        data = resources.files("siibra_anchor").joinpath("weights/" + entry["file"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"]
+        assert "trained_by" in entry and entry["trained_by"]
+    x = torch.rand(5, 1, 32, 32)
+    with torch.inference_mode():
+        z = model(x)
+    assert z.shape[0] == 5
+    np.testing.assert_allclose(z.norm(dim=1).numpy(), 1.0, rtol=1e-5)
+
+
+def test_default_is_the_trained_cnn():
+    man = default_manifest()
+    assert man["encoders"][man["default"]]["config"]["arch"] == "patch-cnn"
+    assert isinstance(load_default_encoder(), PatchEncoder)
+
+
+def test_tampered_weights_are_refused(tmp_path):
+    man = default_manifest()
+    entry = man["encoders"][man["default"]]
+    data = bytearray(resources.files("siibra_anchor").joinpath("weights/" + entry["file"]).read_bytes())
+    data[-1] ^= 0xFF
+    p = tmp_path / "bad.pt"
+    p.write_bytes(bytes(data))
+    with pytest.raises(WeightsChecksumError):
+        load_encoder(p, entry["config"], sha256=entry["sha256"])
+
+
+def test_embedding_is_batch_independent_and_deterministic():
+    model = load_default_encoder()
+    rng = np.random.default_rng(0)
+    x = rng.random((40, 32, 32)).astype(np.float32)
+    a = embed_patches(model, x, batch_size=7)
+    b = embed_patches(model, x, batch_size=40)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    assert encoder_hash(model) == encoder_hash(load_default_encoder())
+
+
+def test_encoder_contract_is_checked():
+    assert check_encoder(RawPixelEncoder(pool=2), 32) == 256
+
+    class Bad(torch.nn.Module):
+        def forward(self, x):
+            return x  # (N, C, P, P): not an embedding
+
+    with pytest.raises(EncoderError):
+        check_encoder(Bad(), 32)
+    with pytest.raises(EncoderError):
+        check_encoder("not a module", 32)  # type: ignore[arg-type]
