@@ -163,11 +163,12 @@ def _cmd_benchmark(ns: argparse.Namespace) -> int:
     rep = run_benchmark(quick=ns.quick, out=ns.out, seed=ns.seed, progress=not ns.quiet)
     _print(format_table(rep))
     if ns.doc:
-        from .benchmark import format_markdown
+        from .benchmark import example_figure, format_markdown
         from .cache import atomic_write_text
 
+        fig = example_figure(rep, Path(ns.doc).parent / "benchmark-example.png")
         atomic_write_text(ns.doc, format_markdown(rep))
-        _print(f"wrote {ns.doc}")
+        _print(f"wrote {ns.doc}" + (f" and {fig}" if fig else ""))
     return 0
 
 
