@@ -124,8 +124,7 @@ def detect_format(path: str | PathLike[str]) -> str:
             fmt = SUFFIXES[suffix]
             if fmt == "ome-zarr":
                 raise FileFormatError(
-                    f"{p} is a file, but OME-Zarr must be a directory (zipped zarr is not supported); "
-                    "unzip it first"
+                    f"{p} is a file, but OME-Zarr must be a directory (zipped zarr is not supported); unzip it first"
                 )
             return fmt
     raise FileFormatError(
@@ -183,16 +182,12 @@ def read_section_image(
     if target_spacing_mm is not None:
         t = _as_float(target_spacing_mm)
         if t is None or not math.isfinite(t) or t <= 0:
-            raise SpacingError(
-                f"target_spacing_mm must be a positive number of mm, got {target_spacing_mm!r}"
-            )
+            raise SpacingError(f"target_spacing_mm must be a positive number of mm, got {target_spacing_mm!r}")
         target_spacing_mm = t
     given = validate_spacing(spacing_mm) if spacing_mm is not None else None
     if fmt != "ome-zarr":
         _check_content(p, fmt)
-    reader = {"png": _read_pil, "jpeg": _read_pil, "tiff": _read_tiff, "nifti": _read_nifti}.get(
-        fmt, _read_zarr
-    )
+    reader = {"png": _read_pil, "jpeg": _read_pil, "tiff": _read_tiff, "nifti": _read_nifti}.get(fmt, _read_zarr)
     try:
         image, spacing, meta = reader(p, given, target_spacing_mm)
     except (AnchorError, MemoryError):
@@ -594,9 +589,7 @@ def _find_multiscales(node: Any, path: Path) -> tuple[Any, dict[str, Any]]:
         ms = attrs.get("multiscales") or (attrs.get("ome") or {}).get("multiscales")
         if ms:
             if not isinstance(ms, list) or not isinstance(ms[0], dict) or not ms[0].get("datasets"):
-                raise CorruptFileError(
-                    f"OME-Zarr {str(path)!r} has malformed multiscales metadata: {ms!r:.200}"
-                )
+                raise CorruptFileError(f"OME-Zarr {str(path)!r} has malformed multiscales metadata: {ms!r:.200}")
             return group, ms[0]
     raise FileFormatError(
         f"zarr store {str(path)!r} has no OME-Zarr 'multiscales' metadata; write it as OME-Zarr "
@@ -647,9 +640,7 @@ def _zarr_to_section(arr: Any, axes: list[str], path: Path, types: list[Any] | N
             letters.append("Q")
     layout = _section_layout(arr.shape, "".join(letters), path)
     # read only index 0 of singleton axes: nothing else is in the array
-    index = tuple(
-        slice(None) if a in "YX" or n > 1 else slice(0, 1) for a, n in zip(letters, arr.shape, strict=True)
-    )
+    index = tuple(slice(None) if a in "YX" or n > 1 else slice(0, 1) for a, n in zip(letters, arr.shape, strict=True))
     return _apply_layout(np.asarray(arr[index]), layout)
 
 
@@ -715,9 +706,7 @@ def _choose_level(
         if fine_enough:
             k = max(fine_enough, key=lambda i: coarse[i])
         else:
-            logger.info(
-                "finest level spacing %s mm is coarser than target %s mm; reading it", spacing0, target
-            )
+            logger.info("finest level spacing %s mm is coarser than target %s mm; reading it", spacing0, target)
     elif target is not None and len(shapes) > 1:
         logger.info("no spacing known: reading full resolution, target_spacing_mm=%s ignored", target)
     fr, fc = factors[k]

@@ -167,6 +167,35 @@ def _shifted_nmi(pts: Any, m: SectionMap, ref: Any, vol: NDArray, shift_mm: floa
     return float(np.median(vals))
 
 
+def _nmi_gain(pts: Any, m: SectionMap, ref: Any) -> float:
+    """NMI of the section with the template on placement ``m`` minus its level on shifted planes."""
+    from .refine import plane_nmi
+
+    return plane_nmi(pts, m.linear, m.translation, ref.volume, ref.volume_affine) - _shifted_nmi(
+        pts, m, ref, ref.volume
+    )
+
+
+def _refined(
+    pts: Any, m: SectionMap, ref: Any, spacing: float, p: AnchorParams, smoothed: dict, sigmas: tuple, evals: int
+) -> tuple[float, SectionMap]:
+    """Intensity-refine placement ``m`` (within the scale prior) and return (NMI gain, refined map)."""
+    from .refine import refine_map
+
+    lin, t, _ = refine_map(
+        pts,
+        m.linear,
+        m.translation,
+        ref.volume,
+        ref.volume_affine,
+        smoothed=smoothed,
+        smooth_sigmas=sigmas,
+        max_evals=evals,
+    )
+    gm = SectionMap(constrain_affine(lin, spacing, p.scale_range), t, score=m.score)
+    return _nmi_gain(pts, gm, ref), gm
+
+
 def anchor(
     section: Section,
     space: Any = "mni152",
@@ -336,47 +365,19 @@ def anchor(
     pts = None
     smoothed = {sg: ref.smoothed_volume(sg) for sg in (2.0, 1.0, 0.0)}
     if ref.volume is not None:
-        from .refine import plane_nmi, refine_map, sample_points
+        from .refine import sample_points
 
         pts = sample_points(imgn, msk, p.n_sample_points, rng)
         for g, info in cands:
-            base = _shifted_nmi(pts, g, ref, ref.volume)
-            val = plane_nmi(pts, g.linear, g.translation, ref.volume, ref.volume_affine)
-            scored.append([val - base, g, info])
+            scored.append([_nmi_gain(pts, g, ref), g, info])
         scored.sort(key=lambda x: -x[0])
         if p.refine:
             # refine the best n_refine coarsely, then re-rank (refinement can overturn a close call)
             for item in scored[: p.n_refine]:
-                lin, t, _ = refine_map(
-                    pts,
-                    item[1].linear,
-                    item[1].translation,
-                    ref.volume,
-                    ref.volume_affine,
-                    smoothed=smoothed,
-                    smooth_sigmas=(2.0,),
-                    max_evals=120,
-                )
-                lin = constrain_affine(lin, spec.spacing_mm, p.scale_range)
-                gm = SectionMap(lin, t, score=item[1].score)
-                val = plane_nmi(pts, lin, t, ref.volume, ref.volume_affine)
-                item[0] = val - _shifted_nmi(pts, gm, ref, ref.volume)
-                item[1] = gm
+                item[0], item[1] = _refined(pts, item[1], ref, spec.spacing_mm, p, smoothed, (2.0,), 120)
             scored.sort(key=lambda x: -x[0])
             top = scored[0]
-            lin, t, _ = refine_map(
-                pts,
-                top[1].linear,
-                top[1].translation,
-                ref.volume,
-                ref.volume_affine,
-                smoothed=smoothed,
-                smooth_sigmas=(1.0, 0.0),
-                max_evals=160,
-            )
-            lin = constrain_affine(lin, spec.spacing_mm, p.scale_range)
-            gm = SectionMap(lin, t, score=top[1].score)
-            gain = plane_nmi(pts, lin, t, ref.volume, ref.volume_affine) - _shifted_nmi(pts, gm, ref, ref.volume)
+            gain, gm = _refined(pts, top[1], ref, spec.spacing_mm, p, smoothed, (1.0, 0.0), 160)
             if gain >= top[0]:
                 scored[0] = [gain, gm, top[2]]
     else:
@@ -387,8 +388,6 @@ def anchor(
     if ref.volume is not None and p.refine and pts is not None:
         # The mirror image of the winner across the mid-sagittal plane (x -> -x) is the classic
         # left/right confusion; test it explicitly unless a hint rules it out.
-        from .refine import plane_nmi, refine_map
-
         top = scored[0]
         d = np.diag([-1.0, 1.0, 1.0])
         mir = SectionMap(d @ top[1].linear, d @ top[1].translation, score=top[1].score)
@@ -400,19 +399,7 @@ def anchor(
             or (flipped is not None and mounting_mirrored(mir) != bool(flipped))
         )
         if allowed:
-            lin, t, _ = refine_map(
-                pts,
-                mir.linear,
-                mir.translation,
-                ref.volume,
-                ref.volume_affine,
-                smoothed=smoothed,
-                smooth_sigmas=(2.0, 0.0),
-                max_evals=160,
-            )
-            lin = constrain_affine(lin, spec.spacing_mm, p.scale_range)
-            gm = SectionMap(lin, t, score=mir.score)
-            gain = plane_nmi(pts, lin, t, ref.volume, ref.volume_affine) - _shifted_nmi(pts, gm, ref, ref.volume)
+            gain, gm = _refined(pts, mir, ref, spec.spacing_mm, p, smoothed, (2.0, 0.0), 160)
             g2, info2 = _guided(
                 emb,
                 cen,

@@ -131,7 +131,7 @@ def run_benchmark(
     raw = RawPixelEncoder()
     ref_raw = Reference.from_space("mni152", encoder=raw)
     cases = simulated_set(8 if quick else 36, seed=seed)
-    rows = []
+    rows: list[dict[str, Any]] = []
     it = cases
     if progress:
         from tqdm.auto import tqdm

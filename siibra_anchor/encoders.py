@@ -25,6 +25,7 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from .cache import file_sha256
 from .errors import EncoderError, WeightsChecksumError
 
 __all__ = [
@@ -124,21 +125,13 @@ def build_encoder(config: dict[str, Any]) -> nn.Module:
     raise EncoderError(f"unknown encoder arch {arch!r}; known: 'raw-pixel', 'patch-cnn'")
 
 
-def _sha256(path: Any) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_encoder(weights_path: Any, config: dict[str, Any], sha256: str | None = None) -> nn.Module:
     """Build an encoder from ``config`` and load a state dict with ``torch.load(weights_only=True)``.
 
     If ``sha256`` is given the file must match it (:class:`WeightsChecksumError` otherwise).
     """
     if sha256 is not None:
-        got = _sha256(weights_path)
+        got = file_sha256(weights_path)
         if got != sha256:
             raise WeightsChecksumError(
                 f"encoder weights {weights_path} have sha256 {got}, expected {sha256}; "

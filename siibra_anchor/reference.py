@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from .cache import file_sha256
 from .errors import CorruptFileError, EmptyMaskError, InvalidReferenceError, SchemaVersionError
 from .patches import PatchSpec, extract_patches, grid_centres, normalize_intensity
 from .planes import CANONICAL_PLANES, cut_plane, pixel_to_world, plane_affine
@@ -49,14 +50,6 @@ def _world_bbox(mask: NDArray, affine: NDArray) -> tuple[NDArray, NDArray]:
     corners = np.array([[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])], float)
     w = corners @ affine[:3, :3].T + affine[:3, 3]
     return w.min(axis=0), w.max(axis=0)
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass
@@ -188,20 +181,11 @@ class Reference:
         if key == "mni152":
             from .templates import volume_path
 
-            return cls.from_volume(
-                volume_path("mni152"),
-                space="mni152",
-                n_sections=n_sections,
-                axis=axis,
-                encoder=encoder,
-                spec=spec,
-                stride_px=stride_px,
-                cache=cache,
-                progress=progress,
-            )
-        from .adapters.siibra_spaces import fetch_template  # network / siibra layer
+            path = volume_path("mni152")
+        else:
+            from .adapters.siibra_spaces import fetch_template  # network / siibra layer
 
-        path = fetch_template(key)
+            path = fetch_template(key)
         return cls.from_volume(
             path,
             space=key,
@@ -258,7 +242,7 @@ class Reference:
 
                 raise SectionFileNotFoundError(f"template volume not found: {vpath}")
             data, vaff = load_volume(vpath)
-            vol_id = _file_sha256(vpath)
+            vol_id = file_sha256(vpath)
         else:
             data = np.asarray(volume.dataobj, np.float32)
             vaff = np.asarray(volume.affine, float)

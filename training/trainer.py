@@ -17,7 +17,6 @@ with ``encoder.json`` (config for ``build_encoder``, sha256, exact command, git 
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import logging
 import math
@@ -36,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from siibra_anchor.cache import file_sha256
 from siibra_anchor.encoders import RawPixelEncoder, build_encoder
 from siibra_anchor.patches import PatchSpec
 
@@ -199,14 +199,6 @@ def _write_json(path: Path, data: Any) -> None:
             f.write("\n")
 
     _atomic_write_bytes(path, w)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
@@ -646,7 +638,7 @@ def _train(cfg: TrainConfig, d: _Dist, device: torch.device, resume: bool, comma
     weights = out / "encoder.pt"
     state = {k: v.detach().cpu().float().contiguous() for k, v in model.state_dict().items()}
     _atomic_write_bytes(weights, lambda tmp: torch.save(state, tmp))
-    sha = _sha256(weights)
+    sha = file_sha256(weights)
     manifest = {
         "name": f"{cfg.encoder.arch}-w{cfg.encoder.width}-d{cfg.encoder.dim}-spatial-contrastive",
         "config": cfg.encoder_config(),
