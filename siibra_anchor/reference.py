@@ -183,9 +183,13 @@ class Reference:
 
             path = volume_path("mni152")
         else:
-            from .adapters.siibra_spaces import fetch_template  # network / siibra layer
+            from .errors import SpaceUnavailableError
 
-            path = fetch_template(key)
+            # fetching templates through siibra (online) is not part of this version yet
+            raise SpaceUnavailableError(
+                f"the template of space {key!r} is not embedded and cannot be fetched by this version of "
+                f"siibra-anchor; supply it yourself: sa.Reference.from_volume('template.nii.gz', space={key!r})"
+            )
         return cls.from_volume(
             path,
             space=key,

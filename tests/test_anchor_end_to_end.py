@@ -128,3 +128,14 @@ def test_bad_inputs_raise_typed_errors(mni_reference):
 
     with pytest.raises(EncoderError):
         sa.anchor(sim.section, reference=mni_reference, encoder=RawPixelEncoder(pool=4))
+
+
+def test_non_embedded_spaces_say_how_to_supply_a_template():
+    from siibra_anchor.errors import SpaceUnavailableError, UnknownSpaceError
+
+    with pytest.raises(SpaceUnavailableError, match="from_volume"):
+        sa.Reference.from_space("colin27")
+    with pytest.raises(ConnectionError):  # SpaceUnavailableError is also the builtin
+        sa.Reference.from_space("BigBrain")
+    with pytest.raises(UnknownSpaceError, match="narnia"):
+        sa.Reference.from_space("narnia")
