@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from .errors import AnchoringFailedError
 from .patches import extract_patches
 
 __all__ = ["PatchViews"]
@@ -83,9 +84,15 @@ class PatchViews:
 
     def take(self, rows: NDArray, views: NDArray) -> NDArray:
         """(P, D) embeddings of the (row, view) pairs."""
+        rows = np.asarray(rows, np.int64)
+        views = np.asarray(views, np.int64)
+        if rows.size == 0:
+            return np.zeros((0, 0 if self._emb is None else self._emb.shape[2]), np.float32)
         self.ensure(rows, views)
-        assert self._emb is not None
-        return self._emb[np.asarray(rows, np.int64), np.asarray(views, np.int64)]
+        emb = self._emb
+        if emb is None:  # unreachable: ensure() encoded at least one pair
+            raise AnchoringFailedError("no patch embeddings were computed")
+        return emb[rows, views]
 
     def all_views(self, rows: NDArray) -> NDArray:
         """(R, V, D) embeddings of the given rows in every view."""
