@@ -138,8 +138,10 @@ def run_benchmark(
 
         it = tqdm(cases, desc="benchmark sections", unit="section")
     base_params = AnchorParams()
+    sims = []
     for case in it:
         sim = _make(case)
+        sims.append(sim)
         t = time.perf_counter()
         # the user knows how the section was mounted, and which hemisphere a hemisection holds
         hints = {"flipped": False, "hemisphere": case.partial if case.partial in ("left", "right") else None}
@@ -202,12 +204,25 @@ def run_benchmark(
         f"{k[0]}/{k[1]}": _stats([r["error_raw_pixel_mm"] for r in rows if (r["volume"], r["contrast"]) == k])
         for k in sorted({(r["volume"], r["contrast"]) for r in rows})
     }
+    # patch level (the poster's figures A-C): the default encoder beside raw pixels and classical features
+    from .encoders import ClassicalFeatureEncoder
+    from .patch_eval import patch_metrics
+
+    classical = ClassicalFeatureEncoder()
+    ref_cl = Reference.from_space("mni152", encoder=classical)
+    report["patch_level"] = {
+        name: patch_metrics(sims, r, e)
+        for name, r, e in (("default", ref, enc), ("raw-pixel", ref_raw, raw), ("classical", ref_cl, classical))
+    }
     if out is not None:
         from .cache import atomic_write_text
 
         p = Path(out)
         p.mkdir(parents=True, exist_ok=True)
         atomic_write_text(p / "benchmark.json", json.dumps(report, indent=1))
+        from .patch_eval import plot_patch_metrics
+
+        plot_patch_metrics(report["patch_level"], str(p / "patch_level.png"))
     return report
 
 
@@ -239,6 +254,18 @@ def format_table(report: dict[str, Any]) -> str:
             f"  {k:<32}{s['median_mm']:>10.2f}{s['p90_mm']:>10.2f}{s['failure_rate']:>10.0%}{s['n']:>6}"
             f"   | {b['median_mm']:>7.2f}{b['p90_mm']:>8.2f}{b['failure_rate']:>7.0%}"
         )
+    if "patch_level" in report:
+        lines.append("")
+        lines.append("patch level (top-1 patch error; top-k accuracy vs the closest reference patch):")
+        lines.append(
+            f"{'encoder':<14}{'median mm':>10}{'p90 mm':>9}{'top-1':>7}{'top-5':>7}{'top-10':>8}{'top-50':>8}{'n':>7}"
+        )
+        for name, m in report["patch_level"].items():
+            tk = m["topk"]
+            lines.append(
+                f"{name:<14}{m['median_mm']:>10.1f}{m['p90_mm']:>9.1f}{tk[0]:>7.2f}{tk[4]:>7.2f}{tk[9]:>8.2f}"
+                f"{tk[-1]:>8.2f}{m['n']:>7}"
+            )
     conf = np.array([r["confidence"] for r in report["cases"]])
     ok = np.array([r["error_mm"] <= FAIL_MM for r in report["cases"]])
     lines.append("")
@@ -275,6 +302,9 @@ def format_markdown(report: dict[str, Any]) -> str:
         "```",
         format_table(report),
         "```",
+        "",
+        "![Patch level: (A) top-k accuracy, (B) top-1 patch errors, whiskers at p90, (C) outliers]"
+        "(benchmark-patches.png)",
         "",
         "![The section with the median error, placed by its affine inside the MNI152 template"
         " (Neuroglancer, rendered offline by `siibra-anchor view --screenshot`)](benchmark-example.png)",

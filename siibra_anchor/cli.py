@@ -167,6 +167,9 @@ def _cmd_benchmark(ns: argparse.Namespace) -> int:
         from .cache import atomic_write_text
 
         fig = example_figure(rep, Path(ns.doc).parent / "benchmark-example.png")
+        from .patch_eval import plot_patch_metrics
+
+        plot_patch_metrics(rep["patch_level"], str(Path(ns.doc).parent / "benchmark-patches.png"))
         atomic_write_text(ns.doc, format_markdown(rep))
         _print(f"wrote {ns.doc}" + (f" and {fig}" if fig else ""))
     return 0

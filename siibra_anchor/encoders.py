@@ -31,6 +31,7 @@ from .errors import EncoderError, WeightsChecksumError
 __all__ = [
     "RawPixelEncoder",
     "PatchEncoder",
+    "ClassicalFeatureEncoder",
     "build_encoder",
     "load_default_encoder",
     "load_encoder",
@@ -122,7 +123,9 @@ def build_encoder(config: dict[str, Any]) -> nn.Module:
         return RawPixelEncoder(**cfg)
     if arch == "patch-cnn":
         return PatchEncoder(**cfg)
-    raise EncoderError(f"unknown encoder arch {arch!r}; known: 'raw-pixel', 'patch-cnn'")
+    if arch == "classical":
+        return ClassicalFeatureEncoder(**cfg)
+    raise EncoderError(f"unknown encoder arch {arch!r}; known: 'raw-pixel', 'patch-cnn', 'classical'")
 
 
 def load_encoder(weights_path: Any, config: dict[str, Any], sha256: str | None = None) -> nn.Module:
@@ -225,3 +228,51 @@ def embed_patches(model: nn.Module, patches: NDArray, batch_size: int = 2048, de
         d = check_encoder(model, x.shape[-1], x.shape[1])
         return np.zeros((0, d), np.float32)
     return np.concatenate(outs, axis=0)
+
+
+class ClassicalFeatureEncoder(nn.Module):
+    """Baseline of classical features: intensity histogram + gradient-magnitude histogram + gradient
+    orientation histograms on a 2x2 grid of cells (HOG-like), concatenated and standardised.
+
+    Input (N, 1, P, P) in [0, 1] (background 0); output (N, bins + bins + 4 * orientations).
+    """
+
+    def __init__(self, bins: int = 16, orientations: int = 8) -> None:
+        super().__init__()
+        self.bins, self.orientations = int(bins), int(orientations)
+        self.config: dict[str, Any] = {"arch": "classical", "bins": self.bins, "orientations": self.orientations}
+
+    @staticmethod
+    def _soft_hist(v: torch.Tensor, w: torch.Tensor, centres: torch.Tensor, width: float) -> torch.Tensor:
+        # (N, M) values and weights -> (N, B) triangular-kernel histogram
+        k = torch.clamp(1.0 - (v[:, :, None] - centres).abs() / width, min=0.0)
+        return (k * w[:, :, None]).sum(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, :1]
+        n, _, p, _ = x.shape
+        gx = torch.zeros_like(x)
+        gy = torch.zeros_like(x)
+        gx[..., 1:-1] = (x[..., 2:] - x[..., :-2]) / 2
+        gy[..., 1:-1, :] = (x[..., 2:, :] - x[..., :-2, :]) / 2
+        mag = torch.sqrt(gx**2 + gy**2 + 1e-12)
+        tissue = (x > 0).float()
+        c_int = torch.linspace(0, 1, self.bins)
+        h_int = self._soft_hist(x.flatten(1), tissue.flatten(1), c_int, 1.0 / (self.bins - 1))
+        c_mag = torch.linspace(0, 0.5, self.bins)
+        h_mag = self._soft_hist(mag.flatten(1).clamp(max=0.5), tissue.flatten(1), c_mag, 0.5 / (self.bins - 1))
+        ang = torch.atan2(gy, gx) % np.pi  # unsigned orientation
+        c_ang = torch.linspace(0, np.pi, self.orientations + 1)[:-1]
+        cells = []
+        h = p // 2
+        for r0 in (0, h):
+            for c0 in (0, h):
+                a = ang[..., r0 : r0 + h, c0 : c0 + h].flatten(1)
+                w = mag[..., r0 : r0 + h, c0 : c0 + h].flatten(1)
+                d = (a[:, :, None] - c_ang).abs()
+                d = torch.minimum(d, np.pi - d)
+                k = torch.clamp(1.0 - d / (np.pi / self.orientations), min=0.0)
+                cells.append((k * w[:, :, None]).sum(1))
+        z = torch.cat([h_int / p**2, h_mag / p**2, *cells], dim=1)
+        z = z - z.mean(dim=1, keepdim=True)
+        return nn.functional.normalize(z, dim=1)
