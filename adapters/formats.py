@@ -18,9 +18,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
-import tempfile
-import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from os import PathLike
@@ -30,6 +27,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from siibra_anchor.cache import atomic_dir, atomic_file
 from siibra_anchor.errors import (
     AnchorError,
     CorruptFileError,
@@ -280,7 +278,8 @@ def write_pyramidal_tiff(
                     **kw,
                 )
 
-    _atomic_file(dest, write)
+    with atomic_file(dest) as tmp:
+        write(tmp)
     return dest
 
 
@@ -354,7 +353,8 @@ def write_ome_zarr(
         else:
             group.attrs["multiscales"] = [{"version": "0.4", **ms}]
 
-    _atomic_dir(dest, write)
+    with atomic_dir(dest) as tmp:
+        write(tmp)
     return dest
 
 
@@ -787,35 +787,3 @@ def _as_float(v: Any) -> float | None:
         return float(v)
     except (TypeError, ValueError):
         return None
-
-
-def _atomic_file(dest: Path, write: Any) -> None:
-    """Call ``write(tmp)`` on a temporary file next to ``dest``, then rename it to ``dest``."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _atomic_dir(dest: Path, write: Any) -> None:
-    """Call ``write(tmp)`` on a temporary directory next to ``dest``, then move it to ``dest``."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.tmp"
-    try:
-        write(tmp)
-        if dest.exists():
-            old = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.old"
-            os.replace(dest, old)
-            os.replace(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

@@ -25,7 +25,6 @@ import re
 import shlex
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from siibra_anchor.cache import file_sha256
+from siibra_anchor.cache import atomic_file, file_sha256
 from siibra_anchor.encoders import RawPixelEncoder, build_encoder
 from siibra_anchor.patches import PatchSpec
 
@@ -181,15 +180,9 @@ def _broadcast(values: list[float], d: _Dist, device: torch.device) -> list[floa
 
 
 def _atomic_write_bytes(path: Path, writer: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        writer(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Call ``writer(tmp)`` on a temporary file next to ``path``, then rename it into place."""
+    with atomic_file(path) as tmp:
+        writer(str(tmp))
 
 
 def _write_json(path: Path, data: Any) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -18,6 +17,8 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+
+from siibra_anchor.cache import atomic_file
 
 from .errors import TrainConfigError
 
@@ -140,14 +141,7 @@ def export_volumes(path: str | os.PathLike[str], keys: Iterable[str]) -> Path:
         arrays[f"affine_{i}"] = v.affine
         arrays[f"mask_{i}"] = v.mask
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp.npz", dir=out.parent)
-    os.close(fd)
-    try:
+    with atomic_file(out, suffix=".tmp.npz") as tmp:
         np.savez_compressed(tmp, **arrays)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     log.info("wrote %d volumes to %s (%.1f MB)", len(vols), out, out.stat().st_size / 1e6)
     return out

@@ -18,6 +18,8 @@ from typing import Any
 
 from numpy.typing import ArrayLike
 
+from siibra_anchor.cache import atomic_file
+
 from .errors import BrowserUnavailableError, ViewerArgumentError, ViewerTimeoutError
 from .serve import serve_result
 
@@ -65,18 +67,6 @@ def chromium_paths() -> tuple[str, str]:
                 f"{'CHROMIUM_BINARY' if pkg == 'chromium' else 'CHROMEDRIVER'}"
             )
     return chrome, driver
-
-
-def _atomic_write_png(path: Path, png: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(png)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def screenshot_url(
@@ -178,7 +168,8 @@ def screenshot_url(
     buf = io.BytesIO()
     im.save(buf, format="PNG")
     out = Path(out_png)
-    _atomic_write_png(out, buf.getvalue())
+    with atomic_file(out) as tmp:
+        tmp.write_bytes(buf.getvalue())
     return out
 
 
