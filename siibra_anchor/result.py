@@ -49,6 +49,10 @@ class _ResultModel(BaseModel):
     reference: dict[str, Any] = {}
 
 
+AMBIGUOUS_MARGIN = 0.04
+"""A distinct alternative placement scoring within this NMI gain of the chosen one makes it ambiguous."""
+
+
 class AnchoringResult:
     """Result of :func:`siibra_anchor.anchor`.
 
@@ -165,7 +169,49 @@ class AnchoringResult:
             lines.append(
                 "alternatives " + "; ".join(f"{a['label']} (score {a['score']:.3f})" for a in self.alternatives[:3])
             )
+        amb = self.ambiguity()
+        if amb:
+            lines.append(f"AMBIGUOUS   {amb}")
         return "\n".join(lines)
+
+    def ambiguity(self, margin: float = AMBIGUOUS_MARGIN) -> str | None:
+        """Why the placement is ambiguous and which hint would settle it, or None when it is not.
+
+        A placement is ambiguous when a distinct alternative (``alternatives``: > 10 mm away over the
+        tissue) scores within ``margin`` of the chosen one (the score is the NMI gain of the section
+        against the reference on the candidate plane, see ``diagnostics["nmi_gain"]``).
+        """
+        best = self.diagnostics.get("nmi_gain")
+        if best is None or not self.alternatives:
+            return None
+        close = [a for a in self.alternatives if float(best) - float(a["score"]) < margin]
+        if not close:
+            return None
+        a = close[0]
+        gap = float(best) - float(a["score"])
+        label = str(a.get("label", "other placement"))
+        if label == "other hemisphere" and self.diagnostics.get("hemisphere") is None:
+            side = "left" if self.center_mm[0] < 0 else "right"
+            other = "right" if side == "left" else "left"
+            return (
+                f"the {other} hemisphere fits almost as well as the {side} one (score gap {gap:.3f}); "
+                f"if you know which hemisphere the section holds, pass hemisphere='left' or 'right' "
+                f"(CLI: --hemisphere left|right)"
+            )
+        if label.startswith("mirrored") and self.diagnostics.get("flipped") is None:
+            return (
+                f"the mirrored mounting fits almost as well (score gap {gap:.3f}); if you know how the section "
+                f"was mounted, pass flipped=False (face up) or flipped=True (face down) "
+                f"(CLI: --not-flipped / --flipped)"
+            )
+        alt_centre = np.asarray(a["affine"], dtype=float)[:3, :] @ np.array(
+            [*(np.asarray(self.section.get("shape", (1, 1))[:2], dtype=float) - 1) / 2.0, 0.0, 1.0]
+        )
+        dist = float(np.linalg.norm(alt_centre - self.center_mm))
+        return (
+            f"a {label} {dist:.0f} mm away fits almost as well (score gap {gap:.3f}); look at the QC figure "
+            f"(result.plot_qc) before using this placement, or anchor against a reference closer to your data"
+        )
 
     def __repr__(self) -> str:
         return f"AnchoringResult(space={self.space!r}, confidence={self.confidence:.2f}, centre={self.center_mm.round(1).tolist()})"

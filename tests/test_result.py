@@ -120,3 +120,21 @@ def test_summary_mentions_space_and_confidence():
 def test_public_api_names():
     for name in ("Section", "Reference", "AnchoringResult", "anchor", "anchor_series", "errors"):
         assert hasattr(sa, name)
+
+
+def test_ambiguity_names_the_hint_that_settles_it():
+    r = _result()
+    r.diagnostics.update({"nmi_gain": 0.20, "hemisphere": None, "flipped": None})
+    r.alternatives[0]["score"] = 0.19  # the other hemisphere scores almost as well
+    amb = r.ambiguity()
+    assert amb is not None and "hemisphere='left' or 'right'" in amb and "--hemisphere" in amb
+    assert "AMBIGUOUS" in r.summary()
+    r.alternatives[0]["score"] = 0.10  # clearly worse: not ambiguous
+    assert r.ambiguity() is None and "AMBIGUOUS" not in r.summary()
+    r.alternatives[0].update(score=0.195, label="mirrored / reversed normal")
+    assert "--not-flipped" in (r.ambiguity() or "")
+    r.diagnostics["flipped"] = False  # the hint was given: what is left is a generic warning
+    amb = r.ambiguity()
+    assert amb is not None and "flipped" not in amb and "mm away" in amb
+    r.diagnostics.pop("nmi_gain")  # without a score there is nothing to compare
+    assert r.ambiguity() is None

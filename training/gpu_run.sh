@@ -31,7 +31,8 @@
 #
 # Environment: OUT (default ./gpu_out), WHEELS (default ./.whl), VOLUMES_NPZ, PYTHON (default python3),
 # BUDGET_S (default 530: the whole script, seconds), CONFIG (default gpu.yaml: a shipped config name or a
-# path), SKIP_TRAIN=1 (stop after the DDP smoke test).
+# path), SKIP_TRAIN=1 (stop after the DDP smoke test), SKIP_DDP=1 (no DDP smoke test), TRAIN_ARGS (extra
+# arguments for the training run, e.g. "--set encoder.width=32").
 set -uo pipefail
 
 START=$(date +%s)
@@ -100,7 +101,8 @@ SMOKE=(-m siibra_anchor.training cpu_quick.yaml --volumes-npz "$VOLUMES_NPZ" --s
        --set warmup_steps=2 --set checkpoint_every=10 --set val.enabled=false --set progress=false
        --set batch_size=128 --set groups=8 --set threads=null)
 ddp_ok=0
-for dev in cuda cpu; do
+[ -n "${SKIP_DDP:-}" ] && { ddp_ok=1; log "SKIP_DDP set: no DDP smoke test"; }
+for dev in $([ -n "${SKIP_DDP:-}" ] || echo cuda cpu); do
   log "DDP smoke test on $dev"
   if timeout 150 "$PY" -m torch.distributed.run --standalone --nproc_per_node=2 "${SMOKE[@]}" \
        --device "$dev" --out "$OUT/ddp_smoke_$dev" > "$OUT/ddp_smoke_$dev.log" 2>&1; then
@@ -117,7 +119,7 @@ TRAIN_S=$(( LEFT - 110 ))   # setup (validation set, baseline) and final validat
 if [ "$TRAIN_S" -lt 60 ]; then log "only ${LEFT}s left: skipping the GPU run"; exit 4; fi
 log "GPU run: $CONFIG, training time limit ${TRAIN_S}s"
 timeout $(( TRAIN_S + 100 )) "$PY" -m siibra_anchor.training "$CONFIG" --volumes-npz "$VOLUMES_NPZ" \
-  --out "$OUT/gpu_run" --set time_limit_s="$TRAIN_S" --set progress=false 2>&1 | tee "$OUT/gpu_run_train.log" | \
+  --out "$OUT/gpu_run" --set time_limit_s="$TRAIN_S" --set progress=false ${TRAIN_ARGS:-} 2>&1 | tee "$OUT/gpu_run_train.log" | \
   grep -v "^$" | tail -n 25
 rc=${PIPESTATUS[0]}
 log "GPU run exit status $rc"
