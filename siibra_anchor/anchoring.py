@@ -50,6 +50,10 @@ class AnchorParams:
     refine: bool = True
     n_sample_points: int = 2000
     n_refine: int = 2
+    # a placement with confidence below ``retry_below`` is searched again with ``retry_widen`` times more
+    # coarse patches, matches per patch, RANSAC trials and hypotheses; the better-scoring placement is kept
+    retry_below: float = 0.5
+    retry_widen: float = 2.0
 
 
 def confidence_from_scores(consistency: float, nmi_gain: float) -> float:
@@ -482,15 +486,7 @@ def anchor(
         "flipped": flipped,
         "params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in p.__dict__.items()},
     }
-    if conf < 0.5:
-        log.warning(
-            "low confidence %.2f for section %r: the placement may be wrong (consistency %.2f, NMI gain %.3f)",
-            conf,
-            section.name,
-            cons,
-            best_gain,
-        )
-    return AnchoringResult(
+    result = AnchoringResult(
         affine=affine,
         space=ref.space,
         confidence=conf,
@@ -514,6 +510,43 @@ def anchor(
         mask=section.mask,
         image=None,
     )
+    if conf < p.retry_below and p.retry_widen > 1.0 and ref.volume is not None:
+        # a hard section (a small block, an unusual contrast): the right placement is often among the
+        # matches but not among the few RANSAC hypotheses; search wider once and keep the better score
+        w = p.retry_widen
+        wide = replace(
+            p,
+            k=int(round(p.k * w)),
+            n_coarse=int(round(p.n_coarse * w)),
+            ransac_trials=int(round(p.ransac_trials * w)),
+            n_hypotheses=int(round(p.n_hypotheses * w)),
+            retry_below=0.0,
+        )
+        again = anchor(
+            section,
+            reference=ref,
+            encoder=enc,
+            n_patches=n_patches,
+            seed=seed,
+            device=device,
+            hemisphere=hemisphere,
+            flipped=flipped,
+            params=wide,
+        )
+        first = {"confidence": conf, "nmi_gain": float(best_gain), "consistency": cons}
+        if (again.diagnostics.get("nmi_gain") or -1.0) > float(best_gain):
+            result = again
+        result.diagnostics["retried_wider"] = {"first_pass": first, "kept": "wider" if result is again else "first"}
+        result.diagnostics["timings"]["total_s"] = time.perf_counter() - t_start
+    if result.confidence < 0.5:
+        log.warning(
+            "low confidence %.2f for section %r: the placement may be wrong (consistency %.2f, NMI gain %.3f)",
+            result.confidence,
+            section.name,
+            result.diagnostics.get("consistency", float("nan")),
+            result.diagnostics.get("nmi_gain") or float("nan"),
+        )
+    return result
 
 
 def anchor_series(sections: list[Section], space: Any = "mni152", **kwargs: Any) -> list[AnchoringResult]:

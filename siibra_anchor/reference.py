@@ -338,7 +338,9 @@ class Reference:
             planes=planes_a,
             encoder_hash=encoder_hash(enc),
             params=params,
-            volume=vol_norm.astype(np.float32),
+            # stored as float16 (see save): round now so a freshly built reference and its cached copy
+            # anchor identically
+            volume=vol_norm.astype(np.float16).astype(np.float32),
             volume_affine=np.asarray(vaff, float),
         )
 

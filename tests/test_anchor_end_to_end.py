@@ -24,6 +24,9 @@ def test_reference_shape_and_cache(mni_reference, tmp_path):
     loaded = sa.Reference.load(p)
     np.testing.assert_array_equal(loaded.centres_mm, ref.centres_mm)
     assert loaded.params == ref.params
+    # the volume the intensity refinement uses is the same whether built now or read back
+    np.testing.assert_array_equal(loaded.volume, ref.volume)
+    np.testing.assert_array_equal(again.volume, ref.volume)
 
 
 @pytest.mark.parametrize(
