@@ -512,7 +512,7 @@ def anchor(
             "params": ref.params,
         },
         mask=section.mask,
-        image=None,
+        image=section.image,
     )
 
 

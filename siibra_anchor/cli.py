@@ -45,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default=None, help="result JSON (default: IMAGE.anchor.json next to the image)")
     p.add_argument("--modality", default="unknown", help="free text kept with the result (nissl, pli, ...)")
+    p.add_argument("--qc", default=None, metavar="PNG", help="also write a quality-control figure (siibra_anchor.qc)")
     _add_anchor_opts(p)
 
     p = sub.add_parser("demo", help="anchor a real section cut from a template that is not the reference one")
@@ -100,6 +101,9 @@ def _cmd_anchor(ns: argparse.Namespace) -> int:
     res.save(out)
     _print(res.summary())
     _print(f"result      {out}")
+    if ns.qc:
+        res.plot_qc(ns.qc, section=section)
+        _print(f"qc figure   {ns.qc}")
     return 0
 
 

@@ -283,6 +283,15 @@ class AnchoringResult:
 
         return assign_regions(self, parcellation=parcellation, **kwargs)
 
+    def plot_qc(self, path: str | PathLike[str] | None = None, section: Any = None, **kwargs: Any):
+        """Quality-control figure (matplotlib Figure; also written to ``path``), see :func:`siibra_anchor.qc.plot_qc`.
+
+        ``section`` (a Section, image or path) is needed when the result holds no image (loaded from JSON).
+        """
+        from .qc import plot_qc
+
+        return plot_qc(self, path=path, section=section, **kwargs)
+
     def neuroglancer_url(self, **kwargs: Any) -> str:
         """Neuroglancer link showing the section in the reference volume (see :mod:`siibra_anchor.viewer`)."""
         from .viewer.state import result_url
