@@ -433,7 +433,8 @@ def _region_labels(result: AnchoringResult, parcellation: str, shape: tuple[int,
     except ImportError as exc:
         log.warning("region outlines unavailable: %s", exc)
         return None, {}, f"region labels unavailable ({exc})"
-    labels, names, source = section_region_labels(result, parcellation=parcellation, shape=None, step=factor)
+    # the display grid is the section image resampled to ``shape``; every pixel looked up
+    labels, names, source = section_region_labels(result, parcellation=parcellation, shape=tuple(shape), step=1)
     labels = np.asarray(labels)
     if labels.shape != tuple(shape):
         zr, zc = shape[0] / labels.shape[0], shape[1] / labels.shape[1]
@@ -463,6 +464,12 @@ def largest_regions(labels: NDArray, n: int = 6) -> list[tuple[int, int, float, 
         r, c = np.unravel_index(int(np.argmax(d)), d.shape)
         out.append((int(ids[k]), int(counts[k]), float(r), float(c)))
     return out
+
+
+def _short_name(name: str, n: int = 30) -> str:
+    """A region name that fits a label: without a leading "GM "/"WM ", middle elided (the hemisphere stays)."""
+    name = name[3:] if name[:3] in ("GM ", "WM ") else name
+    return name if len(name) <= n else name[: n - 12] + ".." + name[-10:]
 
 
 def plot_qc(
@@ -537,18 +544,19 @@ def plot_qc(
         bl = np.where(b, p.labels, 0)
         ax5.imshow(np.ma.masked_equal(bl, 0), cmap=ListedColormap(cols), vmin=0, vmax=len(cols) - 1)
         for lab, _, r, c in largest_regions(p.labels, n_labels):
-            name = p.names.get(lab, str(lab))
+            name = _short_name(p.names.get(lab, str(lab)))
             ax5.text(
                 c,
                 r,
-                name if len(name) <= 28 else name[:26] + "..",
+                name,
                 fontsize=6,
                 ha="center",
                 va="center",
                 color="black",
                 bbox={"boxstyle": "round,pad=0.15", "fc": (1, 1, 1, 0.75), "lw": 0},
             )
-        ax5.set_title(f"(5) regions: {p.label_source}"[:60], fontsize=9)
+        ax5.set_title("(5) regions", fontsize=9)
+        ax5.text(w / 2, h - 1, p.label_source, fontsize=6, color="white", ha="center", va="bottom")
     else:
         ax5.set_title("(5) regions", fontsize=9)
         import textwrap

@@ -186,6 +186,7 @@ table { border-collapse: collapse; width: 100%; }
 th, td { border-bottom: 1px solid #ddd; padding: 4px 8px; text-align: left; vertical-align: top; font-size: 0.9em; }
 th { background: #f3f3f3; cursor: pointer; user-select: none; position: sticky; top: 0; }
 th.sorted-asc::after { content: " \\25B2"; } th.sorted-desc::after { content: " \\25BC"; }
+td.pos { min-width: 13em; }
 td.conf { font-weight: bold; font-variant-numeric: tabular-nums; }
 .flag { display: inline-block; background: #fde2e1; color: #8a1c14; border-radius: 3px; padding: 0 4px; margin: 1px; }
 tr.low td.conf { color: #b3261e; } tr.high td.conf { color: #1e7b34; }
@@ -264,7 +265,7 @@ def write_series_report(
     spaces = sorted({r.space for r in results})
     rows = report_rows(results, sections, reference_volume, thumb_px)
     fig = series_overview(results, [r["points"] for r in rows], reference_volume, [str(r["index"]) for r in rows])
-    overview = _fig_data_uri(fig, dpi=80)
+    overview = _fig_data_uri(fig, dpi=90)
     title = title or "siibra-anchor series report"
     n_low = sum(r["confidence"] < LOW_CONFIDENCE for r in rows)
     n_flag = sum(bool(r["flags"]) for r in rows)
@@ -284,14 +285,16 @@ def write_series_report(
             if r["thumbnail"] is not None
             else "no image"
         )
-        alts = "<br>".join(e(a) for a in r["alternatives"]) or "&ndash;"
+        alts = "<br>".join(e(a) for a in r["alternatives"][:3]) or "&ndash;"
+        if len(r["alternatives"]) > 3:
+            alts += f"<br>(+{len(r['alternatives']) - 3} more)"
         body.append(
             f'<tr class="{cls}" data-index="{r["index"]}" data-name="{e(r["name"].lower())}" '
             f'data-conf="{r["confidence"]:.6f}" data-nflags="{len(r["flags"])}" data-plane="{e(r["plane"])}" '
             f'data-pos="{r["axis_mm"]:.3f}" data-inliers="{r["inliers"]}">'
             f'<td>{r["index"]}</td><td class="section-name">{e(r["name"])}</td>'
             f'<td class="conf">{r["confidence"]:.2f}</td><td>{flags}</td>'
-            f"<td>{e(r['position'])}<br>in-plane rotation {r['rotation_deg']:.1f} deg</td>"
+            f'<td class="pos">{e(r["position"])}<br>in-plane rotation {r["rotation_deg"]:.1f} deg</td>'
             f"<td>{r['inliers']} / {r['matches']}</td><td>{ag_txt}</td><td>{alts}</td><td>{img}</td></tr>"
         )
     heads = [
