@@ -150,7 +150,7 @@ def report_rows(
             agree = plane_agreement(s_img, ref, mask)
         except AnchorError as exc:
             log.warning("no QC thumbnail for section %r: %s", res.section.get("name"), exc)
-            flags.append("no image for QC")
+            flags.append("no image for QC" if isinstance(exc, InvalidSectionError) else "no template for QC")
         pos = plane_position(res)
         pts = _tissue_points(res, mask, f)
         c = pts.mean(axis=0)
