@@ -433,8 +433,13 @@ def _region_labels(result: AnchoringResult, parcellation: str, shape: tuple[int,
     except ImportError as exc:
         log.warning("region outlines unavailable: %s", exc)
         return None, {}, f"region labels unavailable ({exc})"
-    # the display grid is the section image resampled to ``shape``; every pixel looked up
-    labels, names, source = section_region_labels(result, parcellation=parcellation, shape=tuple(shape), step=1)
+    from .errors import AnchorError
+
+    try:  # the display grid is the section image resampled to ``shape``; every pixel looked up
+        labels, names, source = section_region_labels(result, parcellation=parcellation, shape=tuple(shape), step=1)
+    except AnchorError as exc:  # e.g. no maps for this space offline: the other panels still help
+        log.warning("region outlines unavailable: %s", exc)
+        return None, {}, f"region labels unavailable: {exc}"
     labels = np.asarray(labels)
     if labels.shape != tuple(shape):
         zr, zc = shape[0] / labels.shape[0], shape[1] / labels.shape[1]

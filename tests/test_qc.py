@@ -154,6 +154,12 @@ def test_plot_qc_writes_png_and_needs_the_section_when_loaded(anchored, tmp_path
     other.space = "colin27"
     with pytest.raises(SpaceUnavailableError, match="reference_volume="):
         qc.reference_on_plane(other)
+    # another space with its template given: the figure is drawn; no offline maps there, panel 5 says so
+    tpl = sa.templates.volume_path("mni152")
+    p = qc.qc_panels(other, section=sim.section, reference_volume=tpl)
+    np.testing.assert_allclose(p.reference, qc.reference_on_plane(res))
+    if p.labels is None:
+        assert "unavailable" in p.label_source
 
 
 def test_region_outlines_panel(anchored):
