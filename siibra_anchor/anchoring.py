@@ -508,7 +508,7 @@ def anchor(
             "params": ref.params,
         },
         mask=section.mask,
-        image=None,
+        image=section.image,
     )
     if conf < p.retry_below and p.retry_widen > 1.0 and ref.volume is not None:
         # a hard section (a small block, an unusual contrast): the right placement is often among the

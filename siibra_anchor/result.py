@@ -317,17 +317,29 @@ class AnchoringResult:
         return cls.from_dict(d)
 
     # -- bridges (implemented in adapters/ and viewer/) -------------------------------------------
-    def to_siibra(self, space: str | None = None):
-        """siibra objects of the anchored section (see :mod:`siibra_anchor.adapters.siibra_objects`)."""
+    def to_siibra(self, space: Any = None, **kwargs: Any):
+        """siibra PointClouds (outline, patch centres) and Volume of the section, in ``space`` (default: its own).
+
+        See :func:`siibra_anchor.adapters.siibra_objects.result_to_siibra`; warping to another space is online.
+        """
         from .adapters.siibra_objects import result_to_siibra
 
-        return result_to_siibra(self, space=space)
+        return result_to_siibra(self, space=space, **kwargs)
 
     def assign_regions(self, parcellation: str = "julich", **kwargs: Any):
         """Regions the anchored tissue touches (see :mod:`siibra_anchor.adapters.regions`)."""
         from .adapters.regions import assign_regions
 
         return assign_regions(self, parcellation=parcellation, **kwargs)
+
+    def plot_qc(self, path: str | PathLike[str] | None = None, section: Any = None, **kwargs: Any):
+        """Quality-control figure (matplotlib Figure; also written to ``path``), see :func:`siibra_anchor.qc.plot_qc`.
+
+        ``section`` (a Section, image or path) is needed when the result holds no image (loaded from JSON).
+        """
+        from .qc import plot_qc
+
+        return plot_qc(self, path=path, section=section, **kwargs)
 
     def neuroglancer_url(self, **kwargs: Any) -> str:
         """Neuroglancer link showing the section in the reference volume (see :mod:`siibra_anchor.viewer`)."""
