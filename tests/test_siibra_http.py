@@ -154,10 +154,14 @@ def local_siibra(server, tmp_path_factory):
             "indices": {new: [{"volume": v}] for v, (_, new) in enumerate(SUBSET)},
         },
     )
+    # templates fetched here are stand-ins: keep them out of the session's cache
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SIIBRA_ANCHOR_CACHE", str(tmp_path_factory.mktemp("cache")))
     siibra_config.reset()
     siibra = siibra_config.use_local(cfg)
     yield siibra
     siibra_config.reset()
+    mp.undo()
 
 
 def test_template_is_fetched_over_http_once_and_becomes_a_reference(server, local_siibra):

@@ -126,7 +126,9 @@ def test_space_names_resolve_locally_and_through_siibra_objects(siibra_offline):
         resolve_space("talairach", online=False)
 
 
-def test_other_spaces_fail_fast_offline_with_what_to_do(siibra_offline):
+def test_other_spaces_fail_fast_offline_with_what_to_do(siibra_offline, tmp_path, monkeypatch):
+    # an empty cache: no template fetched earlier (a cached one is used offline, as it should be)
+    monkeypatch.setenv("SIIBRA_ANCHOR_CACHE", str(tmp_path))
     # bounded: if anything waited on the network, call_with_timeout would raise NetworkError instead
     for space in ("colin27", "bigbrain"):
         with pytest.raises(SpaceUnavailableError, match=r"Reference\.from_volume"):
