@@ -145,6 +145,20 @@ def test_cli_regions_table_json_and_csv(tmp_path):
     out = json.loads(p.stdout)
     assert out["threshold"] == 0.5 and out["source"].startswith("offline:")
     assert {r["region"] for r in out["regions"]} >= {"GM Visual cortex V1 BA17 left", "GM Visual cortex V1 BA17 right"}
+    # --image: only the tissue of the section image counts
+    from PIL import Image
+
+    img = np.zeros(SHAPE, np.uint8)
+    img[40:120, 20:100] = 200  # a bright block of "tissue" on the left half (world x < 0)
+    img[40:120, 20:100] += np.random.default_rng(0).integers(0, 40, (80, 80)).astype(np.uint8)
+    Image.fromarray(img).save(tmp_path / "s.png")
+    p = subprocess.run(
+        [*run, "--json", "--image", str(tmp_path / "s.png")], capture_output=True, text=True, timeout=300
+    )
+    assert p.returncode == 0, p.stderr
+    tissue = json.loads(p.stdout)
+    assert 0 < tissue["tissue_area_mm2"] < out["tissue_area_mm2"]
+    assert all(not r["region"].endswith("right") for r in tissue["regions"][:3])
     p = subprocess.run([*run, "--parcellation", "nope"], capture_output=True, text=True, timeout=300)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "unknown parcellation" in p.stderr
 
