@@ -50,6 +50,7 @@ __all__ = [
     "use_offline",
     "use_online",
     "use_local",
+    "reset",
     "get_siibra",
     "siibra_mode",
 ]
@@ -385,6 +386,19 @@ def use_local(folder: str | os.PathLike[str]) -> Any:
         siibra.use_configuration(str(folder.resolve()))
         _state["mode"] = "local"
         return siibra
+
+
+def reset() -> None:
+    """Forget the configuration chosen here: siibra's default connectors again, mode None (decided on next use)."""
+    with _lock:
+        if _state["mode"] is None:
+            return
+        cfg = _configuration_cls()
+        if _state["default_connectors"] is not None:
+            cfg.CONFIG_CONNECTORS = list(_state["default_connectors"])
+            for func in cfg._cleanup_funcs:
+                func()
+        _state["mode"] = None
 
 
 def get_siibra(online: bool | None = None, timeout_s: float = 60.0) -> tuple[Any, str]:
