@@ -504,37 +504,49 @@ def open_image_source(path: str | PathLike[str], spacing_mm: float | Sequence[fl
         ) from exc
 
 
-def block_reduce(reader: LevelReader, factor: Sequence[int], tile_px: int = 2048) -> NDArray:
-    """Block mean of a whole level by integer ``factor`` (row, col), read tile by tile.
+def block_reduce(
+    reader: LevelReader,
+    factor: Sequence[int],
+    tile_px: int = 2048,
+    window: Sequence[int] | None = None,
+    dtype: Any = None,
+) -> NDArray:
+    """Block mean of a level (or of ``window`` = (r0, r1, c0, c1) of it) by integer ``factor`` (row, col),
+    read tile by tile.
 
-    Output pixel ``(i, j)`` is the mean of level pixels ``[i*fr:(i+1)*fr, j*fc:(j+1)*fc]``, so its centre
-    sits at level pixel ``(i*fr + (fr-1)/2, j*fc + (fc-1)/2)``; edge rows/cols that do not fill a block
-    are dropped (as :func:`write_pyramidal_tiff` does). Tiles are aligned to the storage chunks and hold
-    about ``tile_px**2`` pixels, so memory stays at one tile plus the output whatever the level's size.
-    Returns (H // fr, W // fc) or (H // fr, W // fc, C) in the level's dtype (integers rounded).
+    Output pixel ``(i, j)`` is the mean of level pixels ``[r0 + i*fr : r0 + (i+1)*fr, c0 + j*fc : ...]``,
+    so its centre sits at level pixel ``(r0 + i*fr + (fr-1)/2, c0 + j*fc + (fc-1)/2)``; edge rows/cols
+    that do not fill a block are dropped (as :func:`write_pyramidal_tiff` does). Tiles are aligned to the
+    storage chunks and hold about ``tile_px**2`` pixels, so memory stays at one tile plus the output
+    whatever the level's size. Returns (h // fr, w // fc) or (h // fr, w // fc, C) in ``dtype`` (default:
+    the level's dtype, integers rounded).
     """
     fr, fc = (int(f) for f in factor)
     if fr < 1 or fc < 1:
         raise ValueError(f"block_reduce factor must be >= 1 per axis, got {tuple(factor)!r}")
-    h, w = reader.shape
+    wr0, wr1, wc0, wc1 = (
+        int(v) for v in (window if window is not None else (0, *reader.shape[:1], 0, reader.shape[1]))
+    )
+    h, w = wr1 - wr0, wc1 - wc0
     ho, wo = h // fr, w // fc
     if ho < 1 or wo < 1:
         raise InvalidSectionError(
             f"a {h} x {w} px image reduced by {fr} x {fc} leaves no pixel; ask for a finer target spacing"
         )
-    hc, wc = ho * fr, wo * fc
+    hc, wc = wr0 + ho * fr, wc0 + wo * fc
     cr, cc = reader.chunks
     tc = max(1, int(tile_px) // cc) * cc
     tr = max(1, (int(tile_px) ** 2 // tc) // cr) * cr
     acc: NDArray | None = None
-    for r0 in range(0, hc, tr):
-        r1 = min(r0 + tr, hc)
-        rs = np.unique(np.r_[0, np.arange((-r0) % fr, r1 - r0, fr)])
-        orow = (r0 + rs) // fr
-        for c0 in range(0, wc, tc):
-            c1 = min(c0 + tc, wc)
-            cs = np.unique(np.r_[0, np.arange((-c0) % fc, c1 - c0, fc)])
-            ocol = (c0 + cs) // fc
+    # tiles start on chunk boundaries (the first one at the window start)
+    for r0 in [wr0, *range((wr0 // tr + 1) * tr, hc, tr)]:
+        r1 = min((r0 // tr + 1) * tr, hc)
+        rs = np.unique(np.r_[0, np.arange((wr0 - r0) % fr, r1 - r0, fr)])
+        orow = (r0 - wr0 + rs) // fr
+        for c0 in [wc0, *range((wc0 // tc + 1) * tc, wc, tc)]:
+            c1 = min((c0 // tc + 1) * tc, wc)
+            cs = np.unique(np.r_[0, np.arange((wc0 - c0) % fc, c1 - c0, fc)])
+            ocol = (c0 - wc0 + cs) // fc
             t = reader.read(r0, r1, c0, c1)
             if acc is None:
                 acc = np.zeros((ho, wo) + t.shape[2:], np.float64)
@@ -543,10 +555,11 @@ def block_reduce(reader: LevelReader, factor: Sequence[int], tile_px: int = 2048
     if acc is None:  # unreachable: ho, wo >= 1 means at least one tile
         raise InvalidSectionError("empty image")
     acc /= fr * fc
-    if np.issubdtype(reader.dtype, np.integer):
-        info = np.iinfo(reader.dtype)
+    out_dtype = np.dtype(dtype) if dtype is not None else reader.dtype
+    if np.issubdtype(out_dtype, np.integer):
+        info = np.iinfo(out_dtype)
         acc = np.clip(np.rint(acc), info.min, info.max)
-    return acc.astype(reader.dtype)
+    return acc.astype(out_dtype, copy=False)
 
 
 def _tiff_source(p: Path, given: tuple[float, float] | None) -> ImageSource:

@@ -26,6 +26,7 @@ __all__ = [
     "AnchoringFailedError",
     "NetworkError",
     "SectionFileNotFoundError",
+    "SearchBackendError",
 ]
 
 
@@ -101,3 +102,7 @@ class NetworkError(AnchorError, ConnectionError):
 
 class SectionFileNotFoundError(AnchorError, FileNotFoundError):
     """A section, volume, reference or result file does not exist."""
+
+
+class SearchBackendError(AnchorError, ValueError):
+    """An unknown nearest-neighbour search backend was asked for, or its package is not installed."""
