@@ -430,7 +430,7 @@ class ImageSource:
         with tifffile.TiffFile(self.path) as tf:
             lv = (list(tf.series[0].levels) or [tf.series[0]])[level]
             _check_tiff_extent(lv, self.path.stat().st_size, self.path)
-            store = lv.aszarr()
+            store = tf.series[0].aszarr(level=level)
             try:
                 yield LevelReader(zarr.open(store, mode="r"), lv.axes, self.path)
             finally:
@@ -507,7 +507,7 @@ def open_image_source(path: str | PathLike[str], spacing_mm: float | Sequence[fl
 def block_reduce(
     reader: LevelReader,
     factor: Sequence[int],
-    tile_px: int = 2048,
+    tile_px: int = 1024,
     window: Sequence[int] | None = None,
     dtype: Any = None,
 ) -> NDArray:
@@ -550,7 +550,14 @@ def block_reduce(
             t = reader.read(r0, r1, c0, c1)
             if acc is None:
                 acc = np.zeros((ho, wo) + t.shape[2:], np.float64)
-            part = np.add.reduceat(np.add.reduceat(t, rs, axis=0, dtype=np.float64), cs, axis=1)
+            # exact integer sums, the contiguous axis first (~4x faster than float64 along rows); in strips
+            # of 256 rows because reduceat casts its whole input to the sum type first
+            kind = t.dtype.kind
+            sdt = np.uint64 if kind in "bu" else np.int64 if kind == "i" else np.float64
+            colsum = np.concatenate(
+                [np.add.reduceat(t[i : i + 256], cs, axis=1, dtype=sdt) for i in range(0, t.shape[0], 256)]
+            )
+            part = np.add.reduceat(colsum, rs, axis=0)
             acc[orow[0] : orow[-1] + 1, ocol[0] : ocol[-1] + 1] += part
     if acc is None:  # unreachable: ho, wo >= 1 means at least one tile
         raise InvalidSectionError("empty image")

@@ -162,9 +162,10 @@ def write_upsampled_zarr(
     """Write a ``size_px`` x ``size_px`` single-level OME-Zarr (NGFF 0.4) whose pixel ``(r, c)`` is
     ``low[r // u, c // u]`` (nearest upsampling by ``u = ceil(size_px / len(low))``), chunk by chunk:
     never more than one chunk of the large image in memory. Returns (path, full-res spacing mm, u).
-    Chunks that are all zero are not stored.
+    Chunks are LZ4-compressed; chunks that are all zero are not stored.
     """
     import zarr
+    from numcodecs import LZ4
 
     low = np.asarray(low)
     if low.ndim != 2:
@@ -181,6 +182,7 @@ def write_upsampled_zarr(
             dtype=low.dtype,
             chunks=(chunk, chunk),
             fill_value=0,
+            compressors=LZ4(1),
             config={"write_empty_chunks": False},
         )
         for r0 in range(0, n, chunk):
@@ -188,7 +190,7 @@ def write_upsampled_zarr(
             rows = low[ri]
             for c0 in range(0, n, chunk):
                 ci = np.arange(c0, min(n, c0 + chunk)) // u
-                arr[r0 : r0 + len(ri), c0 : c0 + len(ci)] = rows[:, ci]
+                arr[r0 : r0 + len(ri), c0 : c0 + len(ci)] = np.ascontiguousarray(rows[:, ci])
         um = s0 * 1000.0
         group.attrs["multiscales"] = [
             {
@@ -268,7 +270,7 @@ def format_large_image(rep: dict[str, Any]) -> str:
     """Plain-text table of :func:`large_image_check`."""
     n = rep["size_px"]
     lines = [
-        f"large image {n} x {n} px uint8 ({n * n / 2**30:.1f} GiB uncompressed), single-level OME-Zarr, "
+        f"large image {n} x {n} px uint8 ({n * n / 2**30:.2f} GiB uncompressed), single-level OME-Zarr, "
         f"{rep['write']['spacing_mm'] * 1000:.2f} um/px",
         f"{'step':<8} {'time s':>8} {'peak RSS MiB':>13} {'growth MiB':>11}",
     ]
