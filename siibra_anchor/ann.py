@@ -91,9 +91,9 @@ def build_index(
 
     Parameters
     ----------
-    kind : "ivf" (default; trains k-means on at most ``max_train`` rows drawn with ``seed``) or "hnsw"
-        (graph, 32 links per node; no training, slower to build, no randomness).
-    nlist : IVF cells (default ``4 * sqrt(R)``, at least 1 and at most R / 39).
+    kind : "ivf" (default; trains k-means on ``64 * nlist`` (at least 50k, at most ``max_train``) rows
+        drawn with ``seed``) or "hnsw" (graph, 32 links per node; no training, slower to build).
+    nlist : IVF cells (default ``2 * sqrt(R)``, at least 1 and at most R / 39).
     nprobe : IVF cells searched per query (default ``max(8, nlist // 16)``: more = higher recall, slower).
     ef_search : HNSW candidate list length.
     """
@@ -109,12 +109,13 @@ def build_index(
         return FaissIndex(index, "hnsw", n, d, ef_search=int(ef_search))
     if kind != "ivf":
         raise SearchBackendError(f"faiss index kind must be 'ivf' or 'hnsw', got {kind!r}")
-    nl = int(nlist) if nlist is not None else int(4 * math.sqrt(n))
+    nl = int(nlist) if nlist is not None else int(2 * math.sqrt(n))
     nl = max(1, min(nl, n // 39 if n >= 39 else 1))
     quantizer = faiss.IndexFlatIP(d)
     index = faiss.IndexIVFFlat(quantizer, d, nl, faiss.METRIC_INNER_PRODUCT)
     rng = np.random.default_rng(seed)
-    train = x if n <= max_train else x[np.sort(rng.choice(n, max_train, replace=False))]
+    n_train = min(n, int(max_train), max(64 * nl, 50_000))
+    train = x if n <= n_train else x[np.sort(rng.choice(n, n_train, replace=False))]
     index.cp.seed = int(seed)
     index.train(train)
     index.add(x)
