@@ -37,7 +37,7 @@ from numpy.typing import NDArray
 from scipy import ndimage
 
 from .cache import atomic_dir, atomic_file
-from .errors import FileFormatError, InvalidSectionError, SpacingError
+from .errors import FileFormatError, InvalidSectionError, SectionFileNotFoundError, SpacingError
 from .section import Section, to_gray
 
 __all__ = ["resample_to_space", "full_resolution_affine", "world_grid"]
@@ -120,6 +120,8 @@ def _open_source(source: Any) -> tuple[Any, tuple[int, int] | None]:
             raise InvalidSectionError(f"section {source.name!r} has no full-resolution source to read")
         return _MemorySource(source.image), source.shape
     if isinstance(source, (str, PathLike)):
+        if not Path(source).exists():
+            raise SectionFileNotFoundError(f"section image not found: {str(source)!r}; check the path")
         if detect_format(source) in ("tiff", "ome-zarr"):
             return open_image_source(source, spacing_mm=1.0), None  # spacing is taken from the result
         img, _, _ = read_section_image(source, spacing_mm=1.0)
@@ -326,7 +328,7 @@ def resample_to_space(
 def _write_section_grid(src: Any, a0: NDArray, pix_mm: NDArray, s: float, out: Path, chunk: int) -> Path:
     h0, w0 = src.full_shape
     g = (s / float(pix_mm[0]), s / float(pix_mm[1]))  # full-res pixels per output voxel
-    ho, wo = max(1, int(math.floor(h0 / g[0]))), max(1, int(math.floor(w0 / g[1])))
+    ho, wo = max(1, int(math.floor(h0 / g[0] + 1e-6))), max(1, int(math.floor(w0 / g[1] + 1e-6)))
     # output voxel (i, j) sits on full-res pixel (i * g + (g - 1) / 2): the block-mean convention
     aff = full_resolution_affine(a0, (1.0 / g[0], 1.0 / g[1]))
     aff[:3, 2] = a0[:3, 2]
