@@ -64,17 +64,28 @@ class FaissIndex:
     nprobe: int = 0
     ef_search: int = 0
 
-    def search(self, queries: NDArray, k: int) -> tuple[NDArray, NDArray]:
-        """(Q, D) float32 -> similarity (Q, k) float32 descending, index (Q, k) int64 (-1 = no hit)."""
+    def search(self, queries: NDArray, k: int, allowed: NDArray | None = None) -> tuple[NDArray, NDArray]:
+        """(Q, D) float32 -> similarity (Q, k) float32 descending, index (Q, k) int64 (-1 = no hit).
+
+        ``allowed`` : optional (R,) bool; only those references are returned (a faiss ID selector, so
+        the k best *allowed* references are found, not the allowed ones among the k best).
+        """
+        faiss = _faiss()
         q = np.ascontiguousarray(queries, np.float32)
         if q.ndim != 2 or q.shape[1] != self.dim:
             raise ValueError(f"queries must be (Q, {self.dim}), got {q.shape}")
         k = int(min(k, self.n))
+        bits = None
+        sel = None
+        if allowed is not None:
+            bits = np.packbits(np.asarray(allowed, bool), bitorder="little")
+            sel = faiss.IDSelectorBitmap(self.n, faiss.swig_ptr(bits))
         if self.kind == "ivf":
-            self.index.nprobe = self.nprobe
+            params = faiss.SearchParametersIVF(sel=sel, nprobe=self.nprobe)
         else:
-            self.index.hnsw.efSearch = max(self.ef_search, k)
-        sim, idx = self.index.search(q, k)
+            params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(self.ef_search, k))
+        sim, idx = self.index.search(q, k, params=params)
+        del bits  # the selector points into it until here
         return sim.astype(np.float32), idx.astype(np.int64)
 
 
@@ -149,30 +160,20 @@ def topk_faiss(
 
     Each of the A views of a query is searched separately and the lists are merged keeping, per
     reference, its best view; with an exact index this equals the exact top-k of the best-view
-    similarity (a reference in that top-k is in the top-k of its own best view). ``ref_mask`` is
-    applied by searching deeper (4k, then 16k, then exact) until k allowed references are found.
+    similarity (a reference in that top-k is in the top-k of its own best view). ``ref_mask`` is a
+    faiss ID selector inside the search.
     """
     q = np.asarray(queries, np.float32)
     q = q[:, None, :] if q.ndim == 2 else q
     n_q, n_a, d = q.shape
     idx_obj = index if index is not None else cached_index(refs)
     k = int(min(k, idx_obj.n))
-    allowed = None if ref_mask is None else np.asarray(ref_mask, bool)
-    depth = k if allowed is None else min(idx_obj.n, 4 * k)
-    while True:
-        s, j = idx_obj.search(q.reshape(-1, d), depth)
-        s = s.reshape(n_q, n_a * depth)
-        j = j.reshape(n_q, n_a * depth)
-        a = np.repeat(np.arange(n_a), depth)[None, :].repeat(n_q, axis=0)
-        bad = j < 0
-        if allowed is not None:
-            bad |= ~allowed[np.maximum(j, 0)]
-        s = np.where(bad, -np.inf, s)
-        sims, idx, ang = _merge_best(s, j, a, k)
-        if np.all(np.isfinite(sims)) or depth >= idx_obj.n:
-            break
-        depth = min(idx_obj.n, depth * 4)
-    if not np.all(np.isfinite(sims)):  # fewer than k allowed references exist: fill like the exact search
+    s, j = idx_obj.search(q.reshape(-1, d), k, allowed=ref_mask)
+    s = np.where(j < 0, -np.inf, s).reshape(n_q, n_a * k)
+    j = j.reshape(n_q, n_a * k)
+    a = np.broadcast_to(np.repeat(np.arange(n_a), k)[None, :], j.shape)
+    sims, idx, ang = _merge_best(s, j, a, k)
+    if not np.all(np.isfinite(sims)):  # fewer than k allowed references reached: fill like the exact search
         sims = np.where(np.isfinite(sims), sims, -2.0).astype(np.float32)
         idx = np.where(idx >= 0, idx, 0)
     return sims, idx, ang
