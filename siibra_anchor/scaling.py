@@ -591,7 +591,8 @@ def format_markdown(rep: dict[str, Any], png_name: str = "scaling.png") -> str:
             "```",
             "",
             f"on {mc['cpu']} ({mc['cpu_count']} cores, {mc['memory_gib']} GiB RAM, 1-min load average "
-            f"{mc['load_avg_1min_at_start']} at the start: a shared machine, so absolute times are pessimistic),",
+            f"{mc['load_avg_1min_at_start'] or 0:.1f} at the start: a shared machine, so absolute times are "
+            "pessimistic and noisy),",
             f"Python {mc['python']}, {rep['date']}; total {rep['total_s'] / 60:.1f} min. Peak RSS is the process",
             "high-water mark during the step (reset before each step); growth is peak minus the resident size",
             "before it (imports, encoder and reference already loaded).",
@@ -618,9 +619,10 @@ def format_markdown(rep: dict[str, Any], png_name: str = "scaling.png") -> str:
             "",
             "## Reference size",
             "",
-            "References of more planes per orientation (``Reference.from_space(n_sections=...)``); the build",
-            "is timed when it is not cached. The global search runs on the coarse index (every other plane,",
-            "48 PCA dimensions).",
+            "References of more planes per orientation (`Reference.from_space(n_sections=...)`); build/load is",
+            "the build when the reference is not cached yet, else loading it from the cache. The global search",
+            "runs on the coarse index (every other plane, 48 PCA dimensions); the faiss index is built once per",
+            "reference (index build s) and kept.",
             "",
             *_table(rep["references"], _REF_COLS),
             "",
