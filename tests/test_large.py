@@ -132,3 +132,24 @@ def test_full_resolution_handle(tmp_path):
     assert s2.full_resolution is None and s2.downsample == (1.0, 1.0)
     with pytest.raises(FileFormatError, match="window by window"):
         open_image_source(tmp_path / "s.png")
+
+
+def test_scaling_report_renders_tables_and_curves(tmp_path):
+    """The committed full run (docs/scaling.json) renders to Markdown and a PNG, as the CLI does."""
+    import json
+    from pathlib import Path
+
+    from siibra_anchor.scaling import format_markdown, format_table, measure, plot_scaling
+
+    rep = json.loads((Path(__file__).parents[1] / "docs" / "scaling.json").read_text())
+    png = plot_scaling(rep, tmp_path / "s.png")
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = format_markdown(rep, png_name=png.name)
+    assert (
+        sum(line.startswith("|---:") for line in md.splitlines()) == 4
+        and "recall@8" in md
+        and "![scaling curves](s.png)" in md
+    )
+    assert "| 8 |" in format_table(rep)
+    _, m = measure(lambda: np.ones(32 * 2**20 // 8).sum())  # 32 MiB allocated and freed inside
+    assert m["peak_rss_mib"] >= m["rss_before_mib"] and m["time_s"] > 0
