@@ -15,11 +15,13 @@ returned pixel), and for NIfTI ``affine`` (the file's 4x4 voxel -> mm) and ``sli
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 from typing import Any, Literal
@@ -40,6 +42,10 @@ from siibra_anchor.section import validate_spacing
 
 __all__ = [
     "read_section_image",
+    "open_image_source",
+    "ImageSource",
+    "LevelReader",
+    "block_reduce",
     "write_ome_zarr",
     "write_pyramidal_tiff",
     "detect_format",
@@ -135,6 +141,7 @@ def read_section_image(
     path: str | PathLike[str],
     spacing_mm: float | Sequence[float] | None = None,
     target_spacing_mm: float | None = None,
+    reduce: bool = False,
 ) -> tuple[NDArray, tuple[float, float], dict[str, Any]]:
     """Read a 2D section image and its pixel spacing from a file.
 
@@ -149,7 +156,12 @@ def read_section_image(
     target_spacing_mm : float, optional
         The spacing the caller will work at. Pyramidal files return the coarsest level whose spacing is
         still <= this (both axes), so full resolution is never read when a level suffices. Flat files
-        ignore it.
+        ignore it (unless ``reduce``).
+    reduce : bool
+        With ``target_spacing_mm``: TIFF and OME-Zarr images are also block-averaged by the integer factor
+        ``floor(target / level spacing)`` per axis, reading the level tile by tile (zarr chunks, TIFF
+        tiles or strips), so a single-level 100k x 100k image never sits in memory whole. The returned
+        spacing is then the coarsest multiple of the level spacing that is <= the target.
 
     Returns
     -------
@@ -186,6 +198,8 @@ def read_section_image(
     if fmt != "ome-zarr":
         _check_content(p, fmt)
     reader = {"png": _read_pil, "jpeg": _read_pil, "tiff": _read_tiff, "nifti": _read_nifti}.get(fmt, _read_zarr)
+    if reduce and target_spacing_mm is not None and fmt in ("tiff", "ome-zarr"):
+        reader = _read_reduced
     try:
         image, spacing, meta = reader(p, given, target_spacing_mm)
     except (AnchorError, MemoryError):
@@ -356,6 +370,290 @@ def write_ome_zarr(
     with atomic_dir(dest) as tmp:
         write(tmp)
     return dest
+
+
+# -- lazy sources: read a level window by window ----------------------------------------------------------
+@dataclass(frozen=True)
+class ImageSource:
+    """A TIFF or OME-Zarr section image on disk, described from its metadata without reading pixels.
+
+    Attributes
+    ----------
+    path : the file or OME-Zarr directory.
+    format : "tiff" or "ome-zarr".
+    shapes : (H, W) of every pyramid level, level 0 (full resolution) first.
+    factors : (row, col) level-0 pixels per pixel of every level.
+    spacing_mm : (row, col) mm per level-0 pixel, or None when neither the file nor the caller says.
+    spacing_source : "given" or where the file said it (see :func:`read_section_image`).
+    channels : 0 for a grey image, 3 or 4 for colour.
+    dtype : pixel type as stored.
+    """
+
+    path: Path
+    format: str
+    shapes: tuple[tuple[int, int], ...]
+    factors: tuple[tuple[float, float], ...]
+    spacing_mm: tuple[float, float] | None
+    spacing_source: str | None
+    channels: int
+    dtype: np.dtype
+
+    @property
+    def full_shape(self) -> tuple[int, int]:
+        """(H, W) of the full-resolution level."""
+        return self.shapes[0]
+
+    def level_spacing(self, level: int) -> tuple[float, float] | None:
+        """(row, col) mm per pixel of ``level`` (None without a known spacing)."""
+        if self.spacing_mm is None:
+            return None
+        fr, fc = self.factors[level]
+        return self.spacing_mm[0] * fr, self.spacing_mm[1] * fc
+
+    def choose_level(self, target_spacing_mm: float | None) -> int:
+        """The coarsest level whose spacing is <= ``target_spacing_mm`` (0 when none is, or no target)."""
+        return _choose_level(list(self.shapes), self.spacing_mm, target_spacing_mm, list(self.factors))[0]
+
+    @contextlib.contextmanager
+    def open_level(self, level: int = 0) -> Iterator[LevelReader]:
+        """Yield a :class:`LevelReader` of ``level``; the file stays open until the block ends."""
+        import zarr
+
+        if not 0 <= int(level) < len(self.shapes):
+            raise InvalidSectionError(f"{self.path} has {len(self.shapes)} levels, level {level!r} does not exist")
+        if self.format == "ome-zarr":
+            arrays, letters, _ = _zarr_levels(self.path)
+            yield LevelReader(arrays[level], letters, self.path)
+            return
+        import tifffile
+
+        with tifffile.TiffFile(self.path) as tf:
+            lv = (list(tf.series[0].levels) or [tf.series[0]])[level]
+            _check_tiff_extent(lv, self.path.stat().st_size, self.path)
+            store = tf.series[0].aszarr(level=level)
+            try:
+                yield LevelReader(zarr.open(store, mode="r"), lv.axes, self.path)
+            finally:
+                store.close()
+
+
+class LevelReader:
+    """Windows of one pyramid level as ``(h, w)`` or ``(h, w, C)`` arrays; only the chunks (zarr) or
+    tiles/strips (TIFF) that a window touches are decoded.
+
+    ``shape`` (H, W) of the level; ``chunks`` (row, col) edge of its storage blocks; ``dtype``.
+    """
+
+    def __init__(self, array: Any, letters: str, path: Path) -> None:
+        letters = letters.upper()
+        _section_layout(array.shape, letters, path)  # refuses stacks and many channels before any read
+        self._array = array
+        self._letters = letters
+        self._iy, self._ix = letters.index("Y"), letters.index("X")
+        others = [i for i, a in enumerate(letters) if a not in "YX" and int(array.shape[i]) > 1]
+        self._ic = others[0] if others else None
+        self.shape: tuple[int, int] = (int(array.shape[self._iy]), int(array.shape[self._ix]))
+        ch = tuple(getattr(array, "chunks", None) or array.shape)
+        self.chunks: tuple[int, int] = (int(ch[self._iy]), int(ch[self._ix]))
+        self.dtype = np.dtype(array.dtype)
+
+    def read(self, r0: int, r1: int, c0: int, c1: int) -> NDArray:
+        """Pixels ``[r0:r1, c0:c1]`` of the level, (h, w) or (h, w, C)."""
+        index: list[Any] = []
+        for i in range(len(self._letters)):
+            if i == self._iy:
+                index.append(slice(int(r0), int(r1)))
+            elif i == self._ix:
+                index.append(slice(int(c0), int(c1)))
+            else:
+                index.append(slice(None) if i == self._ic else 0)
+        data = np.asarray(self._array[tuple(index)])
+        kept = [i for i in range(len(self._letters)) if i in (self._iy, self._ix, self._ic)]
+        order = [kept.index(self._iy), kept.index(self._ix)] + ([kept.index(self._ic)] if self._ic is not None else [])
+        return np.ascontiguousarray(np.transpose(data, order))
+
+
+def open_image_source(path: str | PathLike[str], spacing_mm: float | Sequence[float] | None = None) -> ImageSource:
+    """Describe a TIFF or OME-Zarr section file for lazy, window-by-window reading.
+
+    ``spacing_mm`` (full resolution, mm per pixel) overrides the file's metadata. Raises
+    :class:`FileFormatError` for formats that cannot be read lazily (PNG, JPEG, NIfTI: read them with
+    :func:`read_section_image`), :class:`SectionFileNotFoundError`, :class:`CorruptFileError`.
+    """
+    p = Path(os.fspath(path)).expanduser()
+    if not p.exists():
+        raise SectionFileNotFoundError(f"section file not found: {str(p)!r}; check the path")
+    fmt = detect_format(p)
+    if fmt not in ("tiff", "ome-zarr"):
+        raise FileFormatError(
+            f"{str(p)!r} is {fmt}, which is read whole, not window by window; lazy reading needs TIFF or "
+            "OME-Zarr (convert with siibra_anchor.adapters.formats.write_pyramidal_tiff / write_ome_zarr)"
+        )
+    given = validate_spacing(spacing_mm) if spacing_mm is not None else None
+    try:
+        if fmt == "tiff":
+            _check_content(p, fmt)
+            return _tiff_source(p, given)
+        return _zarr_source(p, given)
+    except AnchorError:
+        raise
+    except Exception as exc:
+        raise CorruptFileError(
+            f"cannot decode {fmt} file {str(p)!r} ({type(exc).__name__}: {exc}); the file is truncated or "
+            "corrupt: copy or export it again"
+        ) from exc
+
+
+def block_reduce(
+    reader: LevelReader,
+    factor: Sequence[int],
+    tile_px: int = 1024,
+    window: Sequence[int] | None = None,
+    dtype: Any = None,
+) -> NDArray:
+    """Block mean of a level (or of ``window`` = (r0, r1, c0, c1) of it) by integer ``factor`` (row, col),
+    read tile by tile.
+
+    Output pixel ``(i, j)`` is the mean of level pixels ``[r0 + i*fr : r0 + (i+1)*fr, c0 + j*fc : ...]``,
+    so its centre sits at level pixel ``(r0 + i*fr + (fr-1)/2, c0 + j*fc + (fc-1)/2)``; edge rows/cols
+    that do not fill a block are dropped (as :func:`write_pyramidal_tiff` does). Tiles are aligned to the
+    storage chunks and hold about ``tile_px**2`` pixels, so memory stays at one tile plus the output
+    whatever the level's size. Returns (h // fr, w // fc) or (h // fr, w // fc, C) in ``dtype`` (default:
+    the level's dtype, integers rounded).
+    """
+    fr, fc = (int(f) for f in factor)
+    if fr < 1 or fc < 1:
+        raise ValueError(f"block_reduce factor must be >= 1 per axis, got {tuple(factor)!r}")
+    wr0, wr1, wc0, wc1 = (
+        int(v) for v in (window if window is not None else (0, *reader.shape[:1], 0, reader.shape[1]))
+    )
+    h, w = wr1 - wr0, wc1 - wc0
+    ho, wo = h // fr, w // fc
+    if ho < 1 or wo < 1:
+        raise InvalidSectionError(
+            f"a {h} x {w} px image reduced by {fr} x {fc} leaves no pixel; ask for a finer target spacing"
+        )
+    hc, wc = wr0 + ho * fr, wc0 + wo * fc
+    cr, cc = reader.chunks
+    tc = max(1, int(tile_px) // cc) * cc
+    tr = max(1, (int(tile_px) ** 2 // tc) // cr) * cr
+    acc: NDArray | None = None
+    # tiles start on chunk boundaries (the first one at the window start)
+    for r0 in [wr0, *range((wr0 // tr + 1) * tr, hc, tr)]:
+        r1 = min((r0 // tr + 1) * tr, hc)
+        rs = np.unique(np.r_[0, np.arange((wr0 - r0) % fr, r1 - r0, fr)])
+        orow = (r0 - wr0 + rs) // fr
+        for c0 in [wc0, *range((wc0 // tc + 1) * tc, wc, tc)]:
+            c1 = min((c0 // tc + 1) * tc, wc)
+            cs = np.unique(np.r_[0, np.arange((wc0 - c0) % fc, c1 - c0, fc)])
+            ocol = (c0 - wc0 + cs) // fc
+            t = reader.read(r0, r1, c0, c1)
+            if acc is None:
+                acc = np.zeros((ho, wo) + t.shape[2:], np.float64)
+            # exact integer sums, the contiguous axis first (~4x faster than float64 along rows); in strips
+            # of 256 rows because reduceat casts its whole input to the sum type first
+            kind = t.dtype.kind
+            sdt = np.uint64 if kind in "bu" else np.int64 if kind == "i" else np.float64
+            colsum = np.concatenate(
+                [np.add.reduceat(t[i : i + 256], cs, axis=1, dtype=sdt) for i in range(0, t.shape[0], 256)]
+            )
+            part = np.add.reduceat(colsum, rs, axis=0)
+            acc[orow[0] : orow[-1] + 1, ocol[0] : ocol[-1] + 1] += part
+    if acc is None:  # unreachable: ho, wo >= 1 means at least one tile
+        raise InvalidSectionError("empty image")
+    acc /= fr * fc
+    out_dtype = np.dtype(dtype) if dtype is not None else reader.dtype
+    if np.issubdtype(out_dtype, np.integer):
+        info = np.iinfo(out_dtype)
+        acc = np.clip(np.rint(acc), info.min, info.max)
+    return acc.astype(out_dtype, copy=False)
+
+
+def _tiff_source(p: Path, given: tuple[float, float] | None) -> ImageSource:
+    import tifffile
+
+    with tifffile.TiffFile(p) as tf:
+        if not tf.series:
+            raise CorruptFileError(f"TIFF file {str(p)!r} holds no image; export it again")
+        series = tf.series[0]
+        levels = list(series.levels) or [series]
+        spacing0, source = (given, "given") if given is not None else _tiff_spacing(tf, series)
+        shapes = [_spatial_shape(lv.shape, lv.axes) for lv in levels]
+        squeezed, order = _section_layout(levels[0].shape, levels[0].axes, p)
+        channels = squeezed[order[2]] if len(order) == 3 else 0
+        dtype = np.dtype(levels[0].dtype)
+    factors = [(_factor(shapes[0][0], s[0]), _factor(shapes[0][1], s[1])) for s in shapes]
+    return ImageSource(p, "tiff", tuple(shapes), tuple(factors), spacing0, source, int(channels), dtype)
+
+
+def _zarr_levels(path: Path) -> tuple[list[Any], str, dict[str, Any]]:
+    """(level arrays, axis letters, multiscales dict or {} for a bare array) of an OME-Zarr store."""
+    import zarr
+
+    node = zarr.open(str(path), mode="r")
+    if isinstance(node, zarr.Array):
+        return [node], _zarr_letters(_default_axes(node.ndim), None), {}
+    group, ms = _find_multiscales(node, path)
+    axes_meta = ms.get("axes") or _default_axes(len(group[ms["datasets"][0]["path"]].shape))
+    axes = [a if isinstance(a, str) else str(a.get("name", "")) for a in axes_meta]
+    types = [None if isinstance(a, str) else a.get("type") for a in axes_meta]
+    return [group[d["path"]] for d in ms["datasets"]], _zarr_letters(axes, types), ms
+
+
+def _zarr_source(p: Path, given: tuple[float, float] | None) -> ImageSource:
+    arrays, letters, ms = _zarr_levels(p)
+    iy, ix = letters.index("Y"), letters.index("X")
+    shapes = [(int(a.shape[iy]), int(a.shape[ix])) for a in arrays]
+    if ms:
+        axes_meta = ms.get("axes") or []
+        units = [None if isinstance(a, str) else a.get("unit") for a in axes_meta] or [None] * len(letters)
+        global_scale = _scale_of(ms.get("coordinateTransformations"), len(letters))
+        scales = [_scale_of(d.get("coordinateTransformations"), len(letters)) * global_scale for d in ms["datasets"]]
+        factors = [(float(s[iy] / scales[0][iy]), float(s[ix] / scales[0][ix])) for s in scales]
+        conv = [_UNIT_MM.get(str(units[i]).strip().lower()) if units[i] else None for i in (iy, ix)]
+    else:
+        scales, factors, conv = [np.ones(len(letters))], [(1.0, 1.0)], [None, None]
+    if given is not None:
+        spacing0, source = given, "given"
+    elif conv[0] is None or conv[1] is None:
+        spacing0, source = None, None
+    else:
+        spacing0 = (float(scales[0][iy]) * conv[0], float(scales[0][ix]) * conv[1])
+        source = "ngff-scale"
+    squeezed, order = _section_layout(arrays[0].shape, letters, p)
+    channels = squeezed[order[2]] if len(order) == 3 else 0
+    return ImageSource(
+        p, "ome-zarr", tuple(shapes), tuple(factors), spacing0, source, int(channels), np.dtype(arrays[0].dtype)
+    )
+
+
+def _read_reduced(
+    path: Path, given: tuple[float, float] | None, target: float | None
+) -> tuple[NDArray, tuple[float, float] | None, dict[str, Any]]:
+    """Read the level :func:`_choose_level` picks, block-averaged towards ``target`` tile by tile."""
+    src = _tiff_source(path, given) if detect_format(path) == "tiff" else _zarr_source(path, given)
+    if src.spacing_mm is None:
+        raise SpacingError(
+            f"{str(path)!r} has no pixel spacing metadata: pass spacing_mm=<mm per pixel> "
+            "(e.g. spacing_mm=0.02 for 20 um/px); siibra-anchor never guesses it"
+        )
+    k = src.choose_level(target)
+    sk = src.level_spacing(k)
+    if sk is None or target is None:  # both set above; keeps the type checker informed
+        raise SpacingError(f"cannot reduce {str(path)!r} without a spacing and a target spacing")
+    f = (max(1, int(math.floor(target / sk[0] + 1e-9))), max(1, int(math.floor(target / sk[1] + 1e-9))))
+    with src.open_level(k) as rd:
+        image = block_reduce(rd, f) if max(f) > 1 else rd.read(0, rd.shape[0], 0, rd.shape[1])
+    fk = src.factors[k]
+    meta = {
+        "spacing_source": src.spacing_source,
+        "level": k,
+        "n_levels": len(src.shapes),
+        "full_shape": src.full_shape,
+        "downsample": (float(fk[0] * f[0]), float(fk[1] * f[1])),
+        "reduced": f,
+    }
+    return image, (sk[0] * f[0], sk[1] * f[1]), meta
 
 
 # -- readers --------------------------------------------------------------------------------------------
@@ -625,6 +923,15 @@ def _yx_indices(axes: list[str], types: list[Any], path: Path) -> tuple[int, int
 
 def _zarr_to_section(arr: Any, axes: list[str], path: Path, types: list[Any] | None = None) -> NDArray:
     """Read one zarr level, dropping singleton t/c/z axes; (c=3|4, y, x) -> (y, x, c)."""
+    letters = _zarr_letters(axes, types)
+    layout = _section_layout(arr.shape, letters, path)
+    # read only index 0 of singleton axes: nothing else is in the array
+    index = tuple(slice(None) if a in "YX" or n > 1 else slice(0, 1) for a, n in zip(letters, arr.shape, strict=True))
+    return _apply_layout(np.asarray(arr[index]), layout)
+
+
+def _zarr_letters(axes: list[str], types: list[Any] | None) -> str:
+    """tifffile-style axis letters (Y, X, Z, T, C, Q) of NGFF axis names and types."""
     letters = []
     for i, name in enumerate(a.lower() for a in axes):
         kind = types[i] if types is not None else None
@@ -638,10 +945,7 @@ def _zarr_to_section(arr: Any, axes: list[str], path: Path, types: list[Any] | N
             letters.append("Z")
         else:
             letters.append("Q")
-    layout = _section_layout(arr.shape, "".join(letters), path)
-    # read only index 0 of singleton axes: nothing else is in the array
-    index = tuple(slice(None) if a in "YX" or n > 1 else slice(0, 1) for a, n in zip(letters, arr.shape, strict=True))
-    return _apply_layout(np.asarray(arr[index]), layout)
+    return "".join(letters)
 
 
 # -- shared helpers -------------------------------------------------------------------------------------

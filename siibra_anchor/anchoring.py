@@ -54,6 +54,8 @@ class AnchorParams:
     # coarse patches, matches per patch, RANSAC trials and hypotheses; the better-scoring placement is kept
     retry_below: float = 0.5
     retry_widen: float = 2.0
+    #: global top-k search: "auto" (faiss from 1e6 reference patches if installed), "exact", "faiss", "faiss-hnsw"
+    search: str = "auto"
 
 
 def confidence_from_scores(consistency: float, nmi_gain: float) -> float:
@@ -236,7 +238,7 @@ def anchor(
     :class:`AnchoringResult` whose ``affine`` maps original pixel (row, col, 0, 1) to world mm.
     """
     from .encoders import encoder_hash, load_default_encoder
-    from .matching import topk_cosine
+    from .matching import search_topk
     from .reference import Reference
     from .spaces import canonical_space
 
@@ -315,7 +317,7 @@ def anchor(
         ref_mask = xs < 10.0 if hemisphere == "left" else xs > -10.0
     q = emb_coarse @ proj
     q /= np.maximum(np.linalg.norm(q, axis=2, keepdims=True), 1e-12)
-    sims, cidx, _ = topk_cosine(q, cref, p.k, ref_mask=ref_mask)
+    sims, cidx, _ = search_topk(q, cref, p.k, ref_mask=ref_mask, search=p.search)
     idx = cpos[cidx]
     rc_pairs = np.repeat(cen[coarse], idx.shape[1], axis=0)
     xyz_pairs = ref.centres_mm[idx.ravel()]

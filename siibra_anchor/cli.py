@@ -87,6 +87,34 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--step", type=int, default=1, help="look up every STEP-th pixel (faster on large sections)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--csv", default=None, metavar="OUT", help="also write the table as CSV to OUT")
+    p = sub.add_parser("apply", help="write an anchored section into its space at full resolution")
+    p.add_argument("result", help="result JSON written by 'anchor'")
+    p.add_argument("image", help="the section image (TIFF/OME-Zarr read window by window; PNG/NIfTI whole)")
+    p.add_argument("--out", required=True, help="OUT.nii, OUT.nii.gz or OUT.ome.zarr")
+    p.add_argument("--spacing-mm", type=float, default=None, help="output voxel size (default: see docs)")
+    p.add_argument(
+        "--grid",
+        choices=["section", "world", "reference"],
+        default=None,
+        help="section pixel grid (NIfTI default), axis-aligned world grid (OME-Zarr default), or the template's",
+    )
+    p.add_argument("--chunk", type=int, default=64, help="output chunk edge in voxels (default 64)")
+
+    p = sub.add_parser("benchmark-scaling", help="time and peak memory vs sections, section size, reference size")
+    p.add_argument("--quick", action="store_true", help="small sweep (about 3 minutes)")
+    p.add_argument("--out", default="siibra-anchor-scaling", help="folder for scaling.json and scaling.png")
+    p.add_argument("--doc", default=None, help="also write the report as Markdown (e.g. docs/scaling.md)")
+    p.add_argument(
+        "--large-image",
+        type=int,
+        nargs="?",
+        const=100_000,
+        default=None,
+        metavar="PX",
+        help="only the large-image check: write a PX x PX OME-Zarr (default 100000) chunk by chunk, anchor it "
+        "read lazily, apply it, and report peak RSS",
+    )
+    p.add_argument("--seed", type=int, default=0)
     return ap
 
 
@@ -97,7 +125,16 @@ def _print(*a: Any) -> None:
 def _cmd_anchor(ns: argparse.Namespace) -> int:
     import siibra_anchor as sa
 
-    section = sa.Section.from_file(ns.image, spacing_mm=ns.spacing_mm, modality=ns.modality)
+    from .patches import PatchSpec
+
+    # TIFF / OME-Zarr are read lazily, block-averaged to 1/4 of the encoder's working spacing
+    section = sa.Section.from_file(
+        ns.image,
+        spacing_mm=ns.spacing_mm,
+        modality=ns.modality,
+        target_spacing_mm=PatchSpec().spacing_mm / 4.0,
+        reduce=True,
+    )
     res = sa.anchor(
         section,
         space=ns.space,
@@ -256,6 +293,33 @@ def _cmd_regions(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_apply(ns: argparse.Namespace) -> int:
+    from .apply import resample_to_space
+
+    out = resample_to_space(ns.result, ns.image, ns.out, spacing_mm=ns.spacing_mm, grid=ns.grid, chunk=ns.chunk)
+    _print(f"wrote {out}")
+    return 0
+
+
+def _cmd_benchmark_scaling(ns: argparse.Namespace) -> int:
+    from .scaling import format_large_image, format_table, large_image_check, run_scaling
+
+    if ns.large_image is not None:
+        rep = large_image_check(size_px=ns.large_image, out=ns.out, seed=ns.seed, progress=not ns.quiet)
+        _print(format_large_image(rep))
+        return 0
+    rep = run_scaling(quick=ns.quick, out=ns.out, seed=ns.seed, progress=not ns.quiet)
+    _print(format_table(rep))
+    if ns.doc:
+        from .cache import atomic_write_text
+        from .scaling import format_markdown, plot_scaling
+
+        png = plot_scaling(rep, Path(ns.doc).parent / "scaling.png")
+        atomic_write_text(ns.doc, format_markdown(rep, png_name=png.name))
+        _print(f"wrote {ns.doc} and {png}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from .errors import AnchorError
 
@@ -271,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
         "view": _cmd_view,
         "train": _cmd_train,
         "regions": _cmd_regions,
+        "apply": _cmd_apply,
+        "benchmark-scaling": _cmd_benchmark_scaling,
     }
     try:
         return cmds[ns.cmd](ns)

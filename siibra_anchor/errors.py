@@ -27,6 +27,7 @@ __all__ = [
     "NetworkError",
     "SectionFileNotFoundError",
     "InvalidParameterError",
+    "SearchBackendError",
 ]
 
 
@@ -106,3 +107,7 @@ class SectionFileNotFoundError(AnchorError, FileNotFoundError):
 
 class InvalidParameterError(AnchorError, ValueError):
     """A parameter is out of its allowed range or of the wrong kind (threshold, step, interpolation, ...)."""
+
+
+class SearchBackendError(AnchorError, ValueError):
+    """An unknown nearest-neighbour search backend was asked for, or its package is not installed."""

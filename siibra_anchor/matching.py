@@ -7,6 +7,7 @@ All searches are chunked so memory stays bounded (about ``chunk * A * R * 4`` by
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,13 @@ import torch
 from numpy.typing import NDArray
 from scipy.spatial import cKDTree
 
-__all__ = ["topk_cosine", "best_in_neighbourhood"]
+__all__ = ["topk_cosine", "search_topk", "best_in_neighbourhood", "SEARCH_BACKENDS"]
+
+#: Values of ``search`` in :func:`search_topk` (and :class:`~siibra_anchor.anchoring.AnchorParams`).
+SEARCH_BACKENDS = ("auto", "exact", "faiss", "faiss-hnsw")
+
+
+log = logging.getLogger(__name__)
 
 
 def _as_qad(queries: NDArray) -> NDArray:
@@ -59,6 +66,39 @@ def topk_cosine(
             idx[i : i + chunk] = j.numpy()
             ang[i : i + chunk] = torch.gather(amax, 1, j).numpy()
     return sims, idx, ang
+
+
+def search_topk(
+    queries: NDArray,
+    refs: NDArray,
+    k: int,
+    ref_mask: NDArray | None = None,
+    search: str = "auto",
+    auto_threshold: int | None = None,
+) -> tuple[NDArray, NDArray, NDArray]:
+    """Top-k matches like :func:`topk_cosine`, by the chosen search backend.
+
+    ``search``: "exact" (:func:`topk_cosine`), "faiss" (IVF index, :mod:`siibra_anchor.ann`),
+    "faiss-hnsw" (HNSW graph), or "auto": faiss IVF when ``refs`` has at least ``auto_threshold``
+    rows (default :data:`siibra_anchor.ann.AUTO_THRESHOLD`, 1e6) and faiss is installed, else exact.
+    The faiss index is built on first use and kept while ``refs`` lives.
+    """
+    from .ann import AUTO_THRESHOLD, cached_index, faiss_available, topk_faiss
+    from .errors import SearchBackendError
+
+    if search not in SEARCH_BACKENDS:
+        raise SearchBackendError(f"search must be one of {SEARCH_BACKENDS}, got {search!r}")
+    if search == "auto":
+        big = len(refs) >= (AUTO_THRESHOLD if auto_threshold is None else int(auto_threshold))
+        if big and not faiss_available():
+            log.warning(
+                "%d reference patches: exact search; pip install 'siibra-anchor[faiss]' for a faster one", len(refs)
+            )
+        search = "faiss" if big and faiss_available() else "exact"
+    if search == "exact":
+        return topk_cosine(queries, refs, k, ref_mask=ref_mask)
+    index = cached_index(refs, kind="hnsw" if search == "faiss-hnsw" else "ivf")
+    return topk_faiss(queries, refs, k, ref_mask=ref_mask, index=index)
 
 
 def best_in_neighbourhood(

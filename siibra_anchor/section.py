@@ -121,6 +121,8 @@ class Section:
         self.name = str(name)
         #: file the section was read from (set by :meth:`from_file`), kept with results for viewers
         self.source: str | None = None
+        self._source_meta: dict[str, Any] = {}
+        self._given_spacing: Any = None
         self._gray = gray
         self._mask: NDArray | None = None
         if mask is not None:
@@ -141,18 +143,45 @@ class Section:
         modality: str = "unknown",
         name: str | None = None,
         target_spacing_mm: float | None = None,
+        reduce: bool = False,
     ) -> Section:
         """Read a section from PNG, TIFF (incl. big/pyramidal), NIfTI (2D or a single slice) or OME-Zarr.
 
         ``spacing_mm`` overrides the file's own spacing metadata; a file without spacing metadata needs it.
-        ``target_spacing_mm`` lets pyramidal formats read only the level needed for that working spacing.
+        ``target_spacing_mm`` lets pyramidal formats read only the level needed for that working spacing;
+        with ``reduce=True`` TIFF and OME-Zarr images are also block-averaged towards it tile by tile, so
+        a 100k x 100k px section is read in bounded memory (see docs/large-images.md). The section then
+        holds the reduced image; :attr:`full_resolution` and :attr:`downsample` lead back to the file.
         """
         from siibra_anchor.adapters.formats import read_section_image
 
-        img, spacing, meta = read_section_image(path, spacing_mm=spacing_mm, target_spacing_mm=target_spacing_mm)
+        img, spacing, meta = read_section_image(
+            path, spacing_mm=spacing_mm, target_spacing_mm=target_spacing_mm, reduce=reduce
+        )
         sec = cls(img, spacing, mask=mask, modality=modality, name=name or meta.get("name", str(path)))
         sec.source = str(path)
+        sec._source_meta = meta
+        sec._given_spacing = spacing_mm
         return sec
+
+    @property
+    def downsample(self) -> tuple[float, float]:
+        """(row, col) full-resolution pixels per pixel of :attr:`image`: (1, 1) unless the section was
+        read reduced or from a coarser pyramid level. Section pixel ``(i, j)`` is centred on
+        full-resolution pixel ``(i * fr + (fr - 1) / 2, j * fc + (fc - 1) / 2)`` (block means)."""
+        d = self._source_meta.get("downsample", (1.0, 1.0))
+        return float(d[0]), float(d[1])
+
+    @property
+    def full_resolution(self) -> Any:
+        """The file the section was read from, as a lazy :class:`~siibra_anchor.adapters.formats.ImageSource`
+        (TIFF / OME-Zarr; metadata parsed on access, pixels read window by window); None for in-memory
+        sections and for PNG/JPEG/NIfTI files, whose :attr:`image` is the full resolution."""
+        if self.source is None or self._source_meta.get("format") not in ("tiff", "ome-zarr"):
+            return None
+        from siibra_anchor.adapters.formats import open_image_source
+
+        return open_image_source(self.source, spacing_mm=self._given_spacing)
 
     # -- basic properties -------------------------------------------------------------------------
     @property
