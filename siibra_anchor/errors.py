@@ -26,6 +26,11 @@ __all__ = [
     "AnchoringFailedError",
     "NetworkError",
     "SectionFileNotFoundError",
+    "CacheLockTimeoutError",
+    "InvalidPointsError",
+    "AnchorWarning",
+    "LowConfidenceWarning",
+    "CorruptCacheWarning",
 ]
 
 
@@ -101,3 +106,25 @@ class NetworkError(AnchorError, ConnectionError):
 
 class SectionFileNotFoundError(AnchorError, FileNotFoundError):
     """A section, volume, reference or result file does not exist."""
+
+
+class CacheLockTimeoutError(AnchorError, TimeoutError):
+    """Another process held a cache entry's lock (building it) for longer than the timeout."""
+
+
+class InvalidPointsError(AnchorError, ValueError):
+    """Point pairs given to an affine fit have the wrong shape, too few rows, or NaN/inf values."""
+
+
+class AnchorWarning(UserWarning):
+    """Base class of the warnings siibra-anchor emits (``warnings.simplefilter("error", AnchorWarning)``
+    turns them into exceptions)."""
+
+
+class LowConfidenceWarning(AnchorWarning):
+    """An anchoring result has low confidence (< 0.5): the placement may well be wrong. Check the image
+    (is it a human brain section?), its spacing and mask, or treat the result as unplaced."""
+
+
+class CorruptCacheWarning(AnchorWarning):
+    """A cache entry failed its checksum or could not be read; it is rebuilt."""
