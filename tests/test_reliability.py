@@ -139,7 +139,7 @@ def test_non_brain_images_get_low_confidence_and_a_warning(mni_reference, caplog
         sa.anchor(inputs["rodent"], reference=mni_reference)
     caplog.set_level(logging.WARNING, logger="siibra_anchor")
     with pytest.warns(LowConfidenceWarning, match="low confidence"):
-        res = sa.anchor(inputs["noise"], reference=mni_reference, seed=0, n_patches=200, flipped=False)
+        res = sa.anchor(inputs["text"], reference=mni_reference, seed=0, n_patches=200, flipped=False)
     assert res.confidence < 0.5
     assert any("low confidence" in r.getMessage() for r in caplog.records)
 
