@@ -78,6 +78,16 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a patch encoder (see siibra_anchor.training)")
     p.add_argument("args", nargs=argparse.REMAINDER, help="CONFIG.yaml [--resume] [--steps N] [--out DIR]")
 
+    p = sub.add_parser("regions", help="brain regions an anchored section touches (Julich-Brain via siibra or offline)")
+    p.add_argument("result", help="RESULT.json written by 'siibra-anchor anchor'")
+    p.add_argument("--parcellation", default="julich", help="'julich' (default), 'fsl-juelich' or a siibra name")
+    p.add_argument("--threshold", type=float, default=0.2, help="minimum probability 0..1 (default 0.2)")
+    p.add_argument("--image", default=None, help="the section image: count only its tissue (default: all pixels)")
+    p.add_argument("--offline", action="store_true", help="never use the network (the offline Jülich maps)")
+    p.add_argument("--step", type=int, default=1, help="look up every STEP-th pixel (faster on large sections)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--csv", default=None, metavar="OUT", help="also write the table as CSV to OUT")
+
     p = sub.add_parser("reliability", help="run the bad-input, corrupt-file, fuzz and fault cases; write a report")
     p.add_argument("--out", default=None, help="write the Markdown report here (e.g. docs/reliability.md)")
     p.add_argument("--quick", action="store_true", help="fewer fuzz examples and no anchoring of non-brain images")
@@ -206,6 +216,48 @@ def _cmd_train(ns: argparse.Namespace) -> int:
     return int(train_main(ns.args) or 0)
 
 
+def _cmd_regions(ns: argparse.Namespace) -> int:
+    import json
+
+    import siibra_anchor as sa
+
+    from .adapters.regions import assign_regions
+
+    res = sa.AnchoringResult.load(ns.result)
+    mask = None
+    if ns.image:
+        sec = sa.Section.from_file(ns.image, spacing_mm=res.section.get("spacing_mm"))
+        mask = sec.mask
+    df = assign_regions(
+        res,
+        parcellation=ns.parcellation,
+        threshold=ns.threshold,
+        mask=mask,
+        step=ns.step,
+        online=False if ns.offline else None,
+    )
+    cols = ["region", "area_mm2", "share", "mean_probability", "pixels"]
+    if ns.csv:
+        from .cache import atomic_write_text
+
+        atomic_write_text(ns.csv, df[cols].to_csv(index=False))
+    if ns.json:
+        _print(json.dumps({**df.attrs, "regions": df[cols].to_dict(orient="records")}, indent=1))
+        return 0
+    _print(f"source      {df.attrs['source']}")
+    _print(f"tissue      {df.attrs['tissue_area_mm2']:.1f} mm2, threshold {df.attrs['threshold']:g}")
+    if df.empty:
+        _print("no region reaches the threshold on this section")
+        return 0
+    w = max(len("region"), *(len(r) for r in df["region"]))
+    _print(f"{'region':<{w}}  {'area_mm2':>9}  {'share':>6}  {'mean_p':>6}")
+    for r in df.itertuples():
+        _print(f"{r.region:<{w}}  {r.area_mm2:>9.1f}  {100 * r.share:>5.1f}%  {r.mean_probability:>6.2f}")
+    if ns.csv:
+        _print(f"wrote {ns.csv}")
+    return 0
+
+
 def _cmd_reliability(ns: argparse.Namespace) -> int:
     from .reliability import format_markdown, format_table, run_reliability
 
@@ -237,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         "reference": _cmd_reference,
         "view": _cmd_view,
         "train": _cmd_train,
+        "regions": _cmd_regions,
         "reliability": _cmd_reliability,
     }
     try:

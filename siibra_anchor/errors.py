@@ -26,6 +26,7 @@ __all__ = [
     "AnchoringFailedError",
     "NetworkError",
     "SectionFileNotFoundError",
+    "InvalidParameterError",
     "CacheLockTimeoutError",
     "InvalidPointsError",
     "AnchorWarning",
@@ -106,6 +107,10 @@ class NetworkError(AnchorError, ConnectionError):
 
 class SectionFileNotFoundError(AnchorError, FileNotFoundError):
     """A section, volume, reference or result file does not exist."""
+
+
+class InvalidParameterError(AnchorError, ValueError):
+    """A parameter is out of its allowed range or of the wrong kind (threshold, step, interpolation, ...)."""
 
 
 class CacheLockTimeoutError(AnchorError, TimeoutError):

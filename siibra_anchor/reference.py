@@ -188,21 +188,18 @@ class Reference:
 
         ``n_sections`` reference planes per orientation (or a dict per orientation), cut along ``axis``.
         """
-        from .spaces import canonical_space
-
-        key = canonical_space(space)
-        if key == "mni152":
-            from .templates import volume_path
-
-            path = volume_path("mni152")
-        else:
+        if isinstance(space, str) and space.startswith("custom:"):
             from .errors import SpaceUnavailableError
 
-            # fetching templates through siibra (online) is not part of this version yet
             raise SpaceUnavailableError(
-                f"the template of space {key!r} is not embedded and cannot be fetched by this version of "
-                f"siibra-anchor; supply it yourself: sa.Reference.from_volume('template.nii.gz', space={key!r})"
+                f"space {space!r} has no known template; build it with sa.Reference.from_volume(path, space={space!r})"
             )
+        # names, aliases and siibra Space objects resolve locally or through siibra; the template of
+        # "mni152" is the embedded file, others are fetched through siibra once (offline: SpaceUnavailableError)
+        from .adapters.siibra_spaces import fetch_template, resolve_space
+
+        key = resolve_space(space)
+        path = fetch_template(key)
         return cls.from_volume(
             path,
             space=key,

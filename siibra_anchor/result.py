@@ -281,11 +281,14 @@ class AnchoringResult:
         return cls.from_dict(d)
 
     # -- bridges (implemented in adapters/ and viewer/) -------------------------------------------
-    def to_siibra(self, space: str | None = None):
-        """siibra objects of the anchored section (see :mod:`siibra_anchor.adapters.siibra_objects`)."""
+    def to_siibra(self, space: Any = None, **kwargs: Any):
+        """siibra PointClouds (outline, patch centres) and Volume of the section, in ``space`` (default: its own).
+
+        See :func:`siibra_anchor.adapters.siibra_objects.result_to_siibra`; warping to another space is online.
+        """
         from .adapters.siibra_objects import result_to_siibra
 
-        return result_to_siibra(self, space=space)
+        return result_to_siibra(self, space=space, **kwargs)
 
     def assign_regions(self, parcellation: str = "julich", **kwargs: Any):
         """Regions the anchored tissue touches (see :mod:`siibra_anchor.adapters.regions`)."""
