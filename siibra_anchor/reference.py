@@ -200,17 +200,18 @@ class Reference:
 
         key = resolve_space(space)
         path = fetch_template(key)
-        return cls.from_volume(
-            path,
-            space=key,
-            n_sections=n_sections,
-            axis=axis,
-            encoder=encoder,
-            spec=spec,
-            stride_px=stride_px,
-            cache=cache,
-            progress=progress,
-        )
+        kw = dict(n_sections=n_sections, axis=axis, encoder=encoder, spec=spec, stride_px=stride_px)
+        try:
+            return cls.from_volume(path, space=key, cache=cache, progress=progress, **kw)
+        except CorruptFileError as exc:
+            from .cache import cache_dir
+
+            if cache_dir("templates") not in Path(path).parents:
+                raise
+            # a damaged downloaded template: fetch it again once
+            log.warning("cached template %s is unreadable (%s); fetching it again", path, exc)
+            Path(path).unlink(missing_ok=True)
+            return cls.from_volume(fetch_template(key), space=key, cache=cache, progress=progress, **kw)
 
     @classmethod
     def from_volume(

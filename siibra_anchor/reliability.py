@@ -648,6 +648,9 @@ def _no_network_cases() -> list[Case]:
     calls: dict[str, Callable[[], Any]] = {
         'Reference.from_space("colin27")': lambda: sa.Reference.from_space("colin27"),
         'Reference.from_space("bigbrain")': lambda: sa.Reference.from_space("bigbrain"),
+        'anchor(human section, space="colin27")': lambda: sa.anchor(
+            sa.Section(_brain_image(), spacing_mm=1.0), space="colin27"
+        ),
     }
     try:
         from siibra_anchor.adapters import regions  # noqa: F401
@@ -899,7 +902,9 @@ def run_reliability(quick: bool = False, seed: int = 0, progress: bool = False) 
             if kind == "reference-zarr":
                 c.expected = "CorruptFileError (sha256 manifest)"
             elif "works" in c.outcomes:
-                c.note = "decoded: the damage hit pixel data of a format without a checksum"
+                c.note = (
+                    "decoded: the damage hit bytes the format does not checksum (raw pixels, padding, trailing data)"
+                )
             cases.append(c)
 
         step("fuzzing")
