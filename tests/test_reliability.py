@@ -173,6 +173,7 @@ def test_cli_unexpected_error_is_one_line_with_a_hint(capsys):
 
 def test_damaged_downloaded_template_is_dropped_and_fetched_again(tmp_path, monkeypatch):
     from siibra_anchor.adapters.siibra_spaces import PYRAMID_RESOLUTION_MM, SPACE_IDS
+
     from siibra_anchor.cache import cache_dir, cache_key
 
     monkeypatch.setenv("SIIBRA_ANCHOR_CACHE", str(tmp_path))
