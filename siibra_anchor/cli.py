@@ -280,8 +280,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if ns.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
-    if not ns.debug:  # the library logs each of its warnings as one line already
-        warnings.filterwarnings("ignore", category=AnchorWarning)
     cmds = {
         "anchor": _cmd_anchor,
         "demo": _cmd_demo,
@@ -293,7 +291,10 @@ def main(argv: list[str] | None = None) -> int:
         "reliability": _cmd_reliability,
     }
     try:
-        return cmds[ns.cmd](ns)
+        with warnings.catch_warnings():
+            if not ns.debug:  # the library logs each of its warnings as one line already
+                warnings.filterwarnings("ignore", category=AnchorWarning)
+            return cmds[ns.cmd](ns)
     except AnchorError as exc:
         if ns.debug:
             raise

@@ -44,6 +44,7 @@ def fault_cache(tmp_path_factory):
     return cache, left, outs
 
 
+@pytest.mark.slow
 def test_killed_build_then_concurrent_builds(fault_cache):
     cache, _, outs = fault_cache
     errs = [err for _, err in outs]
@@ -133,6 +134,7 @@ def test_every_bad_input_raises_a_typed_error(fault_cache, tmp_path):
     assert not failures, failures
 
 
+@pytest.mark.slow
 def test_non_brain_images_get_low_confidence_and_a_warning(mni_reference, caplog):
     inputs = non_brain_sections(seed=0)
     with pytest.raises(ImageTooSmallError, match="mm of tissue across"):  # a mouse-sized brain
