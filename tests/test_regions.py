@@ -147,3 +147,29 @@ def test_cli_regions_table_json_and_csv(tmp_path):
     assert {r["region"] for r in out["regions"]} >= {"GM Visual cortex V1 BA17 left", "GM Visual cortex V1 BA17 right"}
     p = subprocess.run([*run, "--parcellation", "nope"], capture_output=True, text=True, timeout=300)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "unknown parcellation" in p.stderr
+
+
+@pytest.mark.slow
+def test_regions_of_an_anchored_section_match_those_of_its_true_placement(mni_reference):
+    import siibra_anchor as sa
+    from siibra_anchor.simulate import section_error, simulate_section
+
+    sim = simulate_section(
+        volume="fsl-mni152-t1",
+        orientation="coronal",
+        offset_mm=-20.0,
+        rotation_deg=30,
+        tilt_deg=5,
+        spacing_mm=0.5,
+        seed=6,
+    )
+    res = sa.anchor(sim.section, reference=mni_reference, seed=0, flipped=False)
+    assert res.mask is not None and section_error(res.affine, sim.true_affine, sim.section.mask) < 3.0
+    truth = sa.AnchoringResult(sim.true_affine, "mni152", 1.0, section=res.section, mask=res.mask)
+    got, _, _ = section_region_labels(res, online=False)
+    want, _, _ = section_region_labels(truth, online=False)
+    assert np.mean(got[res.mask] == want[res.mask]) > 0.75
+    a, b = res.assign_regions(online=False), truth.assign_regions(online=False)
+    assert a.attrs["tissue_area_mm2"] == pytest.approx(res.mask.sum() * float(np.prod(res.pixel_spacing_mm)), rel=0.05)
+    assert a["region"].iloc[0] == b["region"].iloc[0]
+    assert len(set(a["region"][:5]) & set(b["region"][:5])) >= 3
