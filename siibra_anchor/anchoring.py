@@ -273,12 +273,6 @@ def anchor(
     if n_patches is not None and (not isinstance(n_patches, (int, np.integer)) or n_patches < 6):
         raise InvalidSectionError(f"n_patches must be an integer >= 6 or None, got {n_patches!r}")
     _check_call(seed, reference, params, device)
-    if section.mask.all():
-        raise EmptyMaskError(
-            f"the tissue mask of section {section.name!r} covers every pixel, so it marks no tissue boundary; "
-            "pass mask=None to detect tissue, or a mask that is False on the background (for a block that "
-            "fills the frame, set the mask's border pixels to False)"
-        )
     rng = np.random.default_rng(seed)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -294,6 +288,12 @@ def anchor(
             "build the reference with the same encoder (Reference.from_space(..., encoder=enc))"
         )
     timings["reference_s"] = time.perf_counter() - t_start
+    if section.mask.all():
+        raise EmptyMaskError(
+            f"the tissue mask of section {section.name!r} covers every pixel, so it marks no tissue boundary; "
+            "pass mask=None to detect tissue, or a mask that is False on the background (for a block that "
+            "fills the frame, set the mask's border pixels to False)"
+        )
     spec = ref.spec
     t0 = time.perf_counter()
     img, msk, scale = section.at_spacing(spec.spacing_mm)
