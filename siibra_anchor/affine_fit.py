@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from .errors import InvalidPointsError
+
 __all__ = [
     "SectionMap",
     "similarity_fit",
@@ -56,6 +58,31 @@ class SectionMap:
         return n / np.linalg.norm(n)
 
 
+def _check_pairs(src: ArrayLike, dst: ArrayLike, weights: ArrayLike | None, min_n: int) -> tuple[NDArray, ...]:
+    """src (..., N, 2), dst (..., N, 3), weights (..., N) as float arrays, or :class:`InvalidPointsError`."""
+    try:
+        s2 = np.asarray(src, float)
+        d3 = np.asarray(dst, float)
+        w = np.ones(s2.shape[:-1]) if weights is None else np.asarray(weights, float)
+    except (TypeError, ValueError) as exc:
+        raise InvalidPointsError(f"point pairs must be numeric arrays ({exc})") from exc
+    if s2.ndim < 2 or s2.shape[-1] != 2 or d3.shape != s2.shape[:-1] + (3,):
+        raise InvalidPointsError(
+            f"need src (..., N, 2) pixels and dst (..., N, 3) mm of the same N, got {s2.shape} and {d3.shape}"
+        )
+    if w.shape != s2.shape[:-1]:
+        raise InvalidPointsError(f"weights must have shape {s2.shape[:-1]}, got {w.shape}")
+    if s2.shape[-2] < min_n:
+        raise InvalidPointsError(f"need at least {min_n} point pairs to fit, got {s2.shape[-2]}")
+    if not (np.all(np.isfinite(s2)) and np.all(np.isfinite(d3)) and np.all(np.isfinite(w))):
+        raise InvalidPointsError("point pairs or weights contain NaN/inf; drop those pairs before fitting")
+    if max(float(np.abs(s2).max(initial=0.0)), float(np.abs(d3).max(initial=0.0))) > 1e12:
+        raise InvalidPointsError("point coordinates exceed 1e12 (pixels or mm); check their units")
+    if np.any(w < 0):
+        raise InvalidPointsError(f"weights must be non-negative, got minimum {float(w.min())}")
+    return s2, d3, w
+
+
 def similarity_fit(
     src: ArrayLike, dst: ArrayLike, weights: ArrayLike | None = None
 ) -> tuple[NDArray, NDArray, NDArray]:
@@ -71,9 +98,7 @@ def similarity_fit(
     With the 2D points embedded at z = 0 a proper 3D rotation can also realise an in-plane mirror, so
     sections mounted face-down are fitted like any other.
     """
-    s2 = np.asarray(src, float)
-    d3 = np.asarray(dst, float)
-    w = np.ones(s2.shape[:-1]) if weights is None else np.asarray(weights, float)
+    s2, d3, w = _check_pairs(src, dst, weights, min_n=2)
     w = w / np.maximum(w.sum(axis=-1, keepdims=True), 1e-12)
     mu_s = np.einsum("...n,...nk->...k", w, s2)
     mu_d = np.einsum("...n,...nk->...k", w, d3)
@@ -81,6 +106,8 @@ def similarity_fit(
     dc = d3 - mu_d[..., None, :]
     cov = np.einsum("...n,...ni,...nj->...ij", w, dc, sc)  # (..., 3, 2)
     cov3 = np.concatenate([cov, np.zeros(cov.shape[:-1] + (1,))], axis=-1)  # (..., 3, 3)
+    if not np.all(np.isfinite(cov3)):
+        raise InvalidPointsError("point coordinates are too large to fit (overflow); use mm and pixel units")
     u, sv, vt = np.linalg.svd(cov3)
     det = np.linalg.det(u) * np.linalg.det(vt)
     dfix = np.ones(sv.shape)
@@ -95,12 +122,17 @@ def similarity_fit(
 
 def affine_fit(src: ArrayLike, dst: ArrayLike, weights: ArrayLike | None = None) -> tuple[NDArray, NDArray]:
     """Weighted linear least squares of ``dst ~ L @ src + t``: src (N, 2), dst (N, 3) -> L (3, 2), t (3,)."""
-    s2 = np.asarray(src, float)
-    d3 = np.asarray(dst, float)
-    w = np.ones(len(s2)) if weights is None else np.asarray(weights, float)
+    s2, d3, w = _check_pairs(src, dst, weights, min_n=3)
+    if s2.ndim != 2:
+        raise InvalidPointsError(f"affine_fit takes src (N, 2) and dst (N, 3), got src {s2.shape}")
     a = np.concatenate([s2, np.ones((len(s2), 1))], axis=1) * np.sqrt(w)[:, None]
     b = d3 * np.sqrt(w)[:, None]
-    sol, *_ = np.linalg.lstsq(a, b, rcond=None)
+    try:
+        sol, *_ = np.linalg.lstsq(a, b, rcond=None)
+    except np.linalg.LinAlgError as exc:
+        raise InvalidPointsError(f"affine fit did not converge ({exc}); coordinates too large or degenerate") from exc
+    if not np.all(np.isfinite(sol)):
+        raise InvalidPointsError("affine fit overflowed: point coordinates are too large; use mm and pixel units")
     return sol[:2].T, sol[2]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 import tracemalloc
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -18,16 +19,19 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .affine_fit import SectionMap, constrain_affine, ransac_section, similarity_fit
-from .errors import EmptyMaskError, EncoderError, ImageTooSmallError, InvalidSectionError
+from .errors import EmptyMaskError, EncoderError, ImageTooSmallError, InvalidSectionError, LowConfidenceWarning
 from .patches import grid_centres, normalize_intensity, rotation_angles
 from .planes import section_affine
 from .result import AnchoringResult
 from .section import Section
 from .views import PatchViews
 
-__all__ = ["anchor", "anchor_series", "AnchorParams", "confidence_from_scores"]
+__all__ = ["anchor", "anchor_series", "AnchorParams", "confidence_from_scores", "LOW_CONFIDENCE"]
 
 log = logging.getLogger(__name__)
+
+#: Below this confidence :func:`anchor` logs a warning and emits :class:`~siibra_anchor.errors.LowConfidenceWarning`.
+LOW_CONFIDENCE = 0.5
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,26 @@ def confidence_from_scores(consistency: float, nmi_gain: float) -> float:
         return float(1.0 / (1.0 + np.exp(-z)))
 
     return sig(25.0 * (consistency - 0.10)) * sig(60.0 * (nmi_gain - 0.06))
+
+
+def _check_call(seed: Any, reference: Any, params: Any, device: Any) -> None:
+    """Typed errors for the non-section arguments of :func:`anchor`."""
+    from .errors import InvalidReferenceError
+
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InvalidSectionError(f"seed must be a non-negative integer, got {seed!r}")
+    if reference is not None:
+        from .reference import Reference
+
+        if not isinstance(reference, Reference):
+            raise InvalidReferenceError(
+                f"reference must be a siibra_anchor.Reference, got {type(reference).__name__}; "
+                "build one with sa.Reference.from_space(...) or load it with sa.Reference.load(path)"
+            )
+    if params is not None and not isinstance(params, AnchorParams):
+        raise InvalidSectionError(f"params must be an AnchorParams, got {type(params).__name__}")
+    if device is not None and not isinstance(device, str) and type(device).__name__ != "device":
+        raise InvalidSectionError(f"device must be a torch device name such as 'cpu' or 'cuda', got {device!r}")
 
 
 def _section_map_to_affine(m: SectionMap, scale: NDArray, thickness_mm: float) -> NDArray:
@@ -254,6 +278,7 @@ def anchor(
         raise InvalidSectionError(f"flipped must be None, True or False, got {flipped!r}")
     if n_patches is not None and (not isinstance(n_patches, (int, np.integer)) or n_patches < 6):
         raise InvalidSectionError(f"n_patches must be an integer >= 6 or None, got {n_patches!r}")
+    _check_call(seed, reference, params, device)
     rng = np.random.default_rng(seed)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -269,6 +294,12 @@ def anchor(
             "build the reference with the same encoder (Reference.from_space(..., encoder=enc))"
         )
     timings["reference_s"] = time.perf_counter() - t_start
+    if section.mask.all():
+        raise EmptyMaskError(
+            f"the tissue mask of section {section.name!r} covers every pixel, so it marks no tissue boundary; "
+            "pass mask=None to detect tissue, or a mask that is False on the background (for a block that "
+            "fills the frame, set the mask's border pixels to False)"
+        )
     spec = ref.spec
     t0 = time.perf_counter()
     img, msk, scale = section.at_spacing(spec.spacing_mm)
@@ -540,14 +571,15 @@ def anchor(
             result = again
         result.diagnostics["retried_wider"] = {"first_pass": first, "kept": "wider" if result is again else "first"}
         result.diagnostics["timings"]["total_s"] = time.perf_counter() - t_start
-    if result.confidence < 0.5:
-        log.warning(
-            "low confidence %.2f for section %r: the placement may be wrong (consistency %.2f, NMI gain %.3f)",
-            result.confidence,
-            section.name,
-            result.diagnostics.get("consistency", float("nan")),
-            result.diagnostics.get("nmi_gain") or float("nan"),
+    if result.confidence < LOW_CONFIDENCE:
+        msg = (
+            f"low confidence {result.confidence:.2f} for section {section.name!r}: the placement may be wrong "
+            f"(consistency {result.diagnostics.get('consistency', float('nan')):.2f}, "
+            f"NMI gain {result.diagnostics.get('nmi_gain') or float('nan'):.3f}); check that it is a human brain "
+            "section with the right spacing_mm, or treat it as unplaced"
         )
+        log.warning(msg)
+        warnings.warn(msg, LowConfidenceWarning, stacklevel=2)
     return result
 
 
@@ -555,6 +587,11 @@ def anchor_series(sections: list[Section], space: Any = "mni152", **kwargs: Any)
     """Anchor each section of a series (independently for now; joint fitting is a later addition)."""
     from .reference import Reference
 
+    if isinstance(sections, Section) or not isinstance(sections, (list, tuple)):
+        raise InvalidSectionError(f"anchor_series needs a list of siibra_anchor.Section, got {type(sections).__name__}")
+    for i, s in enumerate(sections):
+        if not isinstance(s, Section):
+            raise InvalidSectionError(f"item {i} of the series is a {type(s).__name__}, not a siibra_anchor.Section")
     ref = kwargs.pop("reference", None)
     enc = kwargs.pop("encoder", None)
     if ref is None:

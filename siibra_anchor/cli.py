@@ -36,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="siibra-anchor", description=__doc__.splitlines()[0])
     ap.add_argument("--quiet", action="store_true", help="no progress bars, only warnings and results")
     ap.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    ap.add_argument("--debug", action="store_true", help="show the full traceback of an unexpected error")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("anchor", help="anchor one section image")
@@ -114,6 +115,11 @@ def _parser() -> argparse.ArgumentParser:
         help="only the large-image check: write a PX x PX OME-Zarr (default 100000) chunk by chunk, anchor it "
         "read lazily, apply it, and report peak RSS",
     )
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("reliability", help="run the bad-input, corrupt-file, fuzz and fault cases; write a report")
+    p.add_argument("--out", default=None, help="write the Markdown report here (e.g. docs/reliability.md)")
+    p.add_argument("--quick", action="store_true", help="fewer fuzz examples and no anchoring of non-brain images")
     p.add_argument("--seed", type=int, default=0)
     return ap
 
@@ -320,8 +326,23 @@ def _cmd_benchmark_scaling(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reliability(ns: argparse.Namespace) -> int:
+    from .reliability import format_markdown, format_table, run_reliability
+
+    rep = run_reliability(quick=ns.quick, seed=ns.seed, progress=not ns.quiet)
+    _print(format_table(rep))
+    if ns.out:
+        from .cache import atomic_write_text
+
+        atomic_write_text(ns.out, format_markdown(rep))
+        _print(f"wrote {ns.out}")
+    return 0 if rep["ok"] else 1
+
+
 def main(argv: list[str] | None = None) -> int:
-    from .errors import AnchorError
+    import warnings
+
+    from .errors import AnchorError, AnchorWarning
 
     ns = _parser().parse_args(argv)
     logging.basicConfig(
@@ -337,15 +358,33 @@ def main(argv: list[str] | None = None) -> int:
         "regions": _cmd_regions,
         "apply": _cmd_apply,
         "benchmark-scaling": _cmd_benchmark_scaling,
+        "reliability": _cmd_reliability,
     }
     try:
-        return cmds[ns.cmd](ns)
+        with warnings.catch_warnings():
+            if not ns.debug:  # the library logs each of its warnings as one line already
+                warnings.filterwarnings("ignore", category=AnchorWarning)
+            return cmds[ns.cmd](ns)
     except AnchorError as exc:
-        sys.stderr.write(f"siibra-anchor: error: {exc}\n")
+        if ns.debug:
+            raise
+        sys.stderr.write(f"siibra-anchor: error: {_one_line(exc)}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write("siibra-anchor: interrupted\n")
         return 130
+    except Exception as exc:  # a bug or an environment problem: one line, the traceback only on request
+        if ns.debug:
+            raise
+        sys.stderr.write(
+            f"siibra-anchor: unexpected error: {type(exc).__name__}: {_one_line(exc)} "
+            "(run again with --debug for the traceback and report it)\n"
+        )
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 if __name__ == "__main__":

@@ -117,14 +117,18 @@ class PatchEncoder(nn.Module):
 
 def build_encoder(config: dict[str, Any]) -> nn.Module:
     """Instantiate an encoder from its ``config`` dict (the ``arch`` key picks the class)."""
+    if not isinstance(config, dict):
+        raise EncoderError(f"encoder config must be a dict with an 'arch' key, got {type(config).__name__}")
     cfg = dict(config)
     arch = cfg.pop("arch", None)
-    if arch == "raw-pixel":
-        return RawPixelEncoder(**cfg)
-    if arch == "patch-cnn":
-        return PatchEncoder(**cfg)
-    if arch == "classical":
-        return ClassicalFeatureEncoder(**cfg)
+    classes = {"raw-pixel": RawPixelEncoder, "patch-cnn": PatchEncoder, "classical": ClassicalFeatureEncoder}
+    if arch in classes:
+        try:
+            return classes[arch](**cfg)
+        except (TypeError, ValueError) as exc:
+            raise EncoderError(
+                f"bad config for encoder arch {arch!r}: {cfg!r} ({exc}); see weights/default.json"
+            ) from exc
     raise EncoderError(f"unknown encoder arch {arch!r}; known: 'raw-pixel', 'patch-cnn', 'classical'")
 
 
@@ -140,11 +144,31 @@ def load_encoder(weights_path: Any, config: dict[str, Any], sha256: str | None =
                 f"encoder weights {weights_path} have sha256 {got}, expected {sha256}; "
                 "reinstall siibra-anchor or retrain the weights"
             )
+    from pathlib import Path
+
+    if not Path(weights_path).is_file():
+        from .errors import SectionFileNotFoundError
+
+        raise SectionFileNotFoundError(f"encoder weights not found: {weights_path}; check the path")
     model = build_encoder(config)
-    state = torch.load(weights_path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(weights_path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle/zip errors of a file that is not (or no longer) a checkpoint
+        from .errors import CorruptFileError
+
+        raise CorruptFileError(
+            f"cannot read encoder weights {weights_path} ({type(exc).__name__}: {exc}); it is not a torch "
+            "checkpoint or it is damaged"
+        ) from exc
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        raise EncoderError(
+            f"weights {weights_path} do not fit the encoder config {config!r} ({exc}); pass the config they "
+            "were trained with"
+        ) from exc
     model.eval()
     return model
 

@@ -28,6 +28,11 @@ __all__ = [
     "SectionFileNotFoundError",
     "InvalidParameterError",
     "SearchBackendError",
+    "CacheLockTimeoutError",
+    "InvalidPointsError",
+    "AnchorWarning",
+    "LowConfidenceWarning",
+    "CorruptCacheWarning",
 ]
 
 
@@ -111,3 +116,25 @@ class InvalidParameterError(AnchorError, ValueError):
 
 class SearchBackendError(AnchorError, ValueError):
     """An unknown nearest-neighbour search backend was asked for, or its package is not installed."""
+
+
+class CacheLockTimeoutError(AnchorError, TimeoutError):
+    """Another process held a cache entry's lock (building it) for longer than the timeout."""
+
+
+class InvalidPointsError(AnchorError, ValueError):
+    """Point pairs given to an affine fit have the wrong shape, too few rows, or NaN/inf values."""
+
+
+class AnchorWarning(UserWarning):
+    """Base class of the warnings siibra-anchor emits (``warnings.simplefilter("error", AnchorWarning)``
+    turns them into exceptions)."""
+
+
+class LowConfidenceWarning(AnchorWarning):
+    """An anchoring result has low confidence (< 0.5): the placement may well be wrong. Check the image
+    (is it a human brain section?), its spacing and mask, or treat the result as unplaced."""
+
+
+class CorruptCacheWarning(AnchorWarning):
+    """A cache entry failed its checksum or could not be read; it is rebuilt."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from os import PathLike
@@ -42,6 +43,18 @@ def volume_brain_mask(data: NDArray) -> NDArray:
     if pos.size == 0:
         raise EmptyMaskError("volume has no positive voxels; nothing to build a reference from")
     return d > 0.05 * float(np.percentile(pos, 99))
+
+
+def _count(v: Any) -> int:
+    """A number of reference sections, or :class:`InvalidReferenceError`."""
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise InvalidReferenceError(f"n_sections must be an integer (or a dict of integers per axis), got {v!r}")
+    return int(v)
+
+
+def _check_stride(stride_px: Any) -> None:
+    if isinstance(stride_px, bool) or not isinstance(stride_px, (int, np.integer)) or stride_px < 1:
+        raise InvalidReferenceError(f"stride_px must be a positive integer number of pixels, got {stride_px!r}")
 
 
 def _world_bbox(mask: NDArray, affine: NDArray) -> tuple[NDArray, NDArray]:
@@ -187,17 +200,18 @@ class Reference:
 
         key = resolve_space(space)
         path = fetch_template(key)
-        return cls.from_volume(
-            path,
-            space=key,
-            n_sections=n_sections,
-            axis=axis,
-            encoder=encoder,
-            spec=spec,
-            stride_px=stride_px,
-            cache=cache,
-            progress=progress,
-        )
+        kw = dict(n_sections=n_sections, axis=axis, encoder=encoder, spec=spec, stride_px=stride_px)
+        try:
+            return cls.from_volume(path, space=key, cache=cache, progress=progress, **kw)
+        except CorruptFileError as exc:
+            from .cache import cache_dir
+
+            if cache_dir("templates") not in Path(path).parents:
+                raise
+            # a damaged downloaded template: fetch it again once
+            log.warning("cached template %s is unreadable (%s); fetching it again", path, exc)
+            Path(path).unlink(missing_ok=True)
+            return cls.from_volume(fetch_template(key), space=key, cache=cache, progress=progress, **kw)
 
     @classmethod
     def from_volume(
@@ -231,9 +245,13 @@ class Reference:
         for a in axes:
             if a not in CANONICAL_PLANES:
                 raise InvalidReferenceError(f"unknown axis {a!r}; use 'coronal', 'sagittal' or 'axial'")
-        counts = {a: int(n_sections[a] if isinstance(n_sections, dict) else n_sections) for a in axes}
-        if any(c < 1 for c in counts.values()):
-            raise InvalidReferenceError(f"n_sections must be >= 1 per axis, got {counts}")
+        try:
+            counts = {a: _count(n_sections[a] if isinstance(n_sections, dict) else n_sections) for a in axes}
+        except KeyError as exc:
+            raise InvalidReferenceError(f"n_sections {n_sections!r} has no count for axis {exc}") from exc
+        if not counts or any(c < 1 for c in counts.values()):
+            raise InvalidReferenceError(f"n_sections must be >= 1 per axis (and axis not empty), got {counts}")
+        _check_stride(stride_px)
         space_key = space if str(space).startswith("custom:") else canonical_space(space)
         enc = encoder if encoder is not None else load_default_encoder()
         if isinstance(volume, (str, PathLike)):
@@ -244,9 +262,29 @@ class Reference:
                 raise SectionFileNotFoundError(f"template volume not found: {vpath}")
             data, vaff = load_volume(vpath)
             vol_id = file_sha256(vpath)
+            if min(data.shape) < 8:
+                raise InvalidReferenceError(
+                    f"volume {vpath} has shape {data.shape}: a slice, not a 3D template; for registered 2D "
+                    "sections use sa.Reference.from_sections([(section, affine), ...], space=...)"
+                )
         else:
+            if not (hasattr(volume, "dataobj") and hasattr(volume, "affine")):
+                raise InvalidReferenceError(
+                    f"volume must be a NIfTI path or a nibabel image, got {type(volume).__name__}"
+                )
             data = np.asarray(volume.dataobj, np.float32)
             vaff = np.asarray(volume.affine, float)
+            if (
+                data.ndim != 3
+                or min(data.shape) < 8
+                or not np.all(np.isfinite(data))
+                or vaff.shape != (4, 4)
+                or not np.all(np.isfinite(vaff))
+            ):
+                raise InvalidReferenceError(
+                    f"volume must be 3D (>= 8 voxels a side) and finite with a finite (4, 4) affine; got data {data.shape}, "
+                    f"affine {vaff.shape}; pass a 3D template image"
+                )
             vol_id = hashlib.sha256(data.tobytes() + vaff.tobytes()).hexdigest()
         params = {
             "format": REFERENCE_FORMAT_VERSION,
@@ -261,17 +299,32 @@ class Reference:
         from .cache import cache_dir, cache_key
 
         path = cache_dir("references") / f"{space_key.replace(':', '_')}-{cache_key(params)}.zarr"
-        if cache and path.exists():
-            try:
-                ref = cls.load(path)
-                if ref.params == params:
-                    log.info("loaded cached reference %s", path)
-                    return ref
-                log.warning("cached reference %s has other parameters; rebuilding", path)
-            except (CorruptFileError, SchemaVersionError, InvalidReferenceError) as exc:
-                log.warning("cached reference %s is unusable (%s); rebuilding", path, exc)
-        ref = cls._build_from_volume(data, vaff, space_key, counts, spec, stride_px, enc, params, progress)
-        if cache:
+        if not cache:
+            return cls._build_from_volume(data, vaff, space_key, counts, spec, stride_px, enc, params, progress)
+        from .cache import MANIFEST_NAME, cache_lock, remove_stale_temps
+
+        # one process builds an entry, the others wait for the lock and then load what it saved
+        with cache_lock(path):
+            for stale in remove_stale_temps(path):
+                log.warning("removed %s left by an interrupted reference build", stale)
+            if path.exists() and not (path / MANIFEST_NAME).is_file():
+                log.info("cached reference %s predates checksum manifests; rebuilding", path)
+            elif path.exists():
+                try:
+                    ref = cls.load(path, verify=True)
+                    if ref.params == params:
+                        log.info("loaded cached reference %s", path)
+                        return ref
+                    log.warning("cached reference %s has other parameters; rebuilding", path)
+                except (CorruptFileError, SchemaVersionError, InvalidReferenceError) as exc:
+                    import warnings
+
+                    from .errors import CorruptCacheWarning
+
+                    log.warning("cached reference %s is unusable (%s); rebuilding", path, exc)
+                    warnings.warn(f"cached reference {path} is unusable ({exc}); rebuilt", CorruptCacheWarning, 2)
+            log.info("building reference %s", path)
+            ref = cls._build_from_volume(data, vaff, space_key, counts, spec, stride_px, enc, params, progress)
             ref.save(path)
         return ref
 
@@ -356,10 +409,16 @@ class Reference:
         ``(row, col, 0, 1)`` to world mm (the :class:`~siibra_anchor.result.AnchoringResult` convention).
         """
         from .encoders import embed_patches, encoder_hash, load_default_encoder
+        from .section import Section
         from .spaces import canonical_space
 
         spec = spec or PatchSpec()
+        _check_stride(stride_px)
         enc = encoder if encoder is not None else load_default_encoder()
+        if not isinstance(sections, Sequence) or isinstance(sections, (str, bytes)):
+            raise InvalidReferenceError(
+                f"from_sections needs a list of (Section, affine) pairs, got {type(sections).__name__}"
+            )
         if len(sections) == 0:
             raise InvalidReferenceError("from_sections needs at least one (Section, affine) pair")
         planes: list[NDArray] = []
@@ -372,8 +431,14 @@ class Reference:
                 aff = np.asarray(aff, float)
             except (TypeError, ValueError) as exc:
                 raise InvalidReferenceError(f"item {i} is not a (Section, affine) pair: {item!r}") from exc
+            if not isinstance(sec, Section):
+                raise InvalidReferenceError(f"item {i} must hold a siibra_anchor.Section, got {type(sec).__name__}")
             if aff.shape != (4, 4) or not np.all(np.isfinite(aff)):
                 raise InvalidReferenceError(f"affine of item {i} must be a finite (4, 4) matrix, got {aff.shape}")
+            if abs(float(np.linalg.det(aff))) < 1e-12:
+                raise InvalidReferenceError(
+                    f"affine of item {i} is singular; its third column must be the section normal x thickness"
+                )
             img, msk, scale = sec.at_spacing(spec.spacing_mm)
             waff = aff @ np.diag([scale[0], scale[1], 1.0, 1.0])
             cen = grid_centres(msk, spec, stride_px=stride_px)
@@ -427,12 +492,12 @@ class Reference:
 
     # -- persistence ------------------------------------------------------------------------------
     def save(self, path: str | PathLike[str]) -> Path:
-        """Write the reference as a zarr folder (atomically: temp folder, then rename)."""
+        """Write the reference as a zarr folder (atomically: temp folder, then rename) with a sha256 manifest."""
         import json
 
         import zarr
 
-        from .cache import atomic_dir
+        from .cache import atomic_dir, write_manifest
 
         path = Path(path)
         with atomic_dir(path) as tmp:
@@ -454,19 +519,29 @@ class Reference:
             if self.volume is not None and self.volume_affine is not None:
                 g.create_array("volume", data=self.volume.astype(np.float16), chunks=(64, 64, 64))
                 g.create_array("volume_affine", data=np.asarray(self.volume_affine, np.float64))
+            write_manifest(tmp)
         return path
 
     @classmethod
-    def load(cls, path: str | PathLike[str]) -> Reference:
-        """Read a reference written by :meth:`save`."""
+    def load(cls, path: str | PathLike[str], verify: bool | None = None) -> Reference:
+        """Read a reference written by :meth:`save`.
+
+        ``verify``: check every file against the folder's sha256 manifest (None: when it has one; True:
+        a missing manifest is an error). A damaged reference raises :class:`CorruptFileError`.
+        """
         import zarr
+
+        from .cache import MANIFEST_NAME, verify_manifest
 
         path = Path(path)
         if not path.exists():
             from .errors import SectionFileNotFoundError
 
             raise SectionFileNotFoundError(f"reference not found: {path}")
+        if verify or (verify is None and (path / MANIFEST_NAME).is_file()):
+            verify_manifest(path)
         try:
+            warnings.filterwarnings("ignore", message=f".*{MANIFEST_NAME}.*")  # zarr: "not a component"
             g: Any = zarr.open_group(str(path), mode="r")
             attrs: dict[str, Any] = dict(g.attrs)
             ver = attrs.get("siibra_anchor_reference")

@@ -292,17 +292,27 @@ class AnchoringResult:
             raise CorruptFileError(
                 f"not a valid anchoring result: {exc.errors()[0]['msg']} at {exc.errors()[0]['loc']}"
             ) from exc
-        return cls(
-            affine=m.affine,
-            space=m.space,
-            confidence=m.confidence,
-            matches=dict(m.matches),  # type: ignore[arg-type]
-            alternatives=[a.model_dump() for a in m.alternatives],
-            section=m.section,
-            diagnostics=m.diagnostics,
-            encoder_hash=m.encoder_hash,
-            reference=m.reference,
-        )
+        if not 0.0 <= m.confidence <= 1.0:  # also refuses NaN
+            raise CorruptFileError(f"not a valid anchoring result: confidence {m.confidence!r} is not in [0, 1]")
+        lengths = {k: len(v) for k, v in m.matches.items() if k in MATCH_COLUMNS}
+        if len(set(lengths.values())) > 1:
+            raise CorruptFileError(f"not a valid anchoring result: match columns differ in length {lengths}")
+        n = next(iter(lengths.values()), 0)
+        matches = {c: m.matches.get(c, [False if c == "inlier" else float("nan")] * n) for c in MATCH_COLUMNS}
+        try:
+            return cls(
+                affine=m.affine,
+                space=m.space,
+                confidence=m.confidence,
+                matches=matches,  # type: ignore[arg-type]
+                alternatives=[a.model_dump() for a in m.alternatives],
+                section=m.section,
+                diagnostics=m.diagnostics,
+                encoder_hash=m.encoder_hash,
+                reference=m.reference,
+            )
+        except (ValueError, TypeError) as exc:  # e.g. a ragged affine
+            raise CorruptFileError(f"not a valid anchoring result: {exc}") from exc
 
     @classmethod
     def load(cls, path: str | PathLike[str]) -> AnchoringResult:

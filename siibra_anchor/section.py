@@ -87,7 +87,12 @@ class Section:
         modality: str = "unknown",
         name: str = "section",
     ) -> None:
-        arr = np.asarray(image)
+        try:
+            arr = np.asarray(image)
+        except (TypeError, ValueError) as exc:  # ragged nested lists and the like
+            raise InvalidSectionError(
+                f"section image must be an (H, W) or (H, W, C) array, got {type(image).__name__} ({exc})"
+            ) from exc
         if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
             raise InvalidSectionError(f"section image must be numeric, got dtype {arr.dtype}")
         if np.iscomplexobj(arr):
