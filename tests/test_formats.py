@@ -485,3 +485,21 @@ def test_bare_zarr_array_with_spacing(tmp_path, brain):
     np.testing.assert_array_equal(img, brain)
     assert sp == (0.2, 0.2)
     assert os.path.isdir(tmp_path / "arr.zarr")
+
+
+def test_atomic_writes_get_the_users_usual_mode(tmp_path):
+    import os
+    import stat
+
+    from siibra_anchor.cache import atomic_dir, atomic_write_text
+
+    mask = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+        with atomic_dir(tmp_path / "d") as d:
+            (d / "f").write_text("y")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644  # not mkstemp's 0600
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755  # not mkdtemp's 0700
+    assert (tmp_path / "a.txt").read_text() == "x" and (tmp_path / "d" / "f").read_text() == "y"
