@@ -639,7 +639,10 @@ def _sitk_block(cfg: BenchConfig, cases: list[CaseSpec], sims: list[Any], rows: 
     per = []
     for i in bar(list(sub), "SimpleITK baseline"):
         try:
-            aff, info = sitk_register(sims[i].section, budget_s=cfg.sitk_budget_s, params=params, seed=seed)
+            hemi = _hints(cases[i], sims[i])["hemisphere"]  # the hint the default pipeline gets
+            aff, info = sitk_register(
+                sims[i].section, budget_s=cfg.sitk_budget_s, params=params, seed=seed, hemisphere=hemi
+            )
         except SitkUnavailableError as exc:
             return {"skipped": str(exc)}
         per.append(

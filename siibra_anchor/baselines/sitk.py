@@ -112,6 +112,7 @@ def sitk_register(
     budget_s: float = 60.0,
     params: SitkParams | None = None,
     seed: int = 0,
+    hemisphere: str | None = None,
 ) -> tuple[NDArray, dict[str, Any]]:
     """Register ``section`` to a template volume; returns its (4, 4) affine (DESIGN.md convention) and info.
 
@@ -120,7 +121,9 @@ def sitk_register(
     section : the section (its stated ``spacing_mm`` sets the initial scale; the scale is optimised).
     volume : key of :data:`siibra_anchor.templates.VOLUMES` or a NIfTI path.
     budget_s : wall-time budget; no new start is optimised once it is spent (the best so far is returned).
-    seed : seeds the metric's random sampling.
+    seed : seeds the metric's random sampling and the order of the starts.
+    hemisphere : "left"/"right" if the section holds only that hemisphere (the same hint
+        :func:`~siibra_anchor.anchor` gets): the starts are centred 30 mm into that hemisphere.
 
     Returns
     -------
@@ -129,6 +132,10 @@ def sitk_register(
     """
     from scipy import ndimage
 
+    if hemisphere not in (None, "left", "right"):
+        from ..errors import InvalidSectionError
+
+        raise InvalidSectionError(f"hemisphere must be None, 'left' or 'right', got {hemisphere!r}")
     sitk = _sitk()
     p = params or SitkParams()
     t_start = time.perf_counter()
@@ -159,7 +166,7 @@ def sitk_register(
             prep["levels"][level_mm] = _volume_image(sitk, v, prep["affine"] @ np.diag([*step.astype(float), 1.0]))
         return prep["levels"][level_mm]
 
-    def make_method(n_iter: int, fmask: Any) -> Any:
+    def make_method(n_iter: int, fmask: Any, level_mm: float) -> Any:
         reg = sitk.ImageRegistrationMethod()
         if fmask is not None:
             reg.SetMetricFixedMask(fmask)
@@ -170,14 +177,20 @@ def sitk_register(
         # gradients at the sample points only: a gradient image of the whole volume per start is slow
         reg.SetMetricUseMovingImageGradientFilter(False)
         reg.SetMetricUseFixedImageGradientFilter(False)
-        reg.SetOptimizerAsRegularStepGradientDescent(
-            learningRate=4.0, minStep=0.05, numberOfIterations=n_iter, relaxationFactor=0.6
+        # a learning rate estimated once per start, steps capped at half a pixel of the level: the regular
+        # step optimiser overshoots here (it leaves even the true pose, the metric getting worse)
+        reg.SetOptimizerAsGradientDescent(
+            learningRate=1.0,
+            numberOfIterations=n_iter,
+            estimateLearningRate=reg.Once,
+            maximumStepSizeInPhysicalUnits=level_mm / 2.0,
         )
         reg.SetOptimizerScalesFromPhysicalShift()
         return reg
 
     # -- starts: orientations x in-plane rotations x positions along the normal (x in-plane shifts) ----
     starts = []
+    target = prep["centre"] + np.array([{"left": -30.0, "right": 30.0}.get(str(hemisphere), 0.0), 0.0, 0.0])
     for o in p.orientations:
         normal = np.cross(np.asarray(CANONICAL_PLANES[o][0], float), np.asarray(CANONICAL_PLANES[o][1], float))
         for k in range(p.n_rotations):
@@ -190,7 +203,7 @@ def sitk_register(
                     tr = sitk.Similarity3DTransform()
                     tr.SetCenter(tuple(float(v) for v in fixed_centre))
                     tr.SetMatrix(tuple(float(v) for v in rmat.ravel()))
-                    tr.SetTranslation(tuple(float(v) for v in prep["centre"] + d * normal + sh - fixed_centre))
+                    tr.SetTranslation(tuple(float(v) for v in target + d * normal + sh - fixed_centre))
                     starts.append(tr)
     # in random order: if the budget runs out at the coarsest level, every orientation was still tried
     order = np.random.default_rng(seed).permutation(len(starts))
@@ -207,7 +220,7 @@ def sitk_register(
             if time.perf_counter() - t_start > limit and nxt:
                 exhausted = True
                 break
-            reg = make_method(p.iterations, fmask)
+            reg = make_method(p.iterations, fmask, level)
             reg.SetInitialTransform(sitk.Similarity3DTransform(tr), inPlace=True)
             try:
                 out = reg.Execute(fixed, moving)
