@@ -79,6 +79,7 @@ def test_sitk_baseline_registers_an_easy_section():
         orientations=("coronal",),
         n_rotations=4,
         offsets_mm=(-15.0, 0.0, 15.0),
+        shifts_mm=0.0,
         keep=(0, 2, 1),
     )
     aff, info = sitk_register(sim.section, budget_s=60.0, params=params)

@@ -51,8 +51,8 @@ class SitkParams:
     orientations: tuple[str, ...] = ("coronal", "sagittal", "axial")
     n_rotations: int = 12
     offsets_mm: tuple[float, ...] = (-45.0, -30.0, -15.0, 0.0, 15.0, 30.0, 45.0)
-    shifts_mm: float = 0.0
-    keep: tuple[int, ...] = (0, 12, 4, 1)
+    shifts_mm: float = 20.0
+    keep: tuple[int, ...] = (0, 24, 6, 1)
     iterations: int = 40
     bins: int = 32
     mask_margin_mm: float | None = 6.0
