@@ -780,7 +780,7 @@ def plot_report(report: dict[str, Any], folder: str | Path) -> dict[str, str]:
 
     cal = report["calibration"]
     fig, ax = plt.subplots(1, 2, figsize=(12, 4.5))
-    labels = [f"{b['lo']:.2f}-{b['hi']:.2f}\\nn={b['n']}" for b in cal["bins"]]
+    labels = [f"{b['lo']:.2f}-{b['hi']:.2f}\nn={b['n']}" for b in cal["bins"]]
     fr = [np.nan if b["failure_rate"] is None else b["failure_rate"] for b in cal["bins"]]
     ax[0].bar(range(len(fr)), fr, color="tab:red", alpha=0.7)
     ax[0].set_xticks(range(len(fr)), labels)
