@@ -58,9 +58,10 @@ def _parser() -> argparse.ArgumentParser:
     _add_anchor_opts(p)
 
     p = sub.add_parser("benchmark", help="measure anchoring error, time and memory on simulated sections")
-    p.add_argument("--quick", action="store_true", help="8 sections instead of 36")
-    p.add_argument("--out", default=None, help="folder for benchmark.json")
+    p.add_argument("--quick", action="store_true", help="8 sections instead of 48, tiny density and SimpleITK runs")
+    p.add_argument("--out", default=None, help="folder for benchmark.json, the PNG figures and the section set")
     p.add_argument("--seed", type=int, default=2026)
+    p.add_argument("--sections", default=None, help="measure the section set saved in this folder by --out")
     p.add_argument("--doc", default=None, help="also write the report as Markdown (e.g. docs/benchmarks.md)")
 
     p = sub.add_parser("reference", help="reference indexes")
@@ -217,16 +218,22 @@ def _cmd_demo(ns: argparse.Namespace) -> int:
 def _cmd_benchmark(ns: argparse.Namespace) -> int:
     from .benchmark import format_table, run_benchmark
 
-    rep = run_benchmark(quick=ns.quick, out=ns.out, seed=ns.seed, progress=not ns.quiet)
+    rep = run_benchmark(quick=ns.quick, out=ns.out, seed=ns.seed, progress=not ns.quiet, sections=ns.sections)
     _print(format_table(rep))
     if ns.doc:
-        from .benchmark import example_figure, format_markdown
-        from .cache import atomic_write_text
+        import shutil
+        import tempfile
 
-        fig = example_figure(rep, Path(ns.doc).parent / "benchmark-example.png")
-        from .patch_eval import plot_patch_metrics
+        from .benchmark import FIGURES, example_figure, format_markdown, plot_report
+        from .cache import atomic_file, atomic_write_text
 
-        plot_patch_metrics(rep["patch_level"], str(Path(ns.doc).parent / "benchmark-patches.png"))
+        doc_dir = Path(ns.doc).parent
+        fig = example_figure(rep, doc_dir / "benchmark-example.png")
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in plot_report(rep, tmp).values():
+                with atomic_file(doc_dir / ("benchmark-" + name.replace("_", "-")), suffix=".png") as dst:
+                    shutil.copyfile(Path(tmp) / name, dst)
+        _print("figures " + ", ".join(f"benchmark-{v.replace('_', '-')}" for v in FIGURES.values()))
         atomic_write_text(ns.doc, format_markdown(rep))
         _print(f"wrote {ns.doc}" + (f" and {fig}" if fig else ""))
     return 0

@@ -24,7 +24,7 @@ from .patches import grid_centres, normalize_intensity, rotation_angles
 from .planes import pixel_to_world
 from .views import PatchViews
 
-__all__ = ["patch_metrics"]
+__all__ = ["patch_metrics", "global_top1", "plot_patch_metrics"]
 
 
 def patch_metrics(
@@ -90,6 +90,46 @@ def patch_metrics(
         "median_mm": float(np.median(e)) if e.size else float("nan"),
         "p90_mm": float(np.percentile(e, 90)) if e.size else float("nan"),
         "n": int(n),
+    }
+
+
+def global_top1(
+    sim: Any,
+    ref: Any,
+    encoder: Any,
+    n_rotations: int = 12,
+    mirrors: tuple[bool, ...] = (False,),
+    max_patches: int = 150,
+    seed: int = 0,
+) -> dict[str, NDArray]:
+    """What the matches say before any affine is fitted: each section patch's most similar reference patch.
+
+    Unlike :func:`patch_metrics` nothing of the truth is used to choose the view: every in-plane angle
+    (and mirror state in ``mirrors``) is tried against every reference patch, as the first step of
+    :func:`~siibra_anchor.anchor` does. ``sim`` : a :class:`~siibra_anchor.simulate.SimulatedSection`.
+
+    Returns ``{"similarity": (Q,), "matched_mm": (Q, 3), "true_mm": (Q, 3)}`` (world mm) for at most
+    ``max_patches`` patches on the section's grid (seeded subsample); Q = 0 when no patch fits.
+    """
+    from .matching import topk_cosine
+
+    rng = np.random.default_rng(seed)
+    spec = ref.spec
+    img, msk, scale = sim.section.at_spacing(spec.spacing_mm)
+    true_w = sim.true_affine @ np.diag([scale[0], scale[1], 1.0, 1.0])
+    cen = grid_centres(msk, spec)
+    if len(cen) > max_patches:
+        cen = cen[np.sort(rng.choice(len(cen), max_patches, replace=False))]
+    if len(cen) == 0:
+        return {"similarity": np.zeros(0), "matched_mm": np.zeros((0, 3)), "true_mm": np.zeros((0, 3))}
+    pv = PatchViews(
+        normalize_intensity(img, msk), cen, spec.size_px, rotation_angles(n_rotations), list(mirrors), encoder
+    )
+    sims, idx, _ = topk_cosine(pv.all_views(np.arange(len(cen))), ref.embeddings, 1)
+    return {
+        "similarity": sims[:, 0].astype(float),
+        "matched_mm": ref.centres_mm[idx[:, 0]],
+        "true_mm": pixel_to_world(true_w, cen[:, 0], cen[:, 1]),
     }
 
 

@@ -40,6 +40,35 @@ def _remap(img: NDArray, mask: NDArray, rng: np.random.Generator) -> NDArray:
     return out
 
 
+def _tear_mask(msk: NDArray, n: int, spacing_mm: float, rng: np.random.Generator) -> NDArray:
+    """(H, W) bool of ``n`` tears: wavy cracks through a random tissue point, 0.5-2 mm wide, crossing
+    40-100% of the tissue's extent (the tissue on either side keeps its place)."""
+    from skimage.draw import line
+
+    out = np.zeros_like(msk, dtype=bool)
+    rr, cc = np.nonzero(msk)
+    extent = float(max(int(np.ptp(rr)), int(np.ptp(cc)), 1))
+    for _ in range(n):
+        i = int(rng.integers(len(rr)))
+        ang = rng.uniform(0, np.pi)
+        d = np.array([np.cos(ang), np.sin(ang)])
+        perp = np.array([-d[1], d[0]])
+        half = rng.uniform(0.2, 0.5) * extent
+        t = np.linspace(-half, half, 24)
+        wiggle = np.cumsum(rng.normal(0, 0.04 * half / 4, t.size))
+        pts = np.array([rr[i], cc[i]])[None] + t[:, None] * d[None] + (wiggle - wiggle.mean())[:, None] * perp[None]
+        one = np.zeros_like(out)
+        for a, b in zip(pts[:-1], pts[1:], strict=False):
+            lr, lc = line(int(round(a[0])), int(round(a[1])), int(round(b[0])), int(round(b[1])))
+            ok = (lr >= 0) & (lr < msk.shape[0]) & (lc >= 0) & (lc < msk.shape[1])
+            one[lr[ok], lc[ok]] = True
+        width = max(1, int(round(rng.uniform(0.5, 2.0) / spacing_mm)))
+        if width > 1:
+            one = ndimage.binary_dilation(one, iterations=width // 2)
+        out |= one
+    return out
+
+
 def simulate_section(
     volume: str = "fsl-mni152-t1",
     orientation: str = "coronal",
@@ -51,6 +80,7 @@ def simulate_section(
     partial: str | None = None,
     contrast: str = "as-is",
     noise: float = 0.0,
+    tears: int = 0,
     flip: bool = False,
     seed: int | np.random.Generator = 0,
     name: str | None = None,
@@ -71,6 +101,7 @@ def simulate_section(
     contrast : "as-is", "inverted" (dark tissue on a bright background, like a brightfield stain) or
         "remap" (random non-monotone intensity map).
     noise : std of additive Gaussian noise, as a fraction of the tissue intensity range.
+    tears : number of tears (wavy cracks 0.5-2 mm wide across the tissue, where tissue is missing).
     flip : mirror the image (section mounted face down).
     """
     from .templates import load_volume
@@ -128,6 +159,11 @@ def simulate_section(
     r0, c0 = max(rr.min() - pad, 0), max(cc.min() - pad, 0)
     r1, c1 = min(rr.max() + pad + 1, n), min(cc.max() + pad + 1, n)
     img, msk = img[r0:r1, c0:c1], msk[r0:r1, c0:c1]
+    if tears:
+        # no random draw without tears: sections without tears stay what they were before tears existed
+        msk = msk & ~_tear_mask(msk, int(tears), spacing_mm, rng)
+        if msk.sum() < 100:
+            raise ValueError("simulated section holds almost no tissue after tearing; choose fewer tears")
     aff = aff.copy()
     aff[:3, 3] = aff[:3, :2] @ np.array([r0, c0], float) + aff[:3, 3]
     tissue = img[msk]
@@ -156,6 +192,7 @@ def simulate_section(
         "partial": partial,
         "contrast": contrast,
         "noise": noise,
+        "tears": int(tears),
         "flip": flip,
     }
     sec = Section(

@@ -1,0 +1,143 @@
+"""The benchmark: simulated set (stable, saved, reloaded), mirror bookkeeping, SimpleITK baseline, and a
+small end-to-end run whose JSON and figures are checked (never its wall time)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from siibra_anchor.benchmark import (
+    FIGURES,
+    N_CLEAN,
+    BenchConfig,
+    _make,
+    _mirror_errors,
+    _outcome,
+    ambiguity_set,
+    format_markdown,
+    format_table,
+    load_set,
+    run_benchmark,
+    simulated_set,
+)
+from siibra_anchor.simulate import section_error, simulate_section
+
+
+def _strict_json(path):
+    def no_nan(c):
+        raise ValueError(f"non-standard JSON constant {c}")
+
+    return json.loads(path.read_text(), parse_constant=no_nan)
+
+
+def test_set_is_stable_and_damage_only_on_the_new_cases():
+    full, old = simulated_set(48), simulated_set(N_CLEAN)
+    assert full[:N_CLEAN] == old  # extending the set leaves the original cases as they were
+    assert all(c.tears == 0 and c.noise == 0 for c in old)
+    new = full[N_CLEAN:]
+    assert any(c.tears for c in new) and any(c.noise for c in new) and any(c.contrast == "remap" for c in new)
+    assert simulated_set(48, seed=1) != full
+
+
+def test_tears_only_remove_tissue():
+    kw = {"volume": "fsl-mni152-t1", "orientation": "coronal", "rotation_deg": 40.0, "spacing_mm": 0.8, "seed": 3}
+    clean, torn = simulate_section(**kw), simulate_section(tears=3, **kw)
+    np.testing.assert_array_equal(clean.true_affine, torn.true_affine)
+    assert torn.section.mask.shape == clean.section.mask.shape
+    removed = clean.section.mask & ~torn.section.mask
+    assert not (torn.section.mask & ~clean.section.mask).any()
+    assert 0.005 < removed.sum() / clean.section.mask.sum() < 0.3
+    assert np.all(torn.section.image[removed] == 0.0)  # background where the tissue is missing
+
+
+def test_mirror_errors_classify_mirrored_placements():
+    sim = _make(replace(ambiguity_set(1, kinds=("hemisection",))[0], tilt_deg=3.0))
+    t = sim.true_affine
+    assert _outcome(_mirror_errors(t, sim)) == "correct"
+    assert _outcome(_mirror_errors(np.diag([-1.0, 1, 1, 1]) @ t, sim)) == "mirrored-midline"
+    w = sim.section.mask.shape[1]
+    flip = np.eye(4)
+    flip[1, 1], flip[1, 3] = -1.0, w - 1.0
+    assert _outcome(_mirror_errors(t @ flip, sim)) == "mirrored-mounting"
+    shifted = t.copy()
+    shifted[:3, 3] += [0.0, 40.0, 0.0]
+    assert _outcome(_mirror_errors(shifted, sim)) == "wrong"
+
+
+def test_sitk_baseline_registers_an_easy_section():
+    pytest.importorskip("SimpleITK")
+    from siibra_anchor.baselines.sitk import SitkParams, sitk_register
+
+    sim = simulate_section(
+        volume="fsl-mni152-t1", orientation="coronal", offset_mm=10.0, rotation_deg=95.0, spacing_mm=1.0, seed=0
+    )
+    params = SitkParams(
+        levels_mm=(8.0, 4.0, 2.0),
+        orientations=("coronal",),
+        n_rotations=4,
+        offsets_mm=(-15.0, 0.0, 15.0),
+        shifts_mm=0.0,
+        keep=(0, 2, 1),
+    )
+    aff, info = sitk_register(sim.section, budget_s=60.0, params=params)
+    assert aff.shape == (4, 4) and np.linalg.det(aff) > 0
+    assert info["n_starts"] == 4 * 3 and info["n_optimised"] == 12 + 2 + 1
+    assert section_error(aff, sim.true_affine, sim.section.mask) < 5.0
+
+
+@pytest.mark.slow
+def test_small_benchmark_writes_every_figure_and_strict_json(tmp_path, mni_reference):
+    cfg = BenchConfig(
+        name="test",
+        cases=(36,),
+        memory_every=1,
+        patch_encoders=("default", "raw-pixel"),
+        density_counts=(5,),
+        density_cases=1,
+        sitk_cases=1,
+        sitk_budget_s=5.0,
+        sitk_params={"levels_mm": (8.0, 4.0), "n_rotations": 4, "offsets_mm": (0.0,), "keep": (0, 1)},
+        ambiguity_per_kind=1,
+        ambiguity_kinds=("mirrored-mounting",),
+    )
+    rep = run_benchmark(config=cfg, out=tmp_path, progress=False, reference=mni_reference)
+    data = _strict_json(tmp_path / "benchmark.json")
+    assert data["config"]["name"] == "test" and len(data["cases"]) == 1
+    for key in ("default", "baseline_raw_pixel", "baseline_no_refine", "baseline_best_patch", "baseline_centroid"):
+        assert data[key]["n"] == 1 and data[key]["median_mm"] >= 0
+    assert data["cases"][0]["tears"] > 0
+    topk = data["patch_level"]["default"]["topk"]
+    assert len(topk) == 50 and np.all(np.diff(topk) >= 0) and 0 <= topk[0] <= topk[-1] <= 1
+    assert sum(b["n"] for b in data["calibration"]["bins"]) == 1
+    assert [c["n_sections"] for c in data["density"]["curve"]] == [5]
+    assert data["density"]["dense_3d"]["n_sections"] == mni_reference.n_sections
+    sk = data["baseline_sitk"]
+    assert "skipped" not in sk and sk["sitk"]["n"] == 1 and sk["sitk"]["median_time_s"] > 0
+    amb = data["ambiguity"]
+    assert len(amb["cases"]) == 4 and {r["condition"] for r in amb["cases"]} == {
+        "hints, refine",
+        "hints, no refine",
+        "no hints, refine",
+        "no hints, no refine",
+    }
+    assert all(r["outcome"] in ("correct", "wrong") or r["outcome"].startswith("mirrored-") for r in amb["cases"])
+    assert data["cases"][0]["peak_traced_mib"] > 0
+    # every figure exists and is a PNG
+    assert set(data["figures"]) == set(FIGURES)
+    for name in data["figures"].values():
+        head = (tmp_path / name).read_bytes()[:8]
+        assert head == b"\x89PNG\r\n\x1a\n", name
+    # the saved set is the measured set, pixel for pixel
+    cases, sims = load_set(tmp_path)
+    ref_sim = _make(simulated_set(48)[36])
+    assert cases[0] == simulated_set(48)[36]
+    np.testing.assert_array_equal(sims[0].section.image, ref_sim.section.image)
+    np.testing.assert_array_equal(sims[0].section.mask, ref_sim.section.mask)
+    np.testing.assert_allclose(sims[0].true_affine, ref_sim.true_affine)
+    text = format_table(rep)
+    assert "SimpleITK" in text and "ambiguity" in text and "reference density" in text
+    md = format_markdown(rep)
+    assert md.startswith("# Benchmarks") and "benchmark-density.png" in md
