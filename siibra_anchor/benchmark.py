@@ -1018,6 +1018,19 @@ def format_markdown(report: dict[str, Any], figures_prefix: str = "benchmark-") 
             f"{_f(r['error_no_refine_mm'], '.2f')} | {_f(r['error_best_patch_mm'], '.1f')} | "
             f"{r['confidence']:.2f} | {r['time_s']:.2f} |"
         )
+    head += [
+        "",
+        "## Scaling",
+        "",
+        "Time and peak memory against the number of sections, section size (including 100k x 100k px images",
+        "read lazily) and reference size (exact vs faiss search) come from a separate command,",
+        "`siibra-anchor benchmark-scaling --out DIR --doc docs/scaling.md`: see [scaling.md](scaling.md).",
+        "",
+        "![Scaling: time and memory vs sections, section size and reference size](scaling.png)",
+        "",
+        "Joint series anchoring against independent anchoring: `siibra-anchor benchmark-series`, see",
+        "[series.md](series.md).",
+    ]
     return "\n".join(head) + "\n"
 
 
