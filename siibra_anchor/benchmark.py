@@ -446,6 +446,16 @@ def run_benchmark(
         ref = reference
     raw = RawPixelEncoder()
     ref_raw = Reference.from_space("mni152", encoder=raw)
+    import torch
+
+    from .encoders import embedding_cost_ms
+
+    embed_cost = {
+        "default": embedding_cost_ms(enc),
+        "raw_pixel": embedding_cost_ms(raw),
+        "torch_threads": torch.get_num_threads(),
+        "batch_size": 2048,
+    }
     if sections is not None:
         cases, sims = load_set(sections)
     else:
@@ -514,6 +524,7 @@ def run_benchmark(
             "max": float(np.max([r["time_s"] for r in rows])),
         },
         "patches_per_section_median": float(np.median([r["n_patches"] for r in rows])),
+        "embed_ms_per_patch": embed_cost,
         "peak_traced_mib_max": float(np.nanmax([r["peak_traced_mib"] for r in rows]))
         if any(np.isfinite(r["peak_traced_mib"]) for r in rows)
         else float("nan"),
@@ -854,6 +865,14 @@ def format_table(report: dict[str, Any]) -> str:
         f"max {report['time_per_section_s']['max']:.2f} s "
         f"({report['patches_per_section_median']:.0f} patches median); peak traced memory "
         f"{_f(report['peak_traced_mib_max'], '.0f')} MiB, process peak RSS {report['peak_rss_mib']:.0f} MiB",
+        *(
+            [
+                f"embedding cost: {ec['default']:.3f} ms per patch (CPU, batches of {ec['batch_size']}, "
+                f"{ec['torch_threads']} torch threads); raw-pixel baseline {ec['raw_pixel']:.3f} ms"
+            ]
+            if (ec := report.get("embed_ms_per_patch"))
+            else []
+        ),
         "",
         f"{'method':<36}{'median mm':>10}{'p90 mm':>10}{'fail>10mm':>11}{'n':>5}",
     ]

@@ -254,6 +254,29 @@ def embed_patches(model: nn.Module, patches: NDArray, batch_size: int = 2048, de
     return np.concatenate(outs, axis=0)
 
 
+def embedding_cost_ms(
+    model: nn.Module, n: int = 4096, batch_size: int = 2048, repeats: int = 3, seed: int = 0
+) -> float:
+    """Wall time per patch in ms to embed ``n`` random patches in batches on the CPU (median of ``repeats``).
+
+    The patch size and channels are the model's (``model.config``, default 32 px, 1 channel); the torch
+    thread count is whatever the process uses.
+    """
+    import time
+
+    cfg = getattr(model, "config", {}) or {}
+    size = int(cfg.get("patch_size", 32))
+    chans = int(cfg.get("in_channels", 1))
+    x = np.random.default_rng(seed).random((int(n), chans, size, size), dtype=np.float32)
+    embed_patches(model, x[: min(len(x), 64)])  # warm-up (lazy initialisation, allocator)
+    times = []
+    for _ in range(max(1, int(repeats))):
+        t = time.perf_counter()
+        embed_patches(model, x, batch_size=batch_size)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times)) * 1000.0 / len(x)
+
+
 class ClassicalFeatureEncoder(nn.Module):
     """Baseline of classical features: intensity histogram + gradient-magnitude histogram + gradient
     orientation histograms on a 2x2 grid of cells (HOG-like), concatenated and standardised.
