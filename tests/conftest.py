@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -20,3 +21,15 @@ def mni_reference():
     import siibra_anchor as sa
 
     return sa.Reference.from_space("mni152")
+
+
+def chromium_missing() -> str | None:
+    """Why the headless-browser tests cannot run here, or None when Chromium, its driver and selenium exist."""
+    for p in ("/usr/bin/chromium", "/usr/bin/chromedriver"):
+        if not Path(os.environ.get("CHROMIUM_BINARY" if "chromium" == Path(p).name else "CHROMEDRIVER", p)).exists():
+            return f"{p} is absent (apt-get install -y chromium chromium-driver)"
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "selenium is not installed"
+    return None

@@ -3,29 +3,17 @@
 from __future__ import annotations
 
 import copy
-import os
 import re
 import tempfile
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import chromium_missing
 
 import siibra_anchor as sa
 from siibra_anchor.errors import InvalidSectionError
 from siibra_anchor.report import write_series_report
 from siibra_anchor.simulate import simulate_section
-
-
-def _chromium_missing() -> str | None:
-    for p in ("/usr/bin/chromium", "/usr/bin/chromedriver"):
-        if not Path(os.environ.get("CHROMIUM_BINARY" if "chromium" == Path(p).name else "CHROMEDRIVER", p)).exists():
-            return f"{p} is absent (apt-get install -y chromium chromium-driver)"
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        return "selenium is not installed"
-    return None
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +71,7 @@ def test_report_flags_and_missing_images(series, tmp_path):
         write_series_report([], None, tmp_path / "x.html")
 
 
-@pytest.mark.skipif(_chromium_missing() is not None, reason=str(_chromium_missing()))
+@pytest.mark.skipif(chromium_missing() is not None, reason=str(chromium_missing()))
 def test_report_opens_in_headless_chromium(series, tmp_path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service

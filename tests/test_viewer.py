@@ -6,10 +6,10 @@ import json
 import os
 import time
 import urllib.parse
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import chromium_missing
 
 ng = pytest.importorskip("neuroglancer")
 
@@ -161,19 +161,8 @@ def test_write_precomputed_roundtrip(tmp_path):
     np.testing.assert_array_equal(got, vol[4:5, 4:7, 2:3])
 
 
-def _chromium_missing() -> str | None:
-    for p in ("/usr/bin/chromium", "/usr/bin/chromedriver"):
-        if not Path(os.environ.get("CHROMIUM_BINARY" if "chromium" == Path(p).name else "CHROMEDRIVER", p)).exists():
-            return f"{p} is absent (apt-get install -y chromium chromium-driver)"
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        return "selenium is not installed"
-    return None
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(_chromium_missing() is not None, reason=str(_chromium_missing()))
+@pytest.mark.skipif(chromium_missing() is not None, reason=str(chromium_missing()))
 @pytest.mark.parametrize(
     ("h", "w", "sp"),
     [(100, 160, 0.5), (4, 6, 12.0)],  # fine; coarse, where half a pixel off would be 20 screen pixels
@@ -244,7 +233,7 @@ def test_serve_result_offline_with_cors(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(_chromium_missing() is not None, reason=str(_chromium_missing()))
+@pytest.mark.skipif(chromium_missing() is not None, reason=str(chromium_missing()))
 def test_view_cli_screenshot(tmp_path, monkeypatch):
     import argparse
 
