@@ -92,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="folder for <name>.anchor.json and series.json (default: FOLDER)")
     p.add_argument("--report", default=None, help="also write a QC report of the series to this path")
     p.add_argument("--modality", default="unknown", help="free text kept with the results")
+    p.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars")
     _add_anchor_opts(p)
 
     p = sub.add_parser("benchmark-series", help="independent vs joint anchoring on simulated series")
@@ -100,6 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=2026)
     p.add_argument("--scheduler", default=None, help="run on Dask: 'local' or a scheduler address")
     p.add_argument("--workers", type=int, default=2, help="workers of a local Dask cluster")
+    p.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars")
     return ap
 
 
