@@ -585,7 +585,8 @@ def anchor_series(
 
         reference = replace(reference)
     try:
-        task_enc = encoder  # None: each worker loads the shipped encoder itself (no transfer)
+        # on Dask with the shipped encoder, each worker loads it itself (no transfer)
+        task_enc = enc if engine.client is None else encoder
         t0 = time.perf_counter()
         first = engine.map(
             _anchor_task, [(s, base_kw) for s in sections], progress=progress, reference=reference, encoder=task_enc

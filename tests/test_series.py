@@ -197,6 +197,22 @@ def test_joint_series_reanchors_a_wrong_placement(mni_reference, small_series):
         assert r.diagnostics["series"]["independent_affine"] is not None
     d = res.to_dict()
     assert json.loads(json.dumps(d))["sections"][2]["flags"] == ["outlier-reanchored"]
+    # joint=False: the independent placements as they were, the model only reported
+    ind = _joint(
+        sections,
+        np.asarray(nums, float),
+        thick,
+        copy.deepcopy(wrong),
+        _Engine(None, 1),
+        mni_reference,
+        None,
+        kw,
+        False,
+        0,
+        {},
+    )
+    np.testing.assert_array_equal(ind[2].affine, bad)
+    assert ind.flags == [["independent"]] * 4 and ind.diagnostics["n_disagree"] == 1
     r2 = sa.AnchoringResult.from_dict(res[2].to_dict())
     assert r2.diagnostics["flags"] == ["outlier-reanchored"]
 
