@@ -254,6 +254,17 @@ def series_images(folder: str | Path) -> list[Path]:
     return sorted(files, key=lambda p: _natural_key(p.name))
 
 
+def _quiet_dask(ns: argparse.Namespace) -> None:
+    """Dask's scheduler logs every connection at INFO; show its warnings only (unless --verbose)."""
+    if ns.verbose:
+        return
+    try:
+        import distributed  # noqa: F401  (sets its loggers' levels on import)
+    except ImportError:
+        return
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+
+
 def _cmd_series(ns: argparse.Namespace) -> int:
     import json
     import re
@@ -280,6 +291,8 @@ def _cmd_series(ns: argparse.Namespace) -> int:
                 f"--report needs siibra_anchor.report, which this installation lacks ({exc}); drop --report"
             ) from exc
     scheduler = None if ns.in_process else (ns.scheduler or "local")
+    if scheduler is not None:
+        _quiet_dask(ns)
     res = sa.anchor_series(
         sections,
         space=ns.space,
@@ -320,6 +333,8 @@ def _stem(p: Path) -> str:
 def _cmd_benchmark_series(ns: argparse.Namespace) -> int:
     from .series_bench import format_series_table, run_series_benchmark
 
+    if ns.scheduler:
+        _quiet_dask(ns)
     rep = run_series_benchmark(
         quick=ns.quick, out=ns.out, seed=ns.seed, scheduler=ns.scheduler, n_workers=ns.workers, progress=not ns.quiet
     )
