@@ -20,6 +20,8 @@ _LAZY = {
     "AnchoringResult": ".result",
     "anchor": ".anchoring",
     "anchor_series": ".anchoring",
+    "SeriesResult": ".series",
+    "PlanePrior": ".anchoring",
     "PatchSpec": ".patches",
     "errors": ".errors",
     "templates": ".templates",

@@ -26,7 +26,7 @@ from .result import AnchoringResult
 from .section import Section
 from .views import PatchViews
 
-__all__ = ["anchor", "anchor_series", "AnchorParams", "confidence_from_scores", "LOW_CONFIDENCE"]
+__all__ = ["anchor", "anchor_series", "AnchorParams", "PlanePrior", "confidence_from_scores", "LOW_CONFIDENCE"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,92 @@ class AnchorParams:
     retry_widen: float = 2.0
     #: global top-k search: "auto" (faiss from 1e6 reference patches if installed), "exact", "faiss", "faiss-hnsw"
     search: str = "auto"
+
+
+@dataclass(frozen=True)
+class PlanePrior:
+    """Where a section's plane is expected to lie (e.g. from the rest of its series).
+
+    normal : (3,) unit world normal ``cross(row dir, col dir)`` the placement should have (its sign
+        follows the mounting; both signs are tried when ``anchor(flipped=None)``).
+    offset_mm : ``normal . x`` for the points ``x`` of the expected plane (mm).
+    tolerance_mm : how far from that plane reference patches are matched and placements accepted.
+    row_dir : optional (3,) unit world direction of increasing rows (the expected in-plane orientation).
+    scale : expected true / stated pixel spacing.
+    max_angle_deg : placements whose normal is further off than this are rejected.
+    """
+
+    normal: tuple[float, float, float]
+    offset_mm: float
+    tolerance_mm: float = 6.0
+    row_dir: tuple[float, float, float] | None = None
+    scale: float = 1.0
+    max_angle_deg: float = 10.0
+
+    def agrees(self, m: SectionMap, tissue_rc: NDArray) -> bool:
+        """True if map ``m`` puts the tissue (working pixels ``tissue_rc``) on the expected plane (either sign)."""
+        n = np.asarray(self.normal, float)
+        cos = abs(float(m.normal @ n))
+        off = float(m.apply(tissue_rc).mean(axis=0) @ n) - self.offset_mm
+        return cos >= np.cos(np.deg2rad(self.max_angle_deg)) and abs(off) <= self.tolerance_mm
+
+
+def _prior_hypotheses(
+    prior: PlanePrior,
+    rc: NDArray,
+    xyz: NDArray,
+    w: NDArray,
+    spacing: float,
+    flipped: bool | None,
+    threshold_mm: float,
+    n_keep: int = 3,
+) -> list[SectionMap]:
+    """Placements on the prior plane: for each in-plane rotation (the prior's, or 36 steps) and
+    handedness, every match (rc -> xyz) votes for an in-plane translation; the densest votes win.
+
+    rc : (M, 2) working pixels, xyz : (M, 3) mm of their matched reference patches, w : (M,) weights.
+    """
+    from scipy import ndimage
+
+    n = np.asarray(prior.normal, float)
+    n = n / np.linalg.norm(n)
+    e1 = np.cross(n, [1.0, 0.0, 0.0] if abs(n[0]) < 0.9 else [0.0, 1.0, 0.0])
+    e1 /= np.linalg.norm(e1)
+    e2 = np.cross(n, e1)
+    if prior.row_dir is not None:
+        r0 = np.asarray(prior.row_dir, float)
+        r0 = r0 - (r0 @ n) * n
+        angles = [float(np.arctan2(r0 @ e2, r0 @ e1))]
+    else:
+        angles = list(np.linspace(0.0, 2 * np.pi, 36, endpoint=False))
+    s = spacing * prior.scale
+    binw = threshold_mm / 2.0
+    found: list[tuple[float, SectionMap]] = []
+    for sign in (1.0, -1.0):
+        for a in angles:
+            r = np.cos(a) * e1 + np.sin(a) * e2
+            c = sign * np.cross(n, r)  # cross(r, c) = sign * n
+            lin = s * np.stack([r, c], axis=1)
+            m0 = SectionMap(lin, np.zeros(3))
+            if flipped is not None and mounting_mirrored(m0) != bool(flipped):
+                continue
+            t = xyz - rc @ lin.T
+            u = np.stack([t @ e1, t @ e2], axis=1)
+            lo = u.min(axis=0)
+            ij = np.floor((u - lo) / binw).astype(int)
+            grid = np.zeros(ij.max(axis=0) + 1)
+            np.add.at(grid, (ij[:, 0], ij[:, 1]), w)
+            grid = ndimage.uniform_filter(grid, size=3, mode="constant") * 9.0
+            b = np.unravel_index(int(np.argmax(grid)), grid.shape)
+            centre = lo + (np.array(b) + 0.5) * binw
+            near = np.linalg.norm(u - centre, axis=1) < threshold_mm
+            if not near.any():
+                continue
+            uc = (w[near, None] * u[near]).sum(axis=0) / max(float(w[near].sum()), 1e-12)
+            tr = uc[0] * e1 + uc[1] * e2 + prior.offset_mm * n
+            found.append((float(grid[b]), SectionMap(lin, tr, score=float(grid[b]))))
+    found.sort(key=lambda x: -x[0])
+    return [m for _, m in found[:n_keep]]
 
 
 def confidence_from_scores(consistency: float, nmi_gain: float) -> float:
@@ -238,6 +324,7 @@ def anchor(
     hemisphere: str | None = None,
     flipped: bool | None = None,
     params: AnchorParams | None = None,
+    plane_prior: PlanePrior | None = None,
 ) -> AnchoringResult:
     """Find where ``section`` lies in ``space``.
 
@@ -256,6 +343,10 @@ def anchor(
     hemisphere : "left" / "right" if the section holds only that hemisphere (a hint, not a constraint
         on whole sections).
     flipped : True if mounted face down (mirrored), False if not, None to consider both.
+    params : matcher tuning (:class:`AnchorParams`).
+    plane_prior : :class:`PlanePrior`, where the plane is expected (series anchoring passes the series'
+        plane): matching is restricted to reference patches near it, placements on it are proposed, and
+        placements off it are rejected unless nothing else is left.
 
     Returns
     -------
@@ -346,6 +437,12 @@ def anchor(
     if hemisphere is not None:
         xs = ref.centres_mm[cpos, 0]
         ref_mask = xs < 10.0 if hemisphere == "left" else xs > -10.0
+    if plane_prior is not None:
+        # reference patches within the prior's slab (patch half-width added: a patch centre off the
+        # plane still overlaps it)
+        d_ref = ref.centres_mm[cpos] @ np.asarray(plane_prior.normal, float) - plane_prior.offset_mm
+        slab = np.abs(d_ref) < plane_prior.tolerance_mm + 0.5 * spec.size_px * spec.spacing_mm
+        ref_mask = slab if ref_mask is None else (ref_mask & slab)
     q = emb_coarse @ proj
     q /= np.maximum(np.linalg.norm(q, axis=2, keepdims=True), 1e-12)
     sims, cidx, _ = search_topk(q, cref, p.k, ref_mask=ref_mask, search=p.search)
@@ -365,6 +462,19 @@ def anchor(
         n_trials=p.ransac_trials,
         n_hypotheses=p.n_hypotheses,
     )
+    if plane_prior is not None:
+        hyps = (
+            _prior_hypotheses(
+                plane_prior,
+                rc_pairs,
+                xyz_pairs,
+                np.clip(sims.ravel(), 0.0, None) ** 2,
+                spec.spacing_mm,
+                flipped,
+                p.ransac_threshold_mm,
+            )
+            + hyps
+        )
     timings["match_s"] = time.perf_counter() - t0
     if not hyps:
         from .errors import AnchoringFailedError
@@ -391,6 +501,8 @@ def anchor(
             if (hemisphere == "left" and x_c > 5.0) or (hemisphere == "right" and x_c < -5.0):
                 continue
         cands.append((g, info))
+    if plane_prior is not None and any(plane_prior.agrees(g, tissue_rc) for g, _ in cands):
+        cands = [(g, info) for g, info in cands if plane_prior.agrees(g, tissue_rc)]
     if not cands:
         g, info = _guided(emb, cen, ref, hyps[0], p, spec.spacing_mm, p.n_rotations, mirrors)
         cands = [(g, info)]
@@ -434,6 +546,7 @@ def anchor(
             (hemisphere == "left" and x_c > 5.0)
             or (hemisphere == "right" and x_c < -5.0)
             or (flipped is not None and mounting_mirrored(mir) != bool(flipped))
+            or (plane_prior is not None and not plane_prior.agrees(mir, tissue_rc))
         )
         if allowed:
             gain, gm = _refined(pts, mir, ref, spec.spacing_mm, p, smoothed, (2.0, 0.0), 160)
@@ -519,6 +632,10 @@ def anchor(
         "flipped": flipped,
         "params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in p.__dict__.items()},
     }
+    if plane_prior is not None:
+        diagnostics["plane_prior"] = {
+            k: (list(v) if isinstance(v, tuple) else v) for k, v in plane_prior.__dict__.items()
+        }
     result = AnchoringResult(
         affine=affine,
         space=ref.space,
@@ -565,6 +682,7 @@ def anchor(
             hemisphere=hemisphere,
             flipped=flipped,
             params=wide,
+            plane_prior=plane_prior,
         )
         first = {"confidence": conf, "nmi_gain": float(best_gain), "consistency": cons}
         if (again.diagnostics.get("nmi_gain") or -1.0) > float(best_gain):
@@ -583,23 +701,26 @@ def anchor(
     return result
 
 
-def anchor_series(sections: list[Section], space: Any = "mni152", **kwargs: Any) -> list[AnchoringResult]:
-    """Anchor each section of a series (independently for now; joint fitting is a later addition)."""
-    from .reference import Reference
+def anchor_series(
+    sections: list[Section],
+    space: Any = "mni152",
+    order: Any = None,
+    thickness_mm: float | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Anchor the sections of one brain jointly (see :func:`siibra_anchor.series.anchor_series`).
+
+    Returns a :class:`~siibra_anchor.series.SeriesResult`, a list of :class:`AnchoringResult`.
+    """
+    from .series import anchor_series as _series
 
     if isinstance(sections, Section) or not isinstance(sections, (list, tuple)):
         raise InvalidSectionError(f"anchor_series needs a list of siibra_anchor.Section, got {type(sections).__name__}")
     for i, s in enumerate(sections):
         if not isinstance(s, Section):
             raise InvalidSectionError(f"item {i} of the series is a {type(s).__name__}, not a siibra_anchor.Section")
-    ref = kwargs.pop("reference", None)
-    enc = kwargs.pop("encoder", None)
-    if ref is None:
-        from .encoders import load_default_encoder
 
-        enc = enc if enc is not None else load_default_encoder()
-        ref = Reference.from_space(space, encoder=enc)
-    return [anchor(s, reference=ref, encoder=enc, **kwargs) for s in sections]
+    return _series(sections, space=space, order=order, thickness_mm=thickness_mm, **kwargs)
 
 
 def peak_memory_of(fn, *args: Any, **kwargs: Any) -> tuple[Any, float]:

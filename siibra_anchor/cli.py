@@ -89,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--step", type=int, default=1, help="look up every STEP-th pixel (faster on large sections)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--csv", default=None, metavar="OUT", help="also write the table as CSV to OUT")
+
     p = sub.add_parser("apply", help="write an anchored section into its space at full resolution")
     p.add_argument("result", help="result JSON written by 'anchor'")
     p.add_argument("image", help="the section image (TIFF/OME-Zarr read window by window; PNG/NIfTI whole)")
@@ -122,6 +123,32 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="write the Markdown report here (e.g. docs/reliability.md)")
     p.add_argument("--quick", action="store_true", help="fewer fuzz examples and no anchoring of non-brain images")
     p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("series", help="anchor every section image of a folder jointly, as one series")
+    p.add_argument("folder", help="folder of section images (natural sort order = cutting order)")
+    p.add_argument("--spacing-mm", type=float, default=None, help="pixel spacing in mm (unless the files have it)")
+    p.add_argument("--thickness-mm", type=float, default=None, help="distance between consecutive sections (mm)")
+    p.add_argument(
+        "--numbers-from-names",
+        action="store_true",
+        help="take each section's number from the last integer in its file name (gaps = missing sections)",
+    )
+    p.add_argument("--scheduler", default=None, help="Dask scheduler address (default: a local cluster)")
+    p.add_argument("--workers", type=int, default=2, help="workers of the local Dask cluster (default 2)")
+    p.add_argument("--in-process", action="store_true", help="no Dask: anchor in this process")
+    p.add_argument("--out", default=None, help="folder for <name>.anchor.json and series.json (default: FOLDER)")
+    p.add_argument("--report", default=None, help="also write a QC report of the series to this path")
+    p.add_argument("--modality", default="unknown", help="free text kept with the results")
+    p.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars")
+    _add_anchor_opts(p)
+
+    p = sub.add_parser("benchmark-series", help="independent vs joint anchoring on simulated series")
+    p.add_argument("--quick", action="store_true", help="one series of 10 sections instead of three of 20")
+    p.add_argument("--out", default=None, help="folder for series_benchmark.json")
+    p.add_argument("--seed", type=int, default=2026)
+    p.add_argument("--scheduler", default=None, help="run on Dask: 'local' or a scheduler address")
+    p.add_argument("--workers", type=int, default=2, help="workers of a local Dask cluster")
+    p.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars")
     return ap
 
 
@@ -346,6 +373,122 @@ def _cmd_reliability(ns: argparse.Namespace) -> int:
     return 0 if rep["ok"] else 1
 
 
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".nii", ".nii.gz", ".zarr", ".ome.zarr")
+
+
+def _natural_key(name: str) -> list[Any]:
+    import re
+
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
+
+
+def series_images(folder: str | Path) -> list[Path]:
+    """Section images of a folder in natural sort order (s2 before s10); results and hidden files skipped."""
+    from .errors import SectionFileNotFoundError
+
+    d = Path(folder)
+    if not d.is_dir():
+        raise SectionFileNotFoundError(f"series folder not found: {d}; give a folder of section images")
+    files = [
+        p
+        for p in d.iterdir()
+        if not p.name.startswith(".") and p.name.lower().endswith(_IMAGE_SUFFIXES) and ".anchor." not in p.name
+    ]
+    if not files:
+        raise SectionFileNotFoundError(
+            f"no section images ({', '.join(_IMAGE_SUFFIXES)}) in {d}; put the series' images in one folder"
+        )
+    return sorted(files, key=lambda p: _natural_key(p.name))
+
+
+def _quiet_dask(ns: argparse.Namespace) -> None:
+    """Dask's scheduler logs every connection at INFO; show its warnings only (unless --verbose)."""
+    if ns.verbose:
+        return
+    try:
+        import distributed  # noqa: F401  (sets its loggers' levels on import)
+    except ImportError:
+        return
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+
+
+def _cmd_series(ns: argparse.Namespace) -> int:
+    import json
+    import re
+
+    import siibra_anchor as sa
+
+    from .cache import atomic_write_text
+    from .errors import InvalidSectionError
+
+    files = series_images(ns.folder)
+    order = None
+    if ns.numbers_from_names:
+        nums = [re.findall(r"\d+", p.name.split(".")[0]) for p in files]
+        if any(not n for n in nums):
+            bad = [p.name for p, n in zip(files, nums, strict=True) if not n]
+            raise InvalidSectionError(f"--numbers-from-names: no number in {bad[:3]}; rename or drop the option")
+        order = [int(n[-1]) for n in nums]
+    sections = [sa.Section.from_file(p, spacing_mm=ns.spacing_mm, modality=ns.modality, name=_stem(p)) for p in files]
+    if ns.report:
+        try:
+            from .report import write_series_report
+        except ImportError as exc:
+            raise InvalidSectionError(
+                f"--report needs siibra_anchor.report, which this installation lacks ({exc}); drop --report"
+            ) from exc
+    scheduler = None if ns.in_process else (ns.scheduler or "local")
+    if scheduler is not None:
+        _quiet_dask(ns)
+    res = sa.anchor_series(
+        sections,
+        space=ns.space,
+        order=order,
+        thickness_mm=ns.thickness_mm,
+        seed=ns.seed,
+        n_patches=ns.n_patches,
+        hemisphere=ns.hemisphere,
+        flipped=ns.flipped,
+        scheduler=scheduler,
+        n_workers=ns.workers,
+        progress=not ns.quiet,
+    )
+    out = Path(ns.out) if ns.out else Path(ns.folder)
+    out.mkdir(parents=True, exist_ok=True)
+    for r, p in zip(res, files, strict=True):
+        r.save(out / f"{_stem(p)}.anchor.json")
+    atomic_write_text(out / "series.json", json.dumps(res.to_dict(), indent=1))
+    for r in res:
+        flags = ",".join(r.diagnostics.get("flags", [])) or "-"
+        _print(f"{r.section.get('name', '?'):<24} confidence {r.confidence:.2f}  {r.plane_name:<9} {flags}")
+    _print(f"series      {len(res)} sections, series confidence {res.confidence:.2f}")
+    _print(f"results     {out}/*.anchor.json, {out / 'series.json'}")
+    if ns.report:
+        write_series_report(res, sections, ns.report)
+        _print(f"report      {ns.report}")
+    return 0
+
+
+def _stem(p: Path) -> str:
+    name = p.name
+    for suf in sorted(_IMAGE_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suf):
+            return name[: -len(suf)]
+    return p.stem
+
+
+def _cmd_benchmark_series(ns: argparse.Namespace) -> int:
+    from .series_bench import format_series_table, run_series_benchmark
+
+    if ns.scheduler:
+        _quiet_dask(ns)
+    rep = run_series_benchmark(
+        quick=ns.quick, out=ns.out, seed=ns.seed, scheduler=ns.scheduler, n_workers=ns.workers, progress=not ns.quiet
+    )
+    _print(format_series_table(rep))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
@@ -366,6 +509,8 @@ def main(argv: list[str] | None = None) -> int:
         "apply": _cmd_apply,
         "benchmark-scaling": _cmd_benchmark_scaling,
         "reliability": _cmd_reliability,
+        "series": _cmd_series,
+        "benchmark-series": _cmd_benchmark_series,
     }
     try:
         with warnings.catch_warnings():
