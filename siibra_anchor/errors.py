@@ -33,6 +33,7 @@ __all__ = [
     "AnchorWarning",
     "LowConfidenceWarning",
     "CorruptCacheWarning",
+    "MissingDependencyError",
 ]
 
 
@@ -124,6 +125,10 @@ class CacheLockTimeoutError(AnchorError, TimeoutError):
 
 class InvalidPointsError(AnchorError, ValueError):
     """Point pairs given to an affine fit have the wrong shape, too few rows, or NaN/inf values."""
+
+
+class MissingDependencyError(AnchorError, ImportError):
+    """An optional part needs a package that is not installed (the message names the pip extra)."""
 
 
 class AnchorWarning(UserWarning):

@@ -387,7 +387,12 @@ def dask_client(scheduler: Any = "local", n_workers: int = 2) -> tuple[Any, Call
     try:
         from distributed import Client, LocalCluster
     except ImportError as exc:  # the dask extra is optional
-        raise ImportError("series anchoring on Dask needs: pip install 'siibra-anchor[dask]'") from exc
+        from .errors import MissingDependencyError
+
+        raise MissingDependencyError(
+            "series anchoring on Dask needs dask and distributed: pip install 'siibra-anchor[dask]', "
+            "or anchor in this process (scheduler=None; CLI: --in-process)"
+        ) from exc
     if isinstance(scheduler, Client):
         return scheduler, lambda: None
     if scheduler == "local":
