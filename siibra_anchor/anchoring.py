@@ -352,6 +352,47 @@ def anchor(
     -------
     :class:`AnchoringResult` whose ``affine`` maps original pixel (row, col, 0, 1) to world mm.
     """
+    result = _anchor(
+        section,
+        space=space,
+        reference=reference,
+        encoder=encoder,
+        n_patches=n_patches,
+        seed=seed,
+        device=device,
+        progress=progress,
+        hemisphere=hemisphere,
+        flipped=flipped,
+        params=params,
+        plane_prior=plane_prior,
+    )
+    if result.confidence < LOW_CONFIDENCE:
+        msg = (
+            f"low confidence {result.confidence:.2f} for section {section.name!r}: the placement may be wrong "
+            f"(consistency {result.diagnostics.get('consistency', float('nan')):.2f}, "
+            f"NMI gain {result.diagnostics.get('nmi_gain') or float('nan'):.3f}); check that it is a human brain "
+            "section with the right spacing_mm, or treat it as unplaced"
+        )
+        log.warning(msg)
+        warnings.warn(msg, LowConfidenceWarning, stacklevel=2)
+    return result
+
+
+def _anchor(
+    section: Section,
+    space: Any = "mni152",
+    reference: Any = None,
+    encoder: Any = None,
+    n_patches: int | None = None,
+    seed: int = 0,
+    device: str | None = None,
+    progress: bool = False,
+    hemisphere: str | None = None,
+    flipped: bool | None = None,
+    params: AnchorParams | None = None,
+    plane_prior: PlanePrior | None = None,
+) -> AnchoringResult:
+    """:func:`anchor` without the low-confidence warning (the wider second search calls it)."""
     from .encoders import encoder_hash, load_default_encoder
     from .matching import search_topk
     from .reference import Reference
@@ -672,7 +713,7 @@ def anchor(
             n_hypotheses=int(round(p.n_hypotheses * w)),
             retry_below=0.0,
         )
-        again = anchor(
+        again = _anchor(
             section,
             reference=ref,
             encoder=enc,
@@ -689,15 +730,6 @@ def anchor(
             result = again
         result.diagnostics["retried_wider"] = {"first_pass": first, "kept": "wider" if result is again else "first"}
         result.diagnostics["timings"]["total_s"] = time.perf_counter() - t_start
-    if result.confidence < LOW_CONFIDENCE:
-        msg = (
-            f"low confidence {result.confidence:.2f} for section {section.name!r}: the placement may be wrong "
-            f"(consistency {result.diagnostics.get('consistency', float('nan')):.2f}, "
-            f"NMI gain {result.diagnostics.get('nmi_gain') or float('nan'):.3f}); check that it is a human brain "
-            "section with the right spacing_mm, or treat it as unplaced"
-        )
-        log.warning(msg)
-        warnings.warn(msg, LowConfidenceWarning, stacklevel=2)
     return result
 
 
