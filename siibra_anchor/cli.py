@@ -430,13 +430,6 @@ def _cmd_series(ns: argparse.Namespace) -> int:
             raise InvalidSectionError(f"--numbers-from-names: no number in {bad[:3]}; rename or drop the option")
         order = [int(n[-1]) for n in nums]
     sections = [sa.Section.from_file(p, spacing_mm=ns.spacing_mm, modality=ns.modality, name=_stem(p)) for p in files]
-    if ns.report:
-        try:
-            from .report import write_series_report
-        except ImportError as exc:
-            raise InvalidSectionError(
-                f"--report needs siibra_anchor.report, which this installation lacks ({exc}); drop --report"
-            ) from exc
     scheduler = None if ns.in_process else (ns.scheduler or "local")
     if scheduler is not None:
         _quiet_dask(ns)
@@ -464,6 +457,8 @@ def _cmd_series(ns: argparse.Namespace) -> int:
     _print(f"series      {len(res)} sections, series confidence {res.confidence:.2f}")
     _print(f"results     {out}/*.anchor.json, {out / 'series.json'}")
     if ns.report:
+        from .report import write_series_report
+
         write_series_report(res, sections, ns.report)
         _print(f"report      {ns.report}")
     return 0
