@@ -569,16 +569,24 @@ def block_reduce(
     return acc.astype(out_dtype, copy=False)
 
 
+def _tiff_levels(
+    tf: Any, path: Path, given: tuple[float, float] | None
+) -> tuple[list[Any], list[tuple[int, int]], tuple[float, float] | None, str | None]:
+    """(pyramid levels of the first series, their (rows, cols), level-0 spacing, where it came from)."""
+    if not tf.series:
+        raise CorruptFileError(f"TIFF file {str(path)!r} holds no image; export it again")
+    series = tf.series[0]
+    levels = list(series.levels) or [series]
+    spacing0, source = (given, "given") if given is not None else _tiff_spacing(tf, series)
+    shapes = [_spatial_shape(lv.shape, lv.axes) for lv in levels]
+    return levels, shapes, spacing0, source
+
+
 def _tiff_source(p: Path, given: tuple[float, float] | None) -> ImageSource:
     import tifffile
 
     with tifffile.TiffFile(p) as tf:
-        if not tf.series:
-            raise CorruptFileError(f"TIFF file {str(p)!r} holds no image; export it again")
-        series = tf.series[0]
-        levels = list(series.levels) or [series]
-        spacing0, source = (given, "given") if given is not None else _tiff_spacing(tf, series)
-        shapes = [_spatial_shape(lv.shape, lv.axes) for lv in levels]
+        levels, shapes, spacing0, source = _tiff_levels(tf, p, given)
         squeezed, order = _section_layout(levels[0].shape, levels[0].axes, p)
         channels = squeezed[order[2]] if len(order) == 3 else 0
         dtype = np.dtype(levels[0].dtype)
@@ -709,12 +717,7 @@ def _read_tiff(
 
     size = path.stat().st_size
     with tifffile.TiffFile(path) as tf:
-        if not tf.series:
-            raise CorruptFileError(f"TIFF file {str(path)!r} holds no image; export it again")
-        series = tf.series[0]
-        levels = list(series.levels) or [series]
-        spacing0, source = (given, "given") if given is not None else _tiff_spacing(tf, series)
-        shapes = [_spatial_shape(lv.shape, lv.axes) for lv in levels]
+        levels, shapes, spacing0, source = _tiff_levels(tf, path, given)
         k, spacing, down = _choose_level(shapes, spacing0, target)
         level = levels[k]
         layout = _section_layout(level.shape, level.axes, path)

@@ -491,8 +491,7 @@ def kill_build_in_subprocess(cache: str | os.PathLike[str], when: str = "save", 
     t0 = time.monotonic()
     try:
         if when == "build":
-            assert p.stderr is not None
-            for line in p.stderr:
+            for line in p.stderr or ():
                 if "building reference" in line:
                     break
         else:
