@@ -58,6 +58,9 @@ class AnchorParams:
     # coarse patches, matches per patch, RANSAC trials and hypotheses; the better-scoring placement is kept
     retry_below: float = 0.5
     retry_widen: float = 2.0
+    #: also vote for placements on the reference's canonical planes (see :func:`_canonical_hypotheses`);
+    #: the wider second search switches it on
+    canonical_votes: bool = False
     #: global top-k search: "auto" (faiss from 1e6 reference patches if installed), "exact", "faiss", "faiss-hnsw"
     search: str = "auto"
 
@@ -146,6 +149,84 @@ def _prior_hypotheses(
             found.append((float(grid[b]), SectionMap(lin, tr, score=float(grid[b]))))
     found.sort(key=lambda x: -x[0])
     return [m for _, m in found[:n_keep]]
+
+
+def _canonical_hypotheses(
+    ref: Any,
+    ref_idx: NDArray,
+    rc: NDArray,
+    xyz: NDArray,
+    w: NDArray,
+    spacing: float,
+    flipped: bool | None,
+    threshold_mm: float,
+    n_keep: int = 3,
+    n_angles: int = 36,
+    normal_bin_mm: float = 4.0,
+) -> list[SectionMap]:
+    """Placements voted for on the reference's own plane orientations (coronal, sagittal, axial).
+
+    RANSAC needs three mutually consistent matches among its samples; on a small block where nine matches
+    in ten are wrong it may never draw them. Most sections are cut near a canonical orientation, so here
+    every match onto a reference patch of one orientation votes, for each of ``n_angles`` in-plane
+    rotations and both handednesses, for the translation that would put its section patch on its
+    reference patch (a Hough transform in 3D: two in-plane bins of ``threshold_mm / 2`` and the position
+    along the normal in ``normal_bin_mm`` bins). The few right matches pile up in one cell; wrong ones
+    scatter. The densest ``n_keep`` cells per orientation become hypotheses: a tilted section lands within
+    a few mm and degrees of its place, and the guided re-matching and intensity refinement that follow
+    take it from there.
+    """
+    from scipy import ndimage
+
+    axes = ref.plane_axes
+    normals = np.cross(axes[:, :, 0], axes[:, :, 1])
+    normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
+    pair_n = normals[ref.plane_ids[ref_idx]]
+    binw = threshold_mm / 2.0
+    out: list[SectionMap] = []
+    done: list[NDArray] = []
+    for n0 in normals:
+        if any(abs(float(n0 @ d)) > 0.99 for d in done):
+            continue
+        done.append(n0)
+        sel = np.abs(pair_n @ n0) > 0.99
+        if sel.sum() < 3:
+            continue
+        n = n0 * (1.0 if float(pair_n[sel][0] @ n0) > 0 else -1.0)
+        e1 = np.cross(n, [1.0, 0.0, 0.0] if abs(n[0]) < 0.9 else [0.0, 1.0, 0.0])
+        e1 /= np.linalg.norm(e1)
+        e2 = np.cross(n, e1)
+        r_s, x_s, w_s = rc[sel], xyz[sel], w[sel]
+        found: list[tuple[float, SectionMap]] = []
+        for sign in (1.0, -1.0):
+            for a in np.linspace(0.0, 2 * np.pi, n_angles, endpoint=False):
+                r = np.cos(a) * e1 + np.sin(a) * e2
+                lin = spacing * np.stack([r, sign * np.cross(n, r)], axis=1)
+                if flipped is not None and mounting_mirrored(SectionMap(lin, np.zeros(3))) != bool(flipped):
+                    continue
+                t = x_s - r_s @ lin.T
+                u = np.stack([t @ e1 / binw, t @ e2 / binw, t @ n / normal_bin_mm], axis=1)
+                lo = np.floor(u.min(axis=0))
+                ijk = (u - lo).astype(int)
+                grid = np.zeros(ijk.max(axis=0) + 1)
+                np.add.at(grid, (ijk[:, 0], ijk[:, 1], ijk[:, 2]), w_s)
+                grid = ndimage.uniform_filter(grid, size=3, mode="constant") * 27.0
+                flat = np.argsort(grid, axis=None)[::-1][:n_keep]
+                for f in flat:
+                    b = np.array(np.unravel_index(int(f), grid.shape))
+                    centre = (lo + b + 0.5) * np.array([binw, binw, normal_bin_mm])
+                    tu = np.stack([t @ e1, t @ e2, t @ n], axis=1)
+                    near = (np.linalg.norm(tu[:, :2] - centre[:2], axis=1) < threshold_mm) & (
+                        np.abs(tu[:, 2] - centre[2]) < 2 * normal_bin_mm
+                    )
+                    if not near.any():
+                        continue
+                    uc = (w_s[near, None] * tu[near]).sum(axis=0) / max(float(w_s[near].sum()), 1e-12)
+                    tr = uc[0] * e1 + uc[1] * e2 + uc[2] * n
+                    found.append((float(grid[tuple(b)]), SectionMap(lin, tr, score=float(grid[tuple(b)]))))
+        found.sort(key=lambda x: -x[0])
+        out += [m for _, m in found[:n_keep]]
+    return out
 
 
 def confidence_from_scores(consistency: float, nmi_gain: float) -> float:
@@ -516,6 +597,19 @@ def _anchor(
             )
             + hyps
         )
+    voted: list[SectionMap] = []
+    if p.canonical_votes and plane_prior is None:
+        voted = _canonical_hypotheses(
+            ref,
+            idx.ravel(),
+            rc_pairs,
+            xyz_pairs,
+            np.clip(sims.ravel(), 0.0, None) ** 2,
+            spec.spacing_mm,
+            flipped,
+            p.ransac_threshold_mm,
+        )
+        hyps = hyps + voted
     timings["match_s"] = time.perf_counter() - t0
     if not hyps:
         from .errors import AnchoringFailedError
@@ -537,11 +631,14 @@ def _anchor(
     cands = []
     for h in hyps:
         g, info = _guided(emb, cen, ref, h, p, spec.spacing_mm, p.n_rotations, mirrors)
-        if hemisphere is not None:
-            x_c = float(g.apply(tissue_rc)[:, 0].mean())
-            if (hemisphere == "left" and x_c > 5.0) or (hemisphere == "right" and x_c < -5.0):
-                continue
-        cands.append((g, info))
+        # a voted placement is kept as voted too: where nine matches in ten are wrong, the guided
+        # re-matching can pull it away from a nearly right place that the intensity refinement would fix
+        for m in (g, h) if any(h is v for v in voted) else (g,):
+            if hemisphere is not None:
+                x_c = float(m.apply(tissue_rc)[:, 0].mean())
+                if (hemisphere == "left" and x_c > 5.0) or (hemisphere == "right" and x_c < -5.0):
+                    continue
+            cands.append((m, info))
     if plane_prior is not None and any(plane_prior.agrees(g, tissue_rc) for g, _ in cands):
         cands = [(g, info) for g, info in cands if plane_prior.agrees(g, tissue_rc)]
     if not cands:
@@ -712,6 +809,7 @@ def _anchor(
             ransac_trials=int(round(p.ransac_trials * w)),
             n_hypotheses=int(round(p.n_hypotheses * w)),
             retry_below=0.0,
+            canonical_votes=True,
         )
         again = _anchor(
             section,

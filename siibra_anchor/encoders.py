@@ -76,13 +76,22 @@ def _block(cin: int, cout: int) -> nn.Sequential:
 class PatchEncoder(nn.Module):
     """Small CNN for (N, 1, P, P) patches -> (N, dim) L2-normalised embeddings.
 
-    Four conv stages (each halving the resolution), global average + max pooling and a linear head.
-    GroupNorm keeps outputs independent of batch composition (embedding a patch alone or in a batch
-    gives the same vector). About 0.3 M parameters at width 32.
+    Four conv stages (the first three each followed by 2x average pooling) and a two-layer head on either
+    global average + max pooling (``head="pool"``, the default) or the flattened final feature map
+    (``head="flatten"``: keeps where in the patch each feature is, which the spatial task needs; the
+    final map is ``patch_size / (8 * input_pool)`` pixels square). GroupNorm keeps outputs independent of
+    batch composition (embedding a patch alone or in a batch gives the same vector). About 0.3 M
+    parameters at width 32.
     """
 
     def __init__(
-        self, in_channels: int = 1, width: int = 32, dim: int = 128, patch_size: int = 32, input_pool: int = 1
+        self,
+        in_channels: int = 1,
+        width: int = 32,
+        dim: int = 128,
+        patch_size: int = 32,
+        input_pool: int = 1,
+        head: str = "pool",
     ) -> None:
         super().__init__()
         self.config: dict[str, Any] = {
@@ -94,7 +103,12 @@ class PatchEncoder(nn.Module):
         }
         if input_pool != 1:  # keep configs of earlier models unchanged
             self.config["input_pool"] = int(input_pool)
+        if head not in ("pool", "flatten"):
+            raise ValueError(f"head must be 'pool' or 'flatten', got {head!r}")
+        if head != "pool":
+            self.config["head"] = head
         self.input_pool = int(input_pool)
+        self.head_kind = head
         w = int(width)
         self.features = nn.Sequential(
             _block(in_channels, w),
@@ -105,14 +119,26 @@ class PatchEncoder(nn.Module):
             nn.AvgPool2d(2),
             _block(4 * w, 4 * w),
         )
-        self.head = nn.Sequential(nn.Linear(8 * w, 4 * w), nn.GELU(), nn.Linear(4 * w, int(dim)))
+        if head == "flatten":
+            side = int(patch_size) // (8 * self.input_pool)
+            if side < 1 or side * 8 * self.input_pool != int(patch_size):
+                raise ValueError(
+                    f"head='flatten' needs patch_size divisible by {8 * self.input_pool}, got {patch_size}"
+                )
+            n_in = 4 * w * side * side
+        else:
+            n_in = 8 * w
+        self.head = nn.Sequential(nn.Linear(n_in, 4 * w), nn.GELU(), nn.Linear(4 * w, int(dim)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_pool > 1:  # a cheaper encoder: see the patch at half resolution
             x = nn.functional.avg_pool2d(x, self.input_pool)
         f = self.features(x)
-        pooled = torch.cat([f.mean(dim=(2, 3)), f.amax(dim=(2, 3))], dim=1)
-        return nn.functional.normalize(self.head(pooled), dim=1)
+        if self.head_kind == "flatten":
+            z = f.flatten(1)
+        else:
+            z = torch.cat([f.mean(dim=(2, 3)), f.amax(dim=(2, 3))], dim=1)
+        return nn.functional.normalize(self.head(z), dim=1)
 
 
 def build_encoder(config: dict[str, Any]) -> nn.Module:

@@ -330,6 +330,18 @@ def refine_in_plane(
     return section_affine(lin / sc[None, :], t, float(np.linalg.norm(affine[:3, 2]))), gain
 
 
+def placement_nmi_gain(section: Section, affine: NDArray, reference: Any, seed: int = 0) -> float:
+    """NMI gain (over planes shifted 15 mm away) of ``section`` placed by ``affine``, without refinement."""
+    from .affine_fit import SectionMap
+    from .anchoring import _nmi_gain
+    from .patches import normalize_intensity
+    from .refine import sample_points
+
+    img, msk, sc = section.at_spacing(reference.spec.spacing_mm)
+    pts = sample_points(normalize_intensity(img, msk), msk, 2000, np.random.default_rng(seed))
+    return float(_nmi_gain(pts, SectionMap(affine[:3, :2] * sc[None, :], affine[:3, 3]), reference))
+
+
 # -- engines -------------------------------------------------------------------------------------------
 _WORKER_STATE: dict[str, Any] = {}
 
@@ -367,6 +379,15 @@ def _anchor_task(
         return anchor(section, reference=reference, encoder=_encoder(encoder), **kw)
     except AnchorError as exc:
         return exc
+
+
+def _score_task(
+    item: tuple[Section, NDArray, int], reference: Any, encoder: Any = None, in_worker: bool = False
+) -> float:
+    if in_worker:
+        _worker_setup()
+    section, affine, seed = item
+    return placement_nmi_gain(section, affine, reference, seed=seed)
 
 
 def _refine_task(
@@ -649,6 +670,9 @@ def _joint(
     t0 = time.perf_counter()
     model = _fit(first, ok, cent, sections, numbers, thickness_mm, seed)
     timings["fit_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    model, families = _choose_family(model, first, ok, cent, sections, numbers, thickness_mm, seed, engine, reference)
+    timings["family_s"] = time.perf_counter() - t0
     own = [r if isinstance(r, AnchoringResult) else None for r in first]
     outl = [i for i in range(n) if not (ok[i] and model.inliers[i])]
     tol = float(max(3.0, 3.0 * model.sigma_mm))
@@ -748,8 +772,84 @@ def _joint(
         "n_disagree": int(sum("disagrees-with-series" in f for f in flags)),
         "n_failed": int(sum("failed" in f for f in flags)),
         "agree_fraction": agree_frac,
+        "families": families,
     }
     return SeriesResult(results, model, series_conf, diag)
+
+
+def _choose_family(
+    model: SeriesModel,
+    first: list[Any],
+    ok: list[bool],
+    cent: list[NDArray],
+    sections: Sequence[Section],
+    numbers: NDArray,
+    thickness_mm: float | None,
+    seed: int,
+    engine: _Engine,
+    reference: Any,
+    min_share: float = 0.25,
+) -> tuple[SeriesModel, list[dict[str, Any]]]:
+    """The series model the images support best, when the placements form two families.
+
+    The sections the first fit calls outliers may be a second consistent series: typically the mirror
+    image of the first across the mid-sagittal plane (a near-symmetric brain makes each sagittal section
+    look the same on either side, and with the cutting direction unknown both families are perfect lines).
+    When they carry at least ``min_share`` of the placed weight, a second model is fitted to them and the
+    two are compared by the summed NMI gain of *every* placed section moved onto each model's planes
+    (:func:`placement_nmi_gain`): the evidence of all sections, not of each family's own members.
+    Returns (chosen model, one summary dict per candidate).
+    """
+    if reference.volume is None:
+        return model, []
+    placed = np.array(ok, bool)
+    rest = placed & ~model.inliers
+    w = np.array([max(float(r.confidence), 1e-3) if o else 0.0 for r, o in zip(first, ok, strict=True)])
+    if rest.sum() < 3 or w[rest].sum() < min_share * w[placed].sum():
+        return model, []
+    try:
+        alt = _fit(first, list(rest), cent, sections, numbers, thickness_mm, seed)
+    except InvalidSectionError:
+        return model, []
+    tol = float(max(3.0, 3.0 * alt.sigma_mm))
+    alt_in = np.zeros(len(first), bool)
+    for i in (int(j) for j in np.flatnonzero(placed)):
+        pl = _Placement.of(first[i].affine, cent[i], sections[i].spacing_mm, first[i].confidence)
+        alt_in[i] = _agrees(pl, alt, float(numbers[i]), tol)
+    alt.inliers = alt_in
+    if alt_in.sum() < 3:
+        return model, []
+    cands = [model, alt]
+    idx = [int(j) for j in np.flatnonzero(placed)]
+    items = []
+    for m in cands:
+        sc = m.scale if m.scale_spread < 0.05 else None
+        for i in idx:
+            a = snap_to_plane(
+                first[i].affine, cent[i], m.normal, m.offset_mm(float(numbers[i])), sc, sections[i].spacing_mm
+            )
+            items.append((sections[i], a, seed))
+    gains = np.asarray(engine.map(_score_task, items, reference=reference), float).reshape(len(cands), len(idx))
+    totals = gains.sum(axis=1)
+    best = int(np.argmax(totals))
+    summary = [
+        {
+            "n_inliers": int(m.inliers.sum()),
+            "nmi_gain_sum": float(totals[j]),
+            "normal": [float(v) for v in m.normal],
+            "chosen": j == best,
+        }
+        for j, m in enumerate(cands)
+    ]
+    log.info(
+        "series: two families of placements (%d and %d sections); summed NMI gain %.3f vs %.3f -> family %d",
+        int(model.inliers.sum()),
+        int(alt_in.sum()),
+        totals[0],
+        totals[1],
+        best,
+    )
+    return cands[best], summary
 
 
 def _agrees(pl: _Placement, model: SeriesModel, number: float, tol: float) -> bool:

@@ -145,3 +145,34 @@ def test_sectionmap_residuals():
     m = SectionMap(np.array([[1.0, 0], [0, 1.0], [0, 0]]), np.zeros(3))
     r = m.residuals([[1, 2]], [[1, 2, 2]])
     assert r[0] == pytest.approx(2.0)
+
+
+def test_canonical_votes_find_a_block_whose_matches_are_mostly_wrong(mni_reference):
+    """Matches onto the real reference's coronal patches, nine in ten wrong: the Hough vote on the
+    canonical planes still puts the section within a few mm of its true place."""
+    from siibra_anchor.anchoring import _canonical_hypotheses
+
+    ref = mni_reference
+    rng = np.random.default_rng(4)
+    axes = ref.plane_axes
+    normals = np.cross(axes[:, :, 0], axes[:, :, 1])
+    coronal = np.flatnonzero(np.abs(normals[ref.plane_ids] @ np.array([0.0, 1.0, 0.0])) > 0.99)
+    # the true placement: a coronal plane tilted 5 degrees, rotated 70 degrees in-plane, at y = -20 mm
+    a, tilt = np.deg2rad(70.0), np.deg2rad(5.0)
+    r = np.array([np.cos(a), 0.0, np.sin(a)])
+    c = np.cross([0.0, 1.0, 0.0], r)
+    rot = np.array([[1, 0, 0], [0, np.cos(tilt), -np.sin(tilt)], [0, np.sin(tilt), np.cos(tilt)]])
+    lin = 1.5 * rot @ np.stack([r, c], axis=1)
+    t = np.array([-10.0, -20.0, 5.0]) - lin @ np.array([15.0, 15.0])
+    rc = rng.uniform(0, 30, (300, 2))
+    true_xyz = rc @ lin.T + t
+    # each section patch's match: the nearest coronal reference patch for 10%, a random one otherwise
+    good = rng.random(300) < 0.1
+    d = np.linalg.norm(ref.centres_mm[coronal][None] - true_xyz[good][:, None], axis=2)
+    idx = coronal[rng.integers(0, len(coronal), 300)]
+    idx[good] = coronal[np.argmin(d, axis=1)]
+    hyps = _canonical_hypotheses(ref, idx, rc, ref.centres_mm[idx], np.ones(300), 1.5, None, 7.5)
+    assert hyps
+    errs = [np.linalg.norm(h.apply(rc) - true_xyz, axis=1).mean() for h in hyps]
+    assert min(errs) < 6.0, errs
+    assert errs[int(np.argmax([h.score for h in hyps]))] < 6.0

@@ -142,3 +142,19 @@ def test_non_embedded_spaces_say_how_to_supply_a_template():
         sa.Reference.from_space("BigBrain")
     with pytest.raises(UnknownSpaceError, match="narnia"):
         sa.Reference.from_space("narnia")
+
+
+def test_small_block_with_mostly_wrong_matches_is_found_by_the_wider_search(mni_reference):
+    """Case 0 of the benchmark set: a 7 degree tilted coronal block (FSL MNI152, rotated 230 degrees)
+    where only one match in ten is right. The first search misses it; the wider second search with
+    votes on the canonical planes places it."""
+    from siibra_anchor.benchmark import _hints, _make, simulated_set
+
+    case = simulated_set(48, 2026)[0]
+    assert case.partial == "block"
+    sim = _make(case)
+    res = sa.anchor(sim.section, reference=mni_reference, seed=0, **_hints(case, sim))
+    err = section_error(res.affine, sim.true_affine, sim.section.mask)
+    assert err < 5.0, err
+    assert res.diagnostics["retried_wider"]["kept"] == "wider"
+    assert res.confidence > res.diagnostics["retried_wider"]["first_pass"]["confidence"]

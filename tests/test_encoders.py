@@ -76,3 +76,30 @@ def test_encoder_contract_is_checked():
         check_encoder(Bad(), 32)
     with pytest.raises(EncoderError):
         check_encoder("not a module", 32)  # type: ignore[arg-type]
+
+
+def test_flatten_head_keeps_where_features_are_and_round_trips(tmp_path):
+    from siibra_anchor.encoders import build_encoder
+
+    torch.manual_seed(0)
+    enc = PatchEncoder(width=8, dim=16, input_pool=2, head="flatten").eval()
+    assert enc.config["head"] == "flatten"
+    assert check_encoder(enc, 32) == 16
+    # the same blob in two corners gives two different embeddings
+    x = torch.zeros(2, 1, 32, 32)
+    x[0, 0, 2:10, 2:10] = 1.0
+    x[1, 0, 22:30, 22:30] = 1.0
+    with torch.no_grad():
+        z = enc(x)
+    assert float(z[0] @ z[1]) < 0.999
+    # rebuilt from its config and state dict: identical embeddings
+    p = tmp_path / "enc.pt"
+    torch.save(enc.state_dict(), p)
+    again = load_encoder(p, enc.config)
+    with torch.no_grad():
+        np.testing.assert_allclose(again(x).numpy(), z.numpy(), atol=1e-6)
+    assert encoder_hash(again) == encoder_hash(enc)
+    with pytest.raises(EncoderError, match="head"):
+        build_encoder({"arch": "patch-cnn", "width": 8, "head": "attention"})
+    with pytest.raises(EncoderError, match="divisible"):
+        build_encoder({"arch": "patch-cnn", "width": 8, "patch_size": 36, "input_pool": 2, "head": "flatten"})

@@ -16,7 +16,9 @@ from siibra_anchor.anchoring import PlanePrior, _prior_hypotheses
 from siibra_anchor.errors import InvalidSectionError
 from siibra_anchor.series import (
     SeriesResult,
+    _choose_family,
     _Engine,
+    _fit,
     _joint,
     _Placement,
     fit_series,
@@ -214,6 +216,54 @@ def test_joint_series_reanchors_a_wrong_placement(mni_reference, small_series):
     assert ind.flags == [["independent"]] * 4 and ind.diagnostics["n_disagree"] == 1
     r2 = sa.AnchoringResult.from_dict(res[2].to_dict())
     assert r2.diagnostics["flags"] == ["outlier-reanchored"]
+
+
+def test_two_families_the_images_choose_the_true_series(mni_reference):
+    """Half the sections placed on the true series, half on a consistent but wrong one (20 mm along the
+    normal, with higher confidences so that the geometric fit follows it): the summed NMI of all
+    sections on each family's planes picks the true one, and the joint result is right everywhere."""
+    from dataclasses import replace
+
+    sims, nums, thick = simulated_series(replace(SPEC, n_cut=6, seed=11))
+    assert len(sims) == 6
+    sections = [s.section for s in sims]
+    numbers = np.asarray(nums, float)
+    first = []
+    for i, sim in enumerate(sims):
+        aff = sim.true_affine.copy()
+        conf = 0.8
+        if i % 2 == 1:  # the wrong family, more confident
+            n = aff[:3, 2] / np.linalg.norm(aff[:3, 2])
+            aff[:3, 3] = aff[:3, 3] + 20.0 * n
+            conf = 0.9
+        first.append(sa.AnchoringResult(affine=aff, space="mni152", confidence=conf, mask=sim.section.mask))
+    ok = [True] * 6
+    cent = [tissue_centroid_px(s.mask) for s in sections]
+    model = _fit(first, ok, cent, sections, numbers, thick, 0)
+    assert list(np.flatnonzero(model.inliers)) == [1, 3, 5]  # geometry alone follows the wrong family
+    chosen, fams = _choose_family(model, first, ok, cent, sections, numbers, thick, 0, _Engine(None, 1), mni_reference)
+    assert list(np.flatnonzero(chosen.inliers)) == [0, 2, 4]
+    assert [f["chosen"] for f in fams] == [False, True]
+    assert fams[1]["nmi_gain_sum"] > fams[0]["nmi_gain_sum"] + 0.1
+    kw = dict(n_patches=150, flipped=False, seed=0)
+    res = _joint(sections, numbers, thick, first, _Engine(None, 1), mni_reference, None, kw, True, 0, {})
+    errs = [section_error(r.affine, s.true_affine, s.section.mask) for r, s in zip(res, sims, strict=True)]
+    assert max(errs) < 5.0, errs
+    assert res.diagnostics["families"][1]["chosen"]
+    # one family only: nothing to choose, no extra work
+    same, none = _choose_family(
+        _fit([*first[::2]], [True] * 3, cent[::2], sections[::2], numbers[::2], thick, 0),
+        [*first[::2]],
+        [True] * 3,
+        cent[::2],
+        sections[::2],
+        numbers[::2],
+        thick,
+        0,
+        _Engine(None, 1),
+        mni_reference,
+    )
+    assert none == [] and same.inliers.all()
 
 
 def test_dask_engine_on_a_local_two_worker_cluster(mni_reference, small_series):

@@ -117,6 +117,9 @@ class TrainConfig(_Strict):
     tilt_deg: float = Field(default=20.0, ge=0, le=90)
     inplane_rotation_deg: float = Field(default=180.0, ge=0, le=180)
     mirror_prob: float = Field(default=0.5, ge=0, le=1)
+    #: each plane is cut with pixels (1 + u) times the working spacing, u uniform in +-scale_jitter: a
+    #: section's stated pixel size is often off by 10-20% (shrinkage, wrong metadata)
+    scale_jitter: float = Field(default=0.0, ge=0, lt=0.5)
     mix_volumes: bool = True
     batch_size: int = Field(default=256, ge=2)
     groups: int = Field(default=8, ge=0)

@@ -273,6 +273,7 @@ class PlanePatchSampler:
         inplane_rotation_deg: float = 180.0,
         mirror_prob: float = 0.5,
         orientation: str = "canonical",
+        scale_jitter: float = 0.0,
         groups: int = 8,
         planes_per_group: int = 4,
         group_radius_mm: float = 15.0,
@@ -296,6 +297,9 @@ class PlanePatchSampler:
             orientation=str(orientation),
         )
         random_plane_frames(np.random.default_rng(0), 1, **self.frame_args)  # validate early
+        if not 0.0 <= scale_jitter < 0.5:
+            raise TrainConfigError(f"scale_jitter must be in [0, 0.5), got {scale_jitter}")
+        self.scale_jitter = float(scale_jitter)
         self.groups = int(groups)
         self.planes_per_group = int(planes_per_group)
         self.group_radius_mm = float(group_radius_mm)
@@ -313,7 +317,8 @@ class PlanePatchSampler:
         self._centre = np.mean([c for c, _ in cr], axis=0)
         radius = max(r + float(np.linalg.norm(c - self._centre)) for c, r in cr)
         half = radius + self.context_px * spec.spacing_mm / 2.0
-        self.plane_px = int(math.ceil(2 * half / spec.spacing_mm)) + 1
+        # planes cut with smaller pixels (scale jitter) still cover the brain
+        self.plane_px = int(math.ceil(2 * half / (spec.spacing_mm * (1.0 - self.scale_jitter)))) + 1
 
     # -- random draws on the host --------------------------------------------------------------------------
     def _random_tissue_point(self, rng: np.random.Generator, vol: int) -> NDArray:
@@ -349,6 +354,11 @@ class PlanePatchSampler:
         normal = np.cross(rows, cols)
         # centre each plane on the brain centre projected onto it, so the whole section is normalised
         centres = self._centre - ((self._centre - points) * normal).sum(1, keepdims=True) * normal
+        # pixel-size error: rows/cols become steps of (1 + u) working pixels (world positions follow)
+        px = np.ones((n, 1))
+        if self.scale_jitter > 0:
+            px = 1.0 + rng.uniform(-self.scale_jitter, self.scale_jitter, (n, 1))
+            rows, cols = rows * px, cols * px
         imgs = torch.zeros(n, size, size, device=self.device)
         masks = torch.zeros(n, size, size, dtype=torch.bool, device=self.device)
         for v in np.unique(vols):
@@ -364,10 +374,14 @@ class PlanePatchSampler:
         if radius_mm is not None:
             c = (size - 1) / 2.0
             pr = torch.as_tensor(
-                ((points - centres) * rows).sum(1) / spacing + c, dtype=torch.float32, device=self.device
+                ((points - centres) * rows).sum(1) / (spacing * px[:, 0] ** 2) + c,
+                dtype=torch.float32,
+                device=self.device,
             )
             pc = torch.as_tensor(
-                ((points - centres) * cols).sum(1) / spacing + c, dtype=torch.float32, device=self.device
+                ((points - centres) * cols).sum(1) / (spacing * px[:, 0] ** 2) + c,
+                dtype=torch.float32,
+                device=self.device,
             )
             ii = torch.arange(size, device=self.device, dtype=torch.float32)
             d2 = (ii[None, :, None] - pr[:, None, None]) ** 2 + (ii[None, None, :] - pc[:, None, None]) ** 2

@@ -465,6 +465,7 @@ def _train(cfg: TrainConfig, d: _Dist, device: torch.device, resume: bool, comma
             inplane_rotation_deg=cfg.inplane_rotation_deg,
             mirror_prob=cfg.mirror_prob,
             orientation=cfg.orientation,
+            scale_jitter=cfg.scale_jitter,
             groups=cfg.groups,
             planes_per_group=cfg.planes_per_group,
             group_radius_mm=cfg.group_radius_mm,
