@@ -184,11 +184,18 @@ def _canonical_hypotheses(
     pair_n = normals[ref.plane_ids[ref_idx]]
     binw = threshold_mm / 2.0
     out: list[SectionMap] = []
-    done: list[NDArray] = []
-    for n0 in normals:
-        if any(abs(float(n0 @ d)) > 0.99 for d in done):
+    # the plane orientations of the matched reference patches, most matched first; at most three (a
+    # reference cut along many orientations, e.g. from registered sections, votes on its main ones)
+    orients: list[tuple[float, NDArray]] = []
+    for n0 in normals[np.unique(ref.plane_ids[ref_idx])]:
+        if any(abs(float(n0 @ d)) > 0.99 for _, d in orients):
             continue
-        done.append(n0)
+        orients.append((float(w[np.abs(pair_n @ n0) > 0.99].sum()), n0))
+    orients.sort(key=lambda x: -x[0])
+    total = max(float(w.sum()), 1e-12)
+    for weight, n0 in orients[:3]:
+        if weight < 0.05 * total:
+            continue
         sel = np.abs(pair_n @ n0) > 0.99
         if sel.sum() < 3:
             continue

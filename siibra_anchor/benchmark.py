@@ -908,6 +908,13 @@ def format_table(report: dict[str, Any]) -> str:
                 f"{name:<14}{_f(m['median_mm'], '.1f'):>10}{_f(m['p90_mm'], '.1f'):>9}{tk[0]:>7.2f}{tk[4]:>7.2f}"
                 f"{tk[9]:>8.2f}{tk[-1]:>8.2f}{m['n']:>7}"
             )
+        for name, m in report["patch_level"].items():
+            if "median_mm_by_orientation" in m:
+                by = ", ".join(f"{k} {v:.1f}" for k, v in m["median_mm_by_orientation"].items())
+                lines.append(
+                    f"  {name}: median by orientation {by} mm; "
+                    f"{_f(m['median_mm_mirror_tolerant'], '.1f')} mm if the mirror across the midline counts"
+                )
     cal = report["calibration"]
     lines += [
         "",

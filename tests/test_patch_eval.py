@@ -32,3 +32,8 @@ def test_trained_encoder_beats_raw_pixels_on_an_unseen_contrast(mni_reference):
     assert np.all(np.diff(default["topk"]) >= 0)  # a cumulative curve
     assert default["median_mm"] < 0.5 * base["median_mm"]
     assert default["topk"][9] > base["topk"][9]
+    assert set(default["median_mm_by_orientation"]) == {"coronal", "axial"}
+    assert default["median_mm_mirror_tolerant"] <= default["median_mm"]
+    e = np.asarray(default["errors_mm"])
+    assert min(default["median_mm_by_orientation"].values()) <= np.median(e)
+    assert max(default["median_mm_by_orientation"].values()) >= np.median(e)
