@@ -498,3 +498,31 @@ def test_training_from_registered_sections_through_a_patch_store(mni, tmp_path):
         assert r["steps"] == 3 and np.isfinite(r["final_loss"])
     with pytest.raises(TrainConfigError, match="mm/px"):
         train({**base, "patch": {"spacing_mm": 1.5, "size_px": 16}, "patch_stores": [str(store)]})
+
+
+def test_compare_encoders_on_benchmark_sections(tmp_path, capsys):
+    """The comparison tool: a shipped name and a trained encoder.pt (with its encoder.json) measured on the
+    same benchmark sections; a tampered file is refused by its sha256."""
+    import shutil
+    from importlib import resources
+
+    from siibra_anchor.training.compare import load_any_encoder, main
+
+    from siibra_anchor.encoders import default_manifest
+    from siibra_anchor.errors import WeightsChecksumError
+
+    name = "patch-cnn-w24-d128-pool2-flat-cpu1h"
+    entry = default_manifest()["encoders"][name]
+    pt = tmp_path / "encoder.pt"
+    shutil.copyfile(str(resources.files("siibra_anchor") / "weights" / entry["file"]), pt)
+    (tmp_path / "encoder.json").write_text(json.dumps({"config": entry["config"], "sha256": entry["sha256"]}))
+    out = tmp_path / "cmp.json"
+    assert main(["patch-cnn-w24-d128-pool2-v2", str(pt), "--cases", "2", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    a, b = res["patch-cnn-w24-d128-pool2-v2"], res[str(pt)]
+    assert a["n_patches"] == b["n_patches"] > 20  # the same sections
+    assert 0 < a["patch_median_mm"] < 200 and 0 < b["patch_median_mm"] < 200
+    assert "patch top-1 median" in capsys.readouterr().out
+    pt.write_bytes(pt.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(WeightsChecksumError):
+        load_any_encoder(str(pt))

@@ -530,6 +530,7 @@ def _train(cfg: TrainConfig, d: _Dist, device: torch.device, resume: bool, comma
         except ImportError:
             bar = None
     ckdir = out / "checkpoints"
+    source = _git_info()  # the code that trains, read now: the tree may change while a long run goes on
     t0 = time.perf_counter() - elapsed0
     loss_sum, loss_n, step, stopped_early = 0.0, 0, start, False
     last_loss = float("nan")
@@ -641,7 +642,7 @@ def _train(cfg: TrainConfig, d: _Dist, device: torch.device, resume: bool, comma
         "patch_spec": {"spacing_mm": spec.spacing_mm, "size_px": spec.size_px},
         "trained_by": command,
         "command": command,
-        **_git_info(),
+        **source,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "steps": step,
         "stopped_early": stopped_early,

@@ -1,0 +1,110 @@
+"""Compare encoders on the benchmark's sections: patch level and whole sections, without the rest of the
+benchmark (minutes instead of half an hour).
+
+    python -m siibra_anchor.training.compare patch-cnn-w24-d128-pool2-v2 runs/cpu_hour/encoder.pt [--sections]
+
+Each argument is a shipped encoder name or a trained ``encoder.pt`` (its ``encoder.json`` beside it). Patch
+level: :func:`siibra_anchor.patch_eval.patch_metrics` on ``benchmark.simulated_set(48, 2026)`` (what
+``siibra-anchor benchmark`` reports as "patch level"). With ``--sections``: ``sa.anchor`` on each section
+with the benchmark's hints; median, p90 and failure rate (> 10 mm) of the section error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["compare_encoders", "load_any_encoder", "main"]
+
+
+def load_any_encoder(name: str) -> Any:
+    """A shipped encoder by name, or a trained ``encoder.pt`` with the ``encoder.json`` the trainer wrote."""
+    from siibra_anchor.encoders import load_default_encoder, load_encoder
+
+    p = Path(name)
+    if p.suffix == ".pt":
+        manifest = json.loads(p.with_suffix(".json").read_text())
+        return load_encoder(p, manifest["config"], sha256=manifest.get("sha256")).eval()
+    return load_default_encoder(name).eval()
+
+
+def compare_encoders(names: list[str], sections: bool = False, cases: int = 48, seed: int = 2026) -> dict[str, Any]:
+    """Figures per encoder (see the module docstring); the same sections for every encoder."""
+    import siibra_anchor as sa
+    from siibra_anchor.benchmark import _hints, _make, simulated_set
+    from siibra_anchor.patch_eval import patch_metrics
+    from siibra_anchor.reference import Reference
+    from siibra_anchor.simulate import section_error
+
+    specs = simulated_set(48, seed)[:cases]
+    sims = [_make(c) for c in specs]
+    out: dict[str, Any] = {}
+    for name in names:
+        enc = load_any_encoder(name)
+        ref = Reference.from_space("mni152", encoder=enc)
+        pm = patch_metrics(sims, ref, enc)
+        r: dict[str, Any] = {
+            "patch_median_mm": pm["median_mm"],
+            "patch_p90_mm": pm["p90_mm"],
+            "top1": pm["topk"][0],
+            "top10": pm["topk"][9],
+            "top50": pm["topk"][-1],
+            "patch_median_mm_by_orientation": pm["median_mm_by_orientation"],
+            "n_patches": pm["n"],
+        }
+        if sections:
+            errs, times = [], []
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                for c, s in zip(specs, sims, strict=True):
+                    t = time.perf_counter()
+                    res = sa.anchor(s.section, reference=ref, encoder=enc, seed=0, **_hints(c, s))
+                    times.append(time.perf_counter() - t)
+                    errs.append(section_error(res.affine, s.true_affine, s.section.mask))
+            e = np.asarray(errs)
+            r.update(
+                section_median_mm=float(np.median(e)),
+                section_p90_mm=float(np.percentile(e, 90)),
+                failure_rate=float(np.mean(e > 10.0)),
+                failing_cases=[int(i) for i in np.flatnonzero(e > 10.0)],
+                median_time_s=float(np.median(times)),
+            )
+        out[name] = r
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m siibra_anchor.training.compare", description=__doc__.split("\n")[0])
+    ap.add_argument("encoders", nargs="+", help="shipped encoder names or encoder.pt files")
+    ap.add_argument("--sections", action="store_true", help="also anchor every section (a few minutes each)")
+    ap.add_argument("--cases", type=int, default=48, help="the first N sections of the benchmark set")
+    ap.add_argument("--json", help="write the figures here too")
+    a = ap.parse_args(argv)
+    res = compare_encoders(a.encoders, sections=a.sections, cases=a.cases)
+    for name, r in res.items():
+        line = (
+            f"{name}: patch top-1 median {r['patch_median_mm']:.1f} mm, p90 {r['patch_p90_mm']:.1f} mm, "
+            f"top-1 {r['top1']:.2f}, top-10 {r['top10']:.2f}, top-50 {r['top50']:.2f} ({r['n_patches']} patches)"
+        )
+        if "section_median_mm" in r:
+            line += (
+                f"; sections median {r['section_median_mm']:.2f} mm, p90 {r['section_p90_mm']:.2f} mm, "
+                f"failures {100 * r['failure_rate']:.1f}% {r['failing_cases']}"
+            )
+        print(line)
+    if a.json:
+        from siibra_anchor.cache import atomic_file
+
+        with atomic_file(a.json, suffix=".json") as tmp:
+            Path(tmp).write_text(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
