@@ -352,10 +352,10 @@ def _cmd_benchmark_scaling(ns: argparse.Namespace) -> int:
     _print(format_table(rep))
     if ns.doc:
         from .cache import atomic_write_text
-        from .scaling import format_markdown, plot_scaling
+        from .scaling import format_markdown, plot_scaling, with_hand_written
 
         png = plot_scaling(rep, Path(ns.doc).parent / "scaling.png")
-        atomic_write_text(ns.doc, format_markdown(rep, png_name=png.name))
+        atomic_write_text(ns.doc, with_hand_written(format_markdown(rep, png_name=png.name), ns.doc))
         _print(f"wrote {ns.doc} and {png}")
     return 0
 

@@ -576,6 +576,20 @@ def format_table(rep: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+#: In docs/scaling.md, what follows this line is written by hand and kept when the report is regenerated.
+HAND_WRITTEN_MARK = "<!-- written by hand below this line: benchmark-scaling --doc keeps it -->"
+
+
+def with_hand_written(generated: str, path: str | Path) -> str:
+    """``generated`` followed by the hand-written part of the file at ``path`` (from
+    :data:`HAND_WRITTEN_MARK` on), if it has one; a regenerated report keeps its notes."""
+    p = Path(path)
+    old = p.read_text() if p.is_file() else ""
+    if HAND_WRITTEN_MARK not in old:
+        return generated
+    return generated.rstrip("\n") + "\n\n" + old[old.index(HAND_WRITTEN_MARK) :]
+
+
 def format_markdown(rep: dict[str, Any], png_name: str = "scaling.png") -> str:
     """docs/scaling.md: command, machine, date, the tables and the figure."""
     mc = rep["machine"]

@@ -151,5 +151,17 @@ def test_scaling_report_renders_tables_and_curves(tmp_path):
         and "![scaling curves](s.png)" in md
     )
     assert "| 8 |" in format_table(rep)
+    # regenerating the committed doc keeps its hand-written part, and only that
+    from siibra_anchor.scaling import HAND_WRITTEN_MARK, with_hand_written
+
+    doc = Path(__file__).parents[1] / "docs" / "scaling.md"
+    committed = doc.read_text()
+    assert HAND_WRITTEN_MARK in committed
+    merged = with_hand_written(md, doc)
+    assert merged.startswith(md.rstrip("\n")) and merged.endswith(committed[committed.index(HAND_WRITTEN_MARK) :])
+    assert "## A 100k x 100k px section" in merged and merged.count("# Scaling: time and memory") == 1
+    plain = tmp_path / "plain.md"
+    plain.write_text("# old generated report only\n")
+    assert with_hand_written(md, plain) == md and with_hand_written(md, tmp_path / "missing.md") == md
     _, m = measure(lambda: np.ones(32 * 2**20 // 8).sum())  # 32 MiB allocated and freed inside
     assert m["peak_rss_mib"] >= m["rss_before_mib"] and m["time_s"] > 0
