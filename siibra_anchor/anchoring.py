@@ -21,7 +21,7 @@ from numpy.typing import NDArray
 from .affine_fit import SectionMap, constrain_affine, ransac_section, similarity_fit
 from .errors import EmptyMaskError, EncoderError, ImageTooSmallError, InvalidSectionError, LowConfidenceWarning
 from .patches import grid_centres, normalize_intensity, rotation_angles
-from .planes import section_affine
+from .planes import plane_basis, section_affine
 from .result import AnchoringResult
 from .section import Section
 from .views import PatchViews
@@ -93,6 +93,23 @@ class PlanePrior:
         return cos >= np.cos(np.deg2rad(self.max_angle_deg)) and abs(off) <= self.tolerance_mm
 
 
+def _in_plane_frames(
+    n: NDArray, e1: NDArray, e2: NDArray, angles: Any, px_mm: float, flipped: bool | None
+) -> list[NDArray]:
+    """(3, 2) linear maps of a section lying in the plane of unit normal ``n`` (basis ``e1, e2``): rows
+    along each of ``angles`` (radians from ``e1``), pixels of ``px_mm``, both handednesses
+    (``cross(row, col) = +-n``, the + side first), less those the mounting hint ``flipped`` rules out."""
+    out = []
+    for sign in (1.0, -1.0):
+        for a in angles:
+            r = np.cos(a) * e1 + np.sin(a) * e2
+            lin = px_mm * np.stack([r, sign * np.cross(n, r)], axis=1)
+            if flipped is not None and mounting_mirrored(SectionMap(lin, np.zeros(3))) != bool(flipped):
+                continue
+            out.append(lin)
+    return out
+
+
 def _prior_hypotheses(
     prior: PlanePrior,
     rc: NDArray,
@@ -112,41 +129,31 @@ def _prior_hypotheses(
 
     n = np.asarray(prior.normal, float)
     n = n / np.linalg.norm(n)
-    e1 = np.cross(n, [1.0, 0.0, 0.0] if abs(n[0]) < 0.9 else [0.0, 1.0, 0.0])
-    e1 /= np.linalg.norm(e1)
-    e2 = np.cross(n, e1)
+    e1, e2 = plane_basis(n)
     if prior.row_dir is not None:
         r0 = np.asarray(prior.row_dir, float)
         r0 = r0 - (r0 @ n) * n
         angles = [float(np.arctan2(r0 @ e2, r0 @ e1))]
     else:
         angles = list(np.linspace(0.0, 2 * np.pi, 36, endpoint=False))
-    s = spacing * prior.scale
     binw = threshold_mm / 2.0
     found: list[tuple[float, SectionMap]] = []
-    for sign in (1.0, -1.0):
-        for a in angles:
-            r = np.cos(a) * e1 + np.sin(a) * e2
-            c = sign * np.cross(n, r)  # cross(r, c) = sign * n
-            lin = s * np.stack([r, c], axis=1)
-            m0 = SectionMap(lin, np.zeros(3))
-            if flipped is not None and mounting_mirrored(m0) != bool(flipped):
-                continue
-            t = xyz - rc @ lin.T
-            u = np.stack([t @ e1, t @ e2], axis=1)
-            lo = u.min(axis=0)
-            ij = np.floor((u - lo) / binw).astype(int)
-            grid = np.zeros(ij.max(axis=0) + 1)
-            np.add.at(grid, (ij[:, 0], ij[:, 1]), w)
-            grid = ndimage.uniform_filter(grid, size=3, mode="constant") * 9.0
-            b = np.unravel_index(int(np.argmax(grid)), grid.shape)
-            centre = lo + (np.array(b) + 0.5) * binw
-            near = np.linalg.norm(u - centre, axis=1) < threshold_mm
-            if not near.any():
-                continue
-            uc = (w[near, None] * u[near]).sum(axis=0) / max(float(w[near].sum()), 1e-12)
-            tr = uc[0] * e1 + uc[1] * e2 + prior.offset_mm * n
-            found.append((float(grid[b]), SectionMap(lin, tr, score=float(grid[b]))))
+    for lin in _in_plane_frames(n, e1, e2, angles, spacing * prior.scale, flipped):
+        t = xyz - rc @ lin.T
+        u = np.stack([t @ e1, t @ e2], axis=1)
+        lo = u.min(axis=0)
+        ij = np.floor((u - lo) / binw).astype(int)
+        grid = np.zeros(ij.max(axis=0) + 1)
+        np.add.at(grid, (ij[:, 0], ij[:, 1]), w)
+        grid = ndimage.uniform_filter(grid, size=3, mode="constant") * 9.0
+        b = np.unravel_index(int(np.argmax(grid)), grid.shape)
+        centre = lo + (np.array(b) + 0.5) * binw
+        near = np.linalg.norm(u - centre, axis=1) < threshold_mm
+        if not near.any():
+            continue
+        uc = (w[near, None] * u[near]).sum(axis=0) / max(float(w[near].sum()), 1e-12)
+        tr = uc[0] * e1 + uc[1] * e2 + prior.offset_mm * n
+        found.append((float(grid[b]), SectionMap(lin, tr, score=float(grid[b]))))
     found.sort(key=lambda x: -x[0])
     return [m for _, m in found[:n_keep]]
 
@@ -200,37 +207,31 @@ def _canonical_hypotheses(
         if sel.sum() < 3:
             continue
         n = n0 * (1.0 if float(pair_n[sel][0] @ n0) > 0 else -1.0)
-        e1 = np.cross(n, [1.0, 0.0, 0.0] if abs(n[0]) < 0.9 else [0.0, 1.0, 0.0])
-        e1 /= np.linalg.norm(e1)
-        e2 = np.cross(n, e1)
+        e1, e2 = plane_basis(n)
         r_s, x_s, w_s = rc[sel], xyz[sel], w[sel]
+        cell = np.array([binw, binw, normal_bin_mm])
         found: list[tuple[float, SectionMap]] = []
-        for sign in (1.0, -1.0):
-            for a in np.linspace(0.0, 2 * np.pi, n_angles, endpoint=False):
-                r = np.cos(a) * e1 + np.sin(a) * e2
-                lin = spacing * np.stack([r, sign * np.cross(n, r)], axis=1)
-                if flipped is not None and mounting_mirrored(SectionMap(lin, np.zeros(3))) != bool(flipped):
+        angles = np.linspace(0.0, 2 * np.pi, n_angles, endpoint=False)
+        for lin in _in_plane_frames(n, e1, e2, angles, spacing, flipped):
+            t = x_s - r_s @ lin.T
+            tu = np.stack([t @ e1, t @ e2, t @ n], axis=1)  # translation in (e1, e2, n), mm
+            u = tu / cell
+            lo = np.floor(u.min(axis=0))
+            ijk = (u - lo).astype(int)
+            grid = np.zeros(ijk.max(axis=0) + 1)
+            np.add.at(grid, (ijk[:, 0], ijk[:, 1], ijk[:, 2]), w_s)
+            grid = ndimage.uniform_filter(grid, size=3, mode="constant") * 27.0
+            for f in np.argsort(grid, axis=None)[::-1][:n_keep]:
+                b = np.array(np.unravel_index(int(f), grid.shape))
+                centre = (lo + b + 0.5) * cell
+                near = (np.linalg.norm(tu[:, :2] - centre[:2], axis=1) < threshold_mm) & (
+                    np.abs(tu[:, 2] - centre[2]) < 2 * normal_bin_mm
+                )
+                if not near.any():
                     continue
-                t = x_s - r_s @ lin.T
-                u = np.stack([t @ e1 / binw, t @ e2 / binw, t @ n / normal_bin_mm], axis=1)
-                lo = np.floor(u.min(axis=0))
-                ijk = (u - lo).astype(int)
-                grid = np.zeros(ijk.max(axis=0) + 1)
-                np.add.at(grid, (ijk[:, 0], ijk[:, 1], ijk[:, 2]), w_s)
-                grid = ndimage.uniform_filter(grid, size=3, mode="constant") * 27.0
-                flat = np.argsort(grid, axis=None)[::-1][:n_keep]
-                for f in flat:
-                    b = np.array(np.unravel_index(int(f), grid.shape))
-                    centre = (lo + b + 0.5) * np.array([binw, binw, normal_bin_mm])
-                    tu = np.stack([t @ e1, t @ e2, t @ n], axis=1)
-                    near = (np.linalg.norm(tu[:, :2] - centre[:2], axis=1) < threshold_mm) & (
-                        np.abs(tu[:, 2] - centre[2]) < 2 * normal_bin_mm
-                    )
-                    if not near.any():
-                        continue
-                    uc = (w_s[near, None] * tu[near]).sum(axis=0) / max(float(w_s[near].sum()), 1e-12)
-                    tr = uc[0] * e1 + uc[1] * e2 + uc[2] * n
-                    found.append((float(grid[tuple(b)]), SectionMap(lin, tr, score=float(grid[tuple(b)]))))
+                uc = (w_s[near, None] * tu[near]).sum(axis=0) / max(float(w_s[near].sum()), 1e-12)
+                tr = uc[0] * e1 + uc[1] * e2 + uc[2] * n
+                found.append((float(grid[tuple(b)]), SectionMap(lin, tr, score=float(grid[tuple(b)]))))
         found.sort(key=lambda x: -x[0])
         out += [m for _, m in found[:n_keep]]
     return out

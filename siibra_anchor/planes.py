@@ -33,6 +33,16 @@ CANONICAL_PLANES: dict[str, tuple[NDArray[np.float64], NDArray[np.float64]]] = {
 }
 
 
+def plane_basis(normal: ArrayLike) -> tuple[NDArray, NDArray]:
+    """Two unit vectors ``(e1, e2)`` spanning the plane orthogonal to ``normal`` (normalised here), with
+    ``cross(normal, e1) = e2``: a fixed choice, the same for ``normal`` and ``-normal`` up to sign."""
+    n = np.asarray(normal, float)
+    n = n / max(float(np.linalg.norm(n)), 1e-12)
+    e1 = np.cross(n, [1.0, 0.0, 0.0] if abs(n[0]) < 0.9 else [0.0, 1.0, 0.0])
+    e1 = e1 / np.linalg.norm(e1)
+    return e1, np.cross(n, e1)
+
+
 def section_affine(linear: ArrayLike, translation: ArrayLike, thickness_mm: float | None = None) -> NDArray:
     """Build the (4, 4) section affine from the 2D->3D linear part and translation.
 

@@ -23,6 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .errors import AnchorError, AnchoringFailedError, InvalidSectionError
+from .planes import plane_basis
 from .result import AnchoringResult
 from .section import Section
 
@@ -34,12 +35,6 @@ log = logging.getLogger(__name__)
 # -- geometry of one placement ------------------------------------------------------------------------
 def _unit(v: NDArray) -> NDArray:
     return v / max(float(np.linalg.norm(v)), 1e-12)
-
-
-def _plane_basis(n: NDArray) -> tuple[NDArray, NDArray]:
-    """Two unit vectors spanning the plane orthogonal to unit ``n`` (a fixed, sign-insensitive choice)."""
-    e1 = _unit(np.cross(n, [1.0, 0.0, 0.0] if abs(n[0]) < 0.9 else [0.0, 1.0, 0.0]))
-    return e1, np.cross(n, e1)
 
 
 def tissue_centroid_px(mask: NDArray) -> NDArray:
@@ -101,7 +96,7 @@ class SeriesModel:
     angle_off_deg: NDArray = field(default_factory=lambda: np.zeros(0))
 
     def basis(self) -> tuple[NDArray, NDArray]:
-        return _plane_basis(self.normal)
+        return plane_basis(self.normal)
 
     def offset_mm(self, number: float) -> float:
         """Position along :attr:`normal` of the plane of section number ``number`` (mm)."""
@@ -219,7 +214,7 @@ def fit_series(
     sigma = float(max(1.4826 * _wmedian(np.abs(res[sub]), w[sub]), 0.25)) if sub.any() else offset_tol_mm
     ok_d_all = np.abs(res) <= max(offset_tol_mm, 3.0 * sigma)
     # in-plane orientation in the common plane's basis
-    e1, e2 = _plane_basis(n)
+    e1, e2 = plane_basis(n)
     ang = np.array([np.arctan2(p.row_dir @ e2, p.row_dir @ e1) for p in placements])
     base = sub if sub.any() else np.ones(len(k), bool)
     c = np.exp(1j * ang[base])
@@ -285,6 +280,16 @@ def snap_to_plane(
     return section_affine(new, centre - new @ centroid_px, float(np.linalg.norm(affine[:3, 2])))
 
 
+def _nmi_points(section: Section, reference: Any, seed: int) -> tuple[Any, NDArray]:
+    """The 2000 seeded tissue sample points the NMI scores use, at the reference's working spacing, and
+    the (2,) factor from original to working pixels."""
+    from .patches import normalize_intensity
+    from .refine import sample_points
+
+    img, msk, sc = section.at_spacing(reference.spec.spacing_mm)
+    return sample_points(normalize_intensity(img, msk), msk, 2000, np.random.default_rng(seed)), sc
+
+
 def refine_in_plane(
     section: Section, affine: NDArray, reference: Any, seed: int = 0, max_evals: int = 200
 ) -> tuple[NDArray, float]:
@@ -295,17 +300,14 @@ def refine_in_plane(
 
     from .affine_fit import SectionMap
     from .anchoring import _nmi_gain
-    from .patches import normalize_intensity
     from .planes import section_affine
-    from .refine import plane_nmi, sample_points
+    from .refine import plane_nmi
 
-    spec = reference.spec
-    img, msk, sc = section.at_spacing(spec.spacing_mm)
-    pts = sample_points(normalize_intensity(img, msk), msk, 2000, np.random.default_rng(seed))
+    pts, sc = _nmi_points(section, reference, seed)
     lin = affine[:3, :2] * sc[None, :]  # working pixels
     t = affine[:3, 3]
     n = _unit(np.cross(lin[:, 0], lin[:, 1]))
-    e1, e2 = _plane_basis(n)
+    e1, e2 = plane_basis(n)
     c_px = pts.rc.mean(axis=0)
     c0 = lin @ c_px + t
 
@@ -334,11 +336,8 @@ def placement_nmi_gain(section: Section, affine: NDArray, reference: Any, seed: 
     """NMI gain (over planes shifted 15 mm away) of ``section`` placed by ``affine``, without refinement."""
     from .affine_fit import SectionMap
     from .anchoring import _nmi_gain
-    from .patches import normalize_intensity
-    from .refine import sample_points
 
-    img, msk, sc = section.at_spacing(reference.spec.spacing_mm)
-    pts = sample_points(normalize_intensity(img, msk), msk, 2000, np.random.default_rng(seed))
+    pts, sc = _nmi_points(section, reference, seed)
     return float(_nmi_gain(pts, SectionMap(affine[:3, :2] * sc[None, :], affine[:3, 3]), reference))
 
 
