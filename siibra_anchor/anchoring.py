@@ -61,6 +61,8 @@ class AnchorParams:
     #: also vote for placements on the reference's canonical planes (see :func:`_canonical_hypotheses`);
     #: the wider second search switches it on
     canonical_votes: bool = False
+    #: densest vote cells kept per canonical orientation as hypotheses (each is re-matched and scored)
+    canonical_keep: int = 6
     #: global top-k search: "auto" (faiss from 1e6 reference patches if installed), "exact", "faiss", "faiss-hnsw"
     search: str = "auto"
 
@@ -616,6 +618,7 @@ def _anchor(
             spec.spacing_mm,
             flipped,
             p.ransac_threshold_mm,
+            n_keep=p.canonical_keep,
         )
         hyps = hyps + voted
     timings["match_s"] = time.perf_counter() - t0

@@ -408,6 +408,12 @@ def _json_safe(x: Any) -> Any:
     return x
 
 
+def _default_name() -> str:
+    from .encoders import default_manifest
+
+    return str(default_manifest()["default"])
+
+
 def run_benchmark(
     quick: bool = False,
     out: str | Path | None = None,
@@ -518,6 +524,7 @@ def run_benchmark(
             "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         },
         "encoder": getattr(enc, "config", {}),
+        "encoder_name": _default_name(),
         "reference": {"n_sections": ref.n_sections, "n_patches": ref.n_patches, "build_s": build_s},
         "time_per_section_s": {
             "median": float(np.median([r["time_s"] for r in rows])),
@@ -1003,7 +1010,7 @@ def format_markdown(report: dict[str, Any], figures_prefix: str = "benchmark-") 
         "Before the affine: the single patch match with the highest similarity, and every tissue pixel put at",
         "the centroid of all patches' best matches (global search over all in-plane angles, no truth used).",
         "",
-        f"Encoder: `{report['encoder']}`.",
+        f"Encoder: `{report.get('encoder_name') or report['encoder']}` (`{report['encoder']}`).",
         "",
         "```",
         format_table(report),

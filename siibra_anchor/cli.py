@@ -148,6 +148,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=2026)
     p.add_argument("--scheduler", default=None, help="run on Dask: 'local' or a scheduler address")
     p.add_argument("--workers", type=int, default=2, help="workers of a local Dask cluster")
+    p.add_argument(
+        "--no-template-floor",
+        action="store_true",
+        help="skip the affine registration of each source volume onto the reference (the template floor)",
+    )
     p.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars")
     return ap
 
@@ -478,7 +483,13 @@ def _cmd_benchmark_series(ns: argparse.Namespace) -> int:
     if ns.scheduler:
         _quiet_dask(ns)
     rep = run_series_benchmark(
-        quick=ns.quick, out=ns.out, seed=ns.seed, scheduler=ns.scheduler, n_workers=ns.workers, progress=not ns.quiet
+        quick=ns.quick,
+        out=ns.out,
+        seed=ns.seed,
+        scheduler=ns.scheduler,
+        n_workers=ns.workers,
+        progress=not ns.quiet,
+        template_floor=not ns.no_template_floor,
     )
     _print(format_series_table(rep))
     return 0

@@ -11,6 +11,7 @@ and the joint ones are both scored, so the baseline is measured in the same run 
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import time
 from dataclasses import asdict, dataclass
@@ -18,9 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .section import Section
 from .simulate import SimulatedSection, section_error, simulate_section
+
+log = logging.getLogger(__name__)
 
 __all__ = ["SeriesSpec", "simulated_series", "damage", "run_series_benchmark", "format_series_table"]
 
@@ -170,6 +174,29 @@ def _stats(errors: list[float]) -> dict[str, float]:
     }
 
 
+def _registration(volume: str) -> NDArray | None:
+    """Affine map of ``volume``'s world onto the reference's anatomy (None without SimpleITK)."""
+    from .baselines.sitk import SitkUnavailableError
+    from .baselines.template_floor import register_volumes
+
+    try:
+        return register_volumes(volume, "mni152")
+    except SitkUnavailableError as exc:
+        log.warning("no template floor: %s", exc)
+        return None
+
+
+def _registered_stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Errors against the registered truth and the template floor, when they were measured."""
+    if not rows or "template_floor_mm" not in rows[0]:
+        return {}
+    return {
+        "template_floor": _stats([r["template_floor_mm"] for r in rows]),
+        "independent_registered": _stats([r["error_independent_registered_mm"] for r in rows]),
+        "joint_registered": _stats([r["error_joint_registered_mm"] for r in rows]),
+    }
+
+
 def run_series_benchmark(
     quick: bool = False,
     out: str | Path | None = None,
@@ -177,8 +204,14 @@ def run_series_benchmark(
     scheduler: Any = None,
     n_workers: int = 2,
     progress: bool = True,
+    template_floor: bool = True,
 ) -> dict[str, Any]:
-    """Run the benchmark; returns (and writes to ``out``/series_benchmark.json) every figure."""
+    """Run the benchmark; returns (and writes to ``out``/series_benchmark.json) every figure.
+
+    template_floor : also score every placement against the truth moved by an affine registration of the
+        series' source volume onto the reference, and report the distance between the two truths (the
+        template floor, :mod:`siibra_anchor.baselines.template_floor`); needs SimpleITK, skipped without.
+    """
     from .encoders import load_default_encoder
     from .reference import Reference
     from .series import anchor_series
@@ -208,11 +241,23 @@ def run_series_benchmark(
         )
         dt = time.perf_counter() - t
         tim = res.diagnostics["timings"]
+        reg = _registration(spec.volume) if template_floor else None
         for sim, r, num in zip(sims, res, nums, strict=True):
             ind = r.diagnostics["series"].get("independent_affine")
             e_ind = section_error(np.asarray(ind), sim.true_affine, sim.section.mask) if ind is not None else np.inf
+            floor: dict[str, float] = {}
+            if reg is not None:
+                t_reg = reg @ sim.true_affine
+                floor = {
+                    "template_floor_mm": section_error(t_reg, sim.true_affine, sim.section.mask),
+                    "error_independent_registered_mm": float(
+                        section_error(np.asarray(ind), t_reg, sim.section.mask) if ind is not None else np.inf
+                    ),
+                    "error_joint_registered_mm": section_error(r.affine, t_reg, sim.section.mask),
+                }
             rows.append(
                 {
+                    **floor,
                     "series": si,
                     "number": num,
                     "damage": sim.params.get("damage"),
@@ -237,6 +282,7 @@ def run_series_benchmark(
                 "model": mdl,
                 "independent": _stats([r["error_independent_mm"] for r in rows if r["series"] == si]),
                 "joint": _stats([r["error_joint_mm"] for r in rows if r["series"] == si]),
+                **_registered_stats([r for r in rows if r["series"] == si]),
                 "diagnostics": {k: v for k, v in res.diagnostics.items() if k != "timings"},
             }
         )
@@ -249,6 +295,7 @@ def run_series_benchmark(
         "joint": _stats([r["error_joint_mm"] for r in rows]),
         "damaged_independent": _stats([r["error_independent_mm"] for r in rows if r["damage"]]),
         "damaged_joint": _stats([r["error_joint_mm"] for r in rows if r["damage"]]),
+        **_registered_stats(rows),
         "time_per_section_independent_s": float(sum(s["time_independent_s"] for s in series_rows) / max(1, len(rows))),
         "time_per_section_joint_s": float(sum(s["time_s"] for s in series_rows) / max(1, len(rows))),
         "series": series_rows,
@@ -289,6 +336,17 @@ def format_series_table(report: dict[str, Any]) -> str:
     ):
         s = report[key]
         lines.append(f"{name:<28}{s['median_mm']:>10.2f}{s['p90_mm']:>10.2f}{s['failure_rate']:>10.0%}{s['n']:>6}")
+    if "template_floor" in report:
+        lines.append("")
+        lines.append("against the registered truth (the truth moved by an affine registration of the series' volume")
+        lines.append("onto the reference; the template floor is the distance between the two truths):")
+        for key, name in (
+            ("template_floor", "template floor"),
+            ("independent_registered", "independent anchoring"),
+            ("joint_registered", "joint series anchoring"),
+        ):
+            s = report[key]
+            lines.append(f"{name:<28}{s['median_mm']:>10.2f}{s['p90_mm']:>10.2f}{s['failure_rate']:>10.0%}{s['n']:>6}")
     lines.append("")
     lines.append("series: volume/plane/contrast, thickness known, sections, independent | joint median mm, fail; conf")
     for s in report["series"]:
@@ -297,6 +355,7 @@ def format_series_table(report: dict[str, Any]) -> str:
             f"  {s['volume']}/{s['orientation']}/{s['contrast']:<9} {'yes' if s['thickness_known'] else 'no ':<4}"
             f"{s['n_sections']:>3}   {a['median_mm']:.2f} {a['failure_rate']:.0%} | {b['median_mm']:.2f} "
             f"{b['failure_rate']:.0%}; series confidence {s['confidence']:.2f}"
+            + (f"; template floor {s['template_floor']['median_mm']:.2f}" if "template_floor" in s else "")
         )
     f = report["flagged_disagree"]
     lines.append(

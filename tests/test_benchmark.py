@@ -88,6 +88,49 @@ def test_sitk_baseline_registers_an_easy_section():
     assert section_error(aff, sim.true_affine, sim.section.mask) < 5.0
 
 
+def test_template_floor_registration_recovers_a_known_motion(tmp_path):
+    pytest.importorskip("SimpleITK")
+    import nibabel as nib
+    from scipy.spatial.transform import Rotation
+
+    from siibra_anchor.baselines.template_floor import register_volumes, template_floor_mm
+    from siibra_anchor.cache import cache_dir
+    from siibra_anchor.series_bench import _registered_stats
+    from siibra_anchor.templates import load_volume
+
+    data, aff = load_volume("mni152")
+    # the same voxels under a moved affine: the structure at p of the reference is at S p of the copy
+    motion = np.eye(4)
+    motion[:3, :3] = Rotation.from_euler("z", 2.0, degrees=True).as_matrix()
+    motion[:3, 3] = [3.0, -2.0, 1.0]
+    path = tmp_path / "moved.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(data), motion @ aff), path)
+    t = register_volumes(path, "mni152")
+    pts = np.c_[np.random.default_rng(1).uniform(-60, 60, (500, 3)), np.ones(500)]
+    assert np.abs(pts @ (t @ motion).T - pts).max() < 0.15  # moving -> fixed undoes the motion
+    entry = max(cache_dir("template-affines").glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
+    assert np.allclose(register_volumes(path, "mni152"), t)  # from the cache
+    entry.write_text("{ damaged")
+    assert np.allclose(register_volumes(path, "mni152"), t, atol=1e-6)  # recomputed, same seed
+    assert json.loads(entry.read_text())["moving_to_fixed"]
+    # the floor of a section cut from the moved copy: the motion's displacement over its tissue
+    sim = simulate_section(volume="mni152", orientation="axial", offset_mm=10.0, spacing_mm=1.0, seed=0)
+    floor = template_floor_mm(sim.true_affine, sim.section.mask, np.linalg.inv(motion))
+    assert floor == pytest.approx(
+        section_error(np.linalg.inv(motion) @ sim.true_affine, sim.true_affine, sim.section.mask)
+    )
+    assert 1.0 < floor < 6.0
+    rows = [
+        {"template_floor_mm": f, "error_independent_registered_mm": 2 * f, "error_joint_registered_mm": f / 2}
+        for f in (0.5, 1.0, 20.0)
+    ]
+    st = _registered_stats(rows)
+    assert st["template_floor"]["median_mm"] == 1.0 and st["joint_registered"]["median_mm"] == 0.5
+    assert st["independent_registered"]["failure_rate"] == pytest.approx(1 / 3)  # 40 mm > 10 mm
+    assert st["joint_registered"]["failure_rate"] == 0.0  # 10 mm is not a failure
+    assert _registered_stats([{"error_joint_mm": 1.0}]) == {}
+
+
 @pytest.mark.slow
 def test_small_benchmark_writes_every_figure_and_strict_json(tmp_path, mni_reference):
     cfg = BenchConfig(

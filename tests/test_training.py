@@ -26,7 +26,7 @@ from siibra_anchor.training.errors import TrainConfigError
 from siibra_anchor.training.losses import info_nce_loss, spatial_contrastive_loss
 from siibra_anchor.training.volumes import load_training_volumes
 
-from siibra_anchor.encoders import build_encoder, encoder_hash, load_encoder
+from siibra_anchor.encoders import build_encoder, encoder_hash, load_encoder, shipped_encoders
 from siibra_anchor.patches import PatchSpec
 from siibra_anchor.planes import CANONICAL_PLANES, cut_plane, plane_affine
 
@@ -391,6 +391,22 @@ def test_encoder_files_reload_identically(tiny_run):
         assert torch.equal(model(x), ref(x))
     assert encoder_hash(model) == res["encoder_hash"]
     assert (out / "curves.json").is_file() and (out / "curves.png").stat().st_size > 1000
+
+
+def test_init_weights_fine_tunes_from_a_trained_encoder(tiny_run, tmp_path):
+    from siibra_anchor.training.trainer import train
+
+    res, out = tiny_run
+    first = res["curves"]["train"][0]["loss"]  # a random init on the seed's first batch
+    ft = train(
+        {**TINY, "out_dir": str(tmp_path / "ft"), "steps": 2, "init_weights": str(out / "encoder.pt")}, command="x"
+    )
+    # the same first batch, scored by the trained weights: the loss starts where the tiny run ended
+    assert ft["curves"]["train"][0]["loss"] < first - 0.02
+    with pytest.raises(TrainConfigError, match="neither a shipped encoder nor a file"):
+        train({**TINY, "out_dir": str(tmp_path / "x"), "init_weights": "no-such-encoder"}, command="x")
+    with pytest.raises(TrainConfigError, match="do not fit"):  # the shipped default is a width-24 encoder
+        train({**TINY, "out_dir": str(tmp_path / "y"), "init_weights": shipped_encoders()[0]}, command="x")
 
 
 def test_resume_continues_from_checkpoint(tiny_run, tmp_path):

@@ -36,6 +36,7 @@ from torch import nn
 
 from siibra_anchor.cache import atomic_file, file_sha256
 from siibra_anchor.encoders import RawPixelEncoder, build_encoder
+from siibra_anchor.errors import AnchorError
 from siibra_anchor.patches import PatchSpec
 
 from .augment import default_pipeline
@@ -433,6 +434,29 @@ def train(
             dist.destroy_process_group()
 
 
+def _init_from(model: nn.Module, cfg: TrainConfig) -> None:
+    """Load ``cfg.init_weights`` (a shipped encoder's name or a weights/checkpoint path) into ``model``."""
+    from siibra_anchor.encoders import default_manifest, load_default_encoder, load_encoder
+
+    src = str(cfg.init_weights)
+    try:
+        if src in default_manifest()["encoders"]:
+            init = load_default_encoder(src)
+        elif Path(src).is_file():
+            init = load_encoder(src, cfg.encoder_config())
+        else:
+            raise TrainConfigError(
+                f"init_weights {src!r} is neither a shipped encoder nor a file; give a path to an encoder.pt or "
+                "a checkpoint, or a name from siibra_anchor.encoders.shipped_encoders()"
+            )
+        model.load_state_dict(init.state_dict())
+    except (RuntimeError, AnchorError) as exc:
+        if isinstance(exc, TrainConfigError):
+            raise
+        raise TrainConfigError(f"init_weights {src!r} do not fit the encoder {cfg.encoder_config()}: {exc}") from exc
+    log.info("initialised the encoder from %s", src)
+
+
 def _train(cfg: TrainConfig, d: _Dist, device: torch.device, resume: bool, command: str) -> dict[str, Any]:
     out = Path(cfg.out_dir)
     spec = PatchSpec(spacing_mm=cfg.patch.spacing_mm, size_px=cfg.patch.size_px, min_tissue=cfg.patch.min_tissue)
@@ -449,6 +473,8 @@ def _train(cfg: TrainConfig, d: _Dist, device: torch.device, resume: bool, comma
         raise TrainConfigError(f"encoder config {cfg.encoder_config()} is not accepted by the encoder: {exc}") from exc
     if not any(p.requires_grad for p in model.parameters()):
         raise TrainConfigError(f"encoder {cfg.encoder.arch!r} has no trainable parameters")
+    if cfg.init_weights:
+        _init_from(model, cfg)
     model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = WarmupCosine(opt, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
