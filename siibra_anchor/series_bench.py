@@ -212,6 +212,7 @@ def run_series_benchmark(
         series' source volume onto the reference, and report the distance between the two truths (the
         template floor, :mod:`siibra_anchor.baselines.template_floor`); needs SimpleITK, skipped without.
     """
+    from .baselines.template_floor import template_floor_mm
     from .encoders import load_default_encoder
     from .reference import Reference
     from .series import anchor_series
@@ -249,7 +250,7 @@ def run_series_benchmark(
             if reg is not None:
                 t_reg = reg @ sim.true_affine
                 floor = {
-                    "template_floor_mm": section_error(t_reg, sim.true_affine, sim.section.mask),
+                    "template_floor_mm": template_floor_mm(sim.true_affine, sim.section.mask, reg),
                     "error_independent_registered_mm": float(
                         section_error(np.asarray(ind), t_reg, sim.section.mask) if ind is not None else np.inf
                     ),
@@ -316,6 +317,10 @@ def run_series_benchmark(
     return report
 
 
+def _stats_line(name: str, s: dict[str, Any]) -> str:
+    return f"{name:<28}{s['median_mm']:>10.2f}{s['p90_mm']:>10.2f}{s['failure_rate']:>10.0%}{s['n']:>6}"
+
+
 def format_series_table(report: dict[str, Any]) -> str:
     """Human-readable summary of :func:`run_series_benchmark`'s report."""
     lines = [
@@ -325,17 +330,12 @@ def format_series_table(report: dict[str, Any]) -> str:
         ("independent", "independent anchoring", "time_per_section_independent_s"),
         ("joint", "joint series anchoring", "time_per_section_joint_s"),
     ):
-        s = report[key]
-        lines.append(
-            f"{name:<28}{s['median_mm']:>10.2f}{s['p90_mm']:>10.2f}{s['failure_rate']:>10.0%}{s['n']:>6}"
-            f"{report[tkey]:>10.2f}"
-        )
+        lines.append(_stats_line(name, report[key]) + f"{report[tkey]:>10.2f}")
     for key, name in (
         ("damaged_independent", "  damaged only, independent"),
         ("damaged_joint", "  damaged only, joint"),
     ):
-        s = report[key]
-        lines.append(f"{name:<28}{s['median_mm']:>10.2f}{s['p90_mm']:>10.2f}{s['failure_rate']:>10.0%}{s['n']:>6}")
+        lines.append(_stats_line(name, report[key]))
     if "template_floor" in report:
         lines.append("")
         lines.append("against the registered truth (the truth moved by an affine registration of the series' volume")
@@ -345,8 +345,7 @@ def format_series_table(report: dict[str, Any]) -> str:
             ("independent_registered", "independent anchoring"),
             ("joint_registered", "joint series anchoring"),
         ):
-            s = report[key]
-            lines.append(f"{name:<28}{s['median_mm']:>10.2f}{s['p90_mm']:>10.2f}{s['failure_rate']:>10.0%}{s['n']:>6}")
+            lines.append(_stats_line(name, report[key]))
     lines.append("")
     lines.append("series: volume/plane/contrast, thickness known, sections, independent | joint median mm, fail; conf")
     for s in report["series"]:

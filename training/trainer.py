@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -439,20 +440,18 @@ def _init_from(model: nn.Module, cfg: TrainConfig) -> None:
     from siibra_anchor.encoders import default_manifest, load_default_encoder, load_encoder
 
     src = str(cfg.init_weights)
+    if src in default_manifest()["encoders"]:
+        load = partial(load_default_encoder, src)
+    elif Path(src).is_file():
+        load = partial(load_encoder, src, cfg.encoder_config())
+    else:
+        raise TrainConfigError(
+            f"init_weights {src!r} is neither a shipped encoder nor a file; give a path to an encoder.pt or "
+            "a checkpoint, or a name from siibra_anchor.encoders.shipped_encoders()"
+        )
     try:
-        if src in default_manifest()["encoders"]:
-            init = load_default_encoder(src)
-        elif Path(src).is_file():
-            init = load_encoder(src, cfg.encoder_config())
-        else:
-            raise TrainConfigError(
-                f"init_weights {src!r} is neither a shipped encoder nor a file; give a path to an encoder.pt or "
-                "a checkpoint, or a name from siibra_anchor.encoders.shipped_encoders()"
-            )
-        model.load_state_dict(init.state_dict())
+        model.load_state_dict(load().state_dict())
     except (RuntimeError, AnchorError) as exc:
-        if isinstance(exc, TrainConfigError):
-            raise
         raise TrainConfigError(f"init_weights {src!r} do not fit the encoder {cfg.encoder_config()}: {exc}") from exc
     log.info("initialised the encoder from %s", src)
 
