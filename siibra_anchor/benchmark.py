@@ -414,6 +414,14 @@ def _default_name() -> str:
     return str(default_manifest()["default"])
 
 
+def training_volumes(encoder_name: str) -> list[str]:
+    """Keys of the volumes a shipped encoder was trained on (from ``weights/default.json``; [] if none)."""
+    from .encoders import default_manifest
+
+    entry = default_manifest()["encoders"].get(encoder_name, {})
+    return [str(v).split()[0] for v in entry.get("training_volumes", [])]
+
+
 def run_benchmark(
     quick: bool = False,
     out: str | Path | None = None,
@@ -573,6 +581,21 @@ def run_benchmark(
         classical = ClassicalFeatureEncoder()
         encs["classical"] = (Reference.from_space("mni152", encoder=classical), classical)
     report["patch_level"] = {name: patch_metrics(sims, *encs[name]) for name in cfg.patch_encoders}
+    # the same figures without the sections cut from a volume the default encoder was trained on
+    seen = training_volumes(report["encoder_name"])
+    held = [i for i, c in enumerate(cases) if c.volume not in seen]
+    report["held_out"] = {
+        "training_volumes": seen,
+        "cases": held,
+        "default": _stats([rows[i]["error_mm"] for i in held]),
+        "baseline_raw_pixel": _stats([rows[i]["error_raw_pixel_mm"] for i in held]),
+    }
+    for m in report["patch_level"].values():
+        in_held = np.isin(np.asarray(m["section"], int), held)
+        m["median_mm_held_out"] = (
+            float(np.median(np.asarray(m["errors_mm"])[in_held])) if in_held.any() else float("nan")
+        )
+        m["n_held_out"] = int(in_held.sum())
 
     # -- reference density: the same sections against sections along their own axis --------------------
     rng = np.random.default_rng(seed + 7)
@@ -899,6 +922,16 @@ def format_table(report: dict[str, Any]) -> str:
             _row("  " + k, s) + f"   | {_f(b['median_mm'], '.2f'):>7}{_f(b['p90_mm'], '.2f'):>8}"
             f"{_f(b['failure_rate'], '.0%'):>7}"
         )
+    if ho := report.get("held_out"):
+        lines.append(
+            f"held-out volumes only (not {', '.join(ho['training_volumes']) or '-'}, which the encoder was "
+            "trained on; default | raw-pixel baseline):"
+        )
+        b = ho["baseline_raw_pixel"]
+        lines.append(
+            _row("  held-out", ho["default"]) + f"   | {_f(b['median_mm'], '.2f'):>7}{_f(b['p90_mm'], '.2f'):>8}"
+            f"{_f(b['failure_rate'], '.0%'):>7}"
+        )
     lines.append("by section kind (default):")
     for k, s in report.get("by_damage", {}).items():
         if s["n"]:
@@ -922,6 +955,16 @@ def format_table(report: dict[str, Any]) -> str:
                     f"  {name}: median by orientation {by} mm; "
                     f"{_f(m['median_mm_mirror_tolerant'], '.1f')} mm if the mirror across the midline counts"
                 )
+        if any("median_mm_held_out" in m for m in report["patch_level"].values()):
+            lines.append(
+                "  held-out volumes only (sections cut from a volume the encoder was not trained on): "
+                + ", ".join(
+                    f"{name} {_f(m['median_mm_held_out'], '.1f')} mm"
+                    for name, m in report["patch_level"].items()
+                    if "median_mm_held_out" in m
+                )
+                + f" (n {next(iter(report['patch_level'].values())).get('n_held_out', 0)})"
+            )
     cal = report["calibration"]
     lines += [
         "",
@@ -1010,7 +1053,13 @@ def format_markdown(report: dict[str, Any], figures_prefix: str = "benchmark-") 
         "Before the affine: the single patch match with the highest similarity, and every tissue pixel put at",
         "the centroid of all patches' best matches (global search over all in-plane angles, no truth used).",
         "",
-        f"Encoder: `{report.get('encoder_name') or report['encoder']}` (`{report['encoder']}`).",
+        f"Encoder: `{report.get('encoder_name') or report['encoder']}` (`{report['encoder']}`)."
+        + (
+            f" It was trained on {', '.join(report['held_out']['training_volumes'])}; the *held-out* lines leave"
+            " out the sections cut from those volumes."
+            if report.get("held_out", {}).get("training_volumes")
+            else ""
+        ),
         "",
         "```",
         format_table(report),

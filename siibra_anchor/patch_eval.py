@@ -45,7 +45,8 @@ def patch_metrics(
     """Top-k accuracy curve and patch errors of ``encoder`` against ``ref`` on simulated sections.
 
     sims : :class:`~siibra_anchor.simulate.SimulatedSection` list; ref : a Reference built with ``encoder``.
-    Returns ``{"topk": (k_max,) list, "errors_mm": list, "median_mm", "p90_mm", "n"}``.
+    Returns ``{"topk": (k_max,) list, "errors_mm": list, "median_mm", "p90_mm", "n", "section": list}``
+    (``section``: for each error, the index in ``sims`` of the section it came from).
     """
     from .matching import topk_cosine
 
@@ -57,8 +58,9 @@ def patch_metrics(
     errors: list[float] = []
     errors_lr: list[float] = []
     orient: list[str] = []
+    section: list[int] = []
     n = 0
-    for sim in sims:
+    for si, sim in enumerate(sims):
         img, msk, scale = sim.section.at_spacing(spec.spacing_mm)
         true_w = sim.true_affine @ np.diag([scale[0], scale[1], 1.0, 1.0])
         cen = grid_centres(msk, spec)
@@ -95,6 +97,7 @@ def patch_metrics(
         errors.extend(e_true.tolist())
         errors_lr.extend(np.minimum(e_true, e_mirror).tolist())
         orient += [("sagittal", "coronal", "axial")[int(np.argmax(np.abs(m.normal)))]] * len(cen)
+        section += [si] * len(cen)
         n += len(cen)
     e = np.asarray(errors)
     o = np.asarray(orient)
@@ -108,6 +111,7 @@ def patch_metrics(
         "median_mm": med(e),
         "p90_mm": float(np.percentile(e, 90)) if e.size else float("nan"),
         "n": int(n),
+        "section": section,
         "median_mm_by_orientation": {k: med(e[o == k]) for k in ("coronal", "sagittal", "axial") if (o == k).any()},
         "median_mm_mirror_tolerant": med(np.asarray(errors_lr)),
     }

@@ -22,6 +22,7 @@ from siibra_anchor.benchmark import (
     load_set,
     run_benchmark,
     simulated_set,
+    training_volumes,
 )
 from siibra_anchor.simulate import section_error, simulate_section
 
@@ -135,7 +136,7 @@ def test_template_floor_registration_recovers_a_known_motion(tmp_path):
 def test_small_benchmark_writes_every_figure_and_strict_json(tmp_path, mni_reference):
     cfg = BenchConfig(
         name="test",
-        cases=(36,),
+        cases=(36, 38),  # 38 is cut from the white-matter map, a volume the default encoder was trained on
         memory_every=1,
         patch_encoders=("default", "raw-pixel"),
         density_counts=(5,),
@@ -148,15 +149,24 @@ def test_small_benchmark_writes_every_figure_and_strict_json(tmp_path, mni_refer
     )
     rep = run_benchmark(config=cfg, out=tmp_path, progress=False, reference=mni_reference)
     data = _strict_json(tmp_path / "benchmark.json")
-    assert data["config"]["name"] == "test" and len(data["cases"]) == 1
+    assert data["config"]["name"] == "test" and len(data["cases"]) == 2
     for key in ("default", "baseline_raw_pixel", "baseline_no_refine", "baseline_best_patch", "baseline_centroid"):
-        assert data[key]["n"] == 1 and data[key]["median_mm"] >= 0
+        assert data[key]["n"] == 2 and data[key]["median_mm"] >= 0
     assert data["cases"][0]["tears"] > 0
     ec = data["embed_ms_per_patch"]  # measured, never asserted against a time budget
     assert ec["default"] > 0 and ec["raw_pixel"] > 0 and ec["batch_size"] == 2048
     topk = data["patch_level"]["default"]["topk"]
     assert len(topk) == 50 and np.all(np.diff(topk) >= 0) and 0 <= topk[0] <= topk[-1] <= 1
-    assert sum(b["n"] for b in data["calibration"]["bins"]) == 1
+    # held out: only the section from a volume the encoder never saw, at section and at patch level
+    ho = data["held_out"]
+    assert ho["training_volumes"] == training_volumes(data["encoder_name"])
+    assert "mni152-2009a-wm" in ho["training_volumes"]
+    assert ho["cases"] == [0] and ho["default"]["median_mm"] == data["cases"][0]["error_mm"]
+    for m in data["patch_level"].values():
+        sec = np.asarray(m["section"])
+        assert len(sec) == m["n"] and set(sec) == {0, 1} and m["n_held_out"] == int((sec == 0).sum())
+        assert m["median_mm_held_out"] == pytest.approx(np.median(np.asarray(m["errors_mm"])[sec == 0]))
+    assert sum(b["n"] for b in data["calibration"]["bins"]) == 2
     assert [c["n_sections"] for c in data["density"]["curve"]] == [5]
     assert data["density"]["dense_3d"]["n_sections"] == mni_reference.n_sections
     sk = data["baseline_sitk"]
@@ -184,5 +194,7 @@ def test_small_benchmark_writes_every_figure_and_strict_json(tmp_path, mni_refer
     np.testing.assert_allclose(sims[0].true_affine, ref_sim.true_affine)
     text = format_table(rep)
     assert "SimpleITK" in text and "ambiguity" in text and "reference density" in text
+    assert "held-out volumes only (not mni152, mni152-2009a-wm" in text
     md = format_markdown(rep)
     assert md.startswith("# Benchmarks") and "benchmark-density.png" in md
+    assert "It was trained on mni152, mni152-2009a-wm; the *held-out* lines" in md

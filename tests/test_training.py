@@ -539,6 +539,15 @@ def test_compare_encoders_on_benchmark_sections(tmp_path, capsys):
     assert a["n_patches"] == b["n_patches"] > 20  # the same sections
     assert 0 < a["patch_median_mm"] < 200 and 0 < b["patch_median_mm"] < 200
     assert "patch top-1 median" in capsys.readouterr().out
+    # a sparser reference (its own density, its own patches) and an AnchorParams field for --sections
+    sparse = ["--n-sections", "8", "--stride-px", "6", "--sections", "--param", "k=4", "--json", str(out)]
+    assert main([str(pt), "--cases", "1", *sparse]) == 0
+    c = json.loads(out.read_text())[str(pt)]
+    assert 0 < c["reference_patches"] < b["reference_patches"] and c["section_median_mm"] >= 0
+    assert "median time" in capsys.readouterr().out
+    for bad in (["--param", "k"], ["--param", "nope=1"], ["--param", "k=x"], ["--param", "scale_range=1"]):
+        with pytest.raises(SystemExit):
+            main([str(pt), "--cases", "1", *bad])
     pt.write_bytes(pt.read_bytes()[:-10] + b"0123456789")
     with pytest.raises(WeightsChecksumError):
         load_any_encoder(str(pt))

@@ -2,11 +2,14 @@
 benchmark (minutes instead of half an hour).
 
     python -m siibra_anchor.training.compare patch-cnn-w24-d128-pool2-v2 runs/cpu_hour/encoder.pt [--sections]
+        [--n-sections 30] [--stride-px 4] [--param k=12 ...]
 
 Each argument is a shipped encoder name or a trained ``encoder.pt`` (its ``encoder.json`` beside it). Patch
 level: :func:`siibra_anchor.patch_eval.patch_metrics` on ``benchmark.simulated_set(48, 2026)`` (what
 ``siibra-anchor benchmark`` reports as "patch level"). With ``--sections``: ``sa.anchor`` on each section
-with the benchmark's hints; median, p90 and failure rate (> 10 mm) of the section error.
+with the benchmark's hints; median, p90 and failure rate (> 10 mm) of the section error. The reference
+is the default one (``Reference.from_space("mni152")``) unless ``--n-sections``/``--stride-px`` change its
+density; ``--param NAME=VALUE`` changes a field of :class:`~siibra_anchor.AnchorParams` for ``--sections``.
 """
 
 from __future__ import annotations
@@ -34,9 +37,23 @@ def load_any_encoder(name: str) -> Any:
     return load_default_encoder(name).eval()
 
 
-def compare_encoders(names: list[str], sections: bool = False, cases: int = 48, seed: int = 2026) -> dict[str, Any]:
-    """Figures per encoder (see the module docstring); the same sections for every encoder."""
+def compare_encoders(
+    names: list[str],
+    sections: bool = False,
+    cases: int = 48,
+    seed: int = 2026,
+    reference: dict[str, Any] | None = None,
+    params: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Figures per encoder (see the module docstring); the same sections for every encoder.
+
+    reference : keyword arguments of ``Reference.from_space`` (``n_sections``, ``stride_px``); default ones if None.
+    params : fields of :class:`~siibra_anchor.AnchorParams` that differ from the default, for ``sections``.
+    """
+    from dataclasses import replace
+
     import siibra_anchor as sa
+    from siibra_anchor.anchoring import AnchorParams
     from siibra_anchor.benchmark import _hints, _make, simulated_set
     from siibra_anchor.patch_eval import patch_metrics
     from siibra_anchor.reference import Reference
@@ -44,12 +61,14 @@ def compare_encoders(names: list[str], sections: bool = False, cases: int = 48, 
 
     specs = simulated_set(48, seed)[:cases]
     sims = [_make(c) for c in specs]
+    anchor_params = replace(AnchorParams(), **(params or {}))
     out: dict[str, Any] = {}
     for name in names:
         enc = load_any_encoder(name)
-        ref = Reference.from_space("mni152", encoder=enc)
+        ref = Reference.from_space("mni152", encoder=enc, **(reference or {}))
         pm = patch_metrics(sims, ref, enc)
         r: dict[str, Any] = {
+            "reference_patches": ref.n_patches,
             "patch_median_mm": pm["median_mm"],
             "patch_p90_mm": pm["p90_mm"],
             "top1": pm["topk"][0],
@@ -64,7 +83,7 @@ def compare_encoders(names: list[str], sections: bool = False, cases: int = 48, 
                 warnings.simplefilter("ignore")
                 for c, s in zip(specs, sims, strict=True):
                     t = time.perf_counter()
-                    res = sa.anchor(s.section, reference=ref, encoder=enc, seed=0, **_hints(c, s))
+                    res = sa.anchor(s.section, reference=ref, encoder=enc, seed=0, params=anchor_params, **_hints(c, s))
                     times.append(time.perf_counter() - t)
                     errs.append(section_error(res.affine, s.true_affine, s.section.mask))
             e = np.asarray(errs)
@@ -79,23 +98,58 @@ def compare_encoders(names: list[str], sections: bool = False, cases: int = 48, 
     return out
 
 
+def _parse_params(items: list[str], ap: argparse.ArgumentParser) -> dict[str, Any]:
+    """``["k=12", "refine=false"]`` -> AnchorParams fields with the type of their default (exits on a bad one)."""
+    from dataclasses import fields
+
+    from siibra_anchor.anchoring import AnchorParams
+
+    known = {f.name: getattr(AnchorParams(), f.name) for f in fields(AnchorParams)}
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in known or isinstance(known[key], tuple):
+            ap.error(f"--param {item!r}: expected NAME=VALUE with NAME a scalar AnchorParams field ({sorted(known)})")
+        default = known[key]
+        try:
+            if isinstance(default, bool):
+                if value.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(value)
+                out[key] = value.lower() in ("true", "1")
+            else:
+                out[key] = type(default)(value)
+        except ValueError:
+            ap.error(f"--param {item!r}: {value!r} is not a {type(default).__name__}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m siibra_anchor.training.compare", description=__doc__.split("\n")[0])
     ap.add_argument("encoders", nargs="+", help="shipped encoder names or encoder.pt files")
     ap.add_argument("--sections", action="store_true", help="also anchor every section (a few minutes each)")
     ap.add_argument("--cases", type=int, default=48, help="the first N sections of the benchmark set")
+    ap.add_argument("--n-sections", type=int, help="reference planes per orientation (default: the default reference)")
+    ap.add_argument("--stride-px", type=int, help="patch stride on the reference planes, working pixels")
+    ap.add_argument(
+        "--param", action="append", default=[], metavar="NAME=VALUE", help="an AnchorParams field, for --sections"
+    )
     ap.add_argument("--json", help="write the figures here too")
     a = ap.parse_args(argv)
-    res = compare_encoders(a.encoders, sections=a.sections, cases=a.cases)
+    reference = {k: v for k, v in (("n_sections", a.n_sections), ("stride_px", a.stride_px)) if v is not None}
+    res = compare_encoders(
+        a.encoders, sections=a.sections, cases=a.cases, reference=reference, params=_parse_params(a.param, ap)
+    )
     for name, r in res.items():
         line = (
             f"{name}: patch top-1 median {r['patch_median_mm']:.1f} mm, p90 {r['patch_p90_mm']:.1f} mm, "
-            f"top-1 {r['top1']:.2f}, top-10 {r['top10']:.2f}, top-50 {r['top50']:.2f} ({r['n_patches']} patches)"
+            f"top-1 {r['top1']:.2f}, top-10 {r['top10']:.2f}, top-50 {r['top50']:.2f} ({r['n_patches']} patches; "
+            f"reference {r['reference_patches']} patches)"
         )
         if "section_median_mm" in r:
             line += (
                 f"; sections median {r['section_median_mm']:.2f} mm, p90 {r['section_p90_mm']:.2f} mm, "
-                f"failures {100 * r['failure_rate']:.1f}% {r['failing_cases']}"
+                f"failures {100 * r['failure_rate']:.1f}% {r['failing_cases']}, "
+                f"median time {r['median_time_s']:.2f} s"
             )
         print(line)
     if a.json:
