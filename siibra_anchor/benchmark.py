@@ -885,6 +885,14 @@ def _row(name: str, s: dict[str, Any], width: int = 36) -> str:
     )
 
 
+def _row_vs_baseline(name: str, s: dict[str, Any], b: dict[str, Any]) -> str:
+    """:func:`_row` of ``s`` followed by the median, p90 and failure rate of the baseline ``b``."""
+    return (
+        _row(name, s)
+        + f"   | {_f(b['median_mm'], '.2f'):>7}{_f(b['p90_mm'], '.2f'):>8}{_f(b['failure_rate'], '.0%'):>7}"
+    )
+
+
 def format_table(report: dict[str, Any]) -> str:
     """Human-readable summary of :func:`run_benchmark`'s report."""
     ref = report["reference"]
@@ -918,20 +926,13 @@ def format_table(report: dict[str, Any]) -> str:
     lines.append("by test volume/contrast (default | raw-pixel baseline):")
     for k, s in report["by_contrast"].items():
         b = report["by_contrast_raw_pixel"][k]
-        lines.append(
-            _row("  " + k, s) + f"   | {_f(b['median_mm'], '.2f'):>7}{_f(b['p90_mm'], '.2f'):>8}"
-            f"{_f(b['failure_rate'], '.0%'):>7}"
-        )
+        lines.append(_row_vs_baseline("  " + k, s, b))
     if ho := report.get("held_out"):
         lines.append(
             f"held-out volumes only (not {', '.join(ho['training_volumes']) or '-'}, which the encoder was "
             "trained on; default | raw-pixel baseline):"
         )
-        b = ho["baseline_raw_pixel"]
-        lines.append(
-            _row("  held-out", ho["default"]) + f"   | {_f(b['median_mm'], '.2f'):>7}{_f(b['p90_mm'], '.2f'):>8}"
-            f"{_f(b['failure_rate'], '.0%'):>7}"
-        )
+        lines.append(_row_vs_baseline("  held-out", ho["default"], ho["baseline_raw_pixel"]))
     lines.append("by section kind (default):")
     for k, s in report.get("by_damage", {}).items():
         if s["n"]:
@@ -955,15 +956,12 @@ def format_table(report: dict[str, Any]) -> str:
                     f"  {name}: median by orientation {by} mm; "
                     f"{_f(m['median_mm_mirror_tolerant'], '.1f')} mm if the mirror across the midline counts"
                 )
-        if any("median_mm_held_out" in m for m in report["patch_level"].values()):
+        held = {name: m for name, m in report["patch_level"].items() if "median_mm_held_out" in m}
+        if held:
             lines.append(
                 "  held-out volumes only (sections cut from a volume the encoder was not trained on): "
-                + ", ".join(
-                    f"{name} {_f(m['median_mm_held_out'], '.1f')} mm"
-                    for name, m in report["patch_level"].items()
-                    if "median_mm_held_out" in m
-                )
-                + f" (n {next(iter(report['patch_level'].values())).get('n_held_out', 0)})"
+                + ", ".join(f"{name} {_f(m['median_mm_held_out'], '.1f')} mm" for name, m in held.items())
+                + f" (n {next(iter(held.values()))['n_held_out']})"
             )
     cal = report["calibration"]
     lines += [

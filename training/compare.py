@@ -104,7 +104,8 @@ def _parse_params(items: list[str], ap: argparse.ArgumentParser) -> dict[str, An
 
     from siibra_anchor.anchoring import AnchorParams
 
-    known = {f.name: getattr(AnchorParams(), f.name) for f in fields(AnchorParams)}
+    defaults = AnchorParams()
+    known = {f.name: getattr(defaults, f.name) for f in fields(defaults)}
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
