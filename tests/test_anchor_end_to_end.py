@@ -148,7 +148,7 @@ def test_small_block_with_mostly_wrong_matches_is_found_by_the_wider_search(mni_
     """Case 0 of the benchmark set: a 7 degree tilted coronal block (FSL MNI152, rotated 230 degrees)
     where only about one match in ten is right. With the shipped encoder `-cpuft` the first search misses
     it and the wider second search with votes on the canonical planes places it; the default encoder
-    (`-cpuft3`, fine-tuned further) places it too."""
+    (`-cpuft345-avg`, the weight average of three later fine-tuning rounds) places it too."""
     from siibra_anchor.benchmark import _hints, _make, simulated_set
     from siibra_anchor.encoders import load_default_encoder
 

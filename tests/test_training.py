@@ -539,6 +539,8 @@ def test_compare_encoders_on_benchmark_sections(tmp_path, capsys):
     assert a["n_patches"] == b["n_patches"] > 20  # the same sections
     assert 0 < a["patch_median_mm"] < 200 and 0 < b["patch_median_mm"] < 200
     assert "patch top-1 median" in capsys.readouterr().out
+    assert main([str(pt), "--cases", "2", "--seed", "2027", "--json", str(out)]) == 0  # fresh sections
+    assert json.loads(out.read_text())[str(pt)]["n_patches"] != b["n_patches"]
     # a sparser reference (its own density, its own patches) and an AnchorParams field for --sections
     sparse = ["--n-sections", "8", "--stride-px", "6", "--sections", "--param", "k=4", "--json", str(out)]
     assert main([str(pt), "--cases", "1", *sparse]) == 0
@@ -551,3 +553,51 @@ def test_compare_encoders_on_benchmark_sections(tmp_path, capsys):
     pt.write_bytes(pt.read_bytes()[:-10] + b"0123456789")
     with pytest.raises(WeightsChecksumError):
         load_any_encoder(str(pt))
+
+
+def test_weight_average_is_the_elementwise_mean_reloads_and_validates(tiny_run, tmp_path, capsys):
+    """``python -m siibra_anchor.training.average``: two encoders of one lineage (a tiny run and a fine-tune
+    of it) average to their element-wise mean, which reloads through the sha256 in its encoder.json and
+    scores on a config's validation set beside the raw-pixel baseline; one encoder, encoders of another
+    config and a file without its encoder.json are refused with a typed error."""
+    from siibra_anchor.training.average import average_encoders, average_state_dicts, main
+    from siibra_anchor.training.compare import load_any_encoder
+    from siibra_anchor.training.trainer import train
+
+    _, out = tiny_run
+    a = out / "encoder.pt"
+    ft = train({**TINY, "out_dir": str(tmp_path / "ft"), "steps": 3, "init_weights": str(a)}, command="x")
+    b = Path(ft["out_dir"]) / "encoder.pt"
+    cfg = tmp_path / "val.json"
+    val = {"queries": ["mni152-2009a-gm"], "ref_step_mm": 25, "ref_stride_px": 8, "n_queries": 20}
+    cfg.write_text(json.dumps({**TINY, "val": val}))
+    assert main([str(a), str(b), "--out", str(tmp_path / "avg"), "--validate", str(cfg)]) == 0
+    printed = capsys.readouterr().out
+    assert "mean of 2 encoders" in printed and "raw pixels" in printed
+    man = json.loads((tmp_path / "avg" / "encoder.json").read_text())
+    got = load_any_encoder(str(tmp_path / "avg" / "encoder.pt")).state_dict()  # checked against man["sha256"]
+    sa, sb = (load_any_encoder(str(p)).state_dict() for p in (a, b))
+    assert any(not torch.equal(sa[k], sb[k]) for k in sa)  # the fine-tune moved the weights
+    for k in sa:
+        torch.testing.assert_close(got[k], (sa[k].double() + sb[k].double()).div(2).to(sa[k].dtype))
+    assert [s["path"] for s in man["averaged_from"]] == [str(a), str(b)]
+    assert man["config"] == json.loads(a.with_suffix(".json").read_text())["config"]
+    v, base = man["val"], man["baseline_raw_pixel"]
+    assert v["per_volume"].keys() == base["per_volume"].keys() == {"mni152-2009a-gm"}
+    assert 0 < v["median_mm"] < 300 and 0 < base["median_mm"] < 300
+    # typed refusals
+    with pytest.raises(TrainConfigError, match="at least two"):
+        average_encoders([str(a)], tmp_path / "one")
+    with pytest.raises(TrainConfigError, match="different configs"):
+        average_encoders([str(a), "patch-cnn-w24-d128-pool2-v2"], tmp_path / "other")
+    with pytest.raises(TrainConfigError, match="neither"):
+        average_encoders([str(a), "raw-pixel"], tmp_path / "raw")
+    lone = tmp_path / "lone" / "encoder.pt"
+    lone.parent.mkdir()
+    shutil.copyfile(a, lone)
+    with pytest.raises(TrainConfigError, match="encoder.json"):
+        average_encoders([str(a), str(lone)], tmp_path / "lone_out")
+    with pytest.raises(TrainConfigError, match="shape"):
+        average_state_dicts([{"w": torch.zeros(2)}, {"w": torch.zeros(3)}])
+    assert main([str(a), "--out", str(tmp_path / "cli1")]) == 2
+    assert "at least two" in capsys.readouterr().err

@@ -6,6 +6,8 @@
 * :mod:`.config` -- the pydantic :class:`TrainConfig` (YAML/JSON).
 * :mod:`.trainer` -- :func:`train`: seeded, checkpointed, AMP on CUDA, DDP under ``torchrun``.
 * :mod:`.cli` -- :func:`main` behind ``python -m siibra_anchor.training``.
+* :mod:`.compare` -- encoders side by side on the benchmark's sections.
+* :mod:`.average` -- :func:`average_encoders`: the weight average of encoders of one lineage.
 
 Names load lazily: importing this package imports neither torch nor pydantic.
 """
@@ -28,6 +30,7 @@ _LAZY = {
     "write_patch_store": ".datasets",
     "default_pipeline": ".augment",
     "export_volumes": ".volumes",
+    "average_encoders": ".average",
 }
 
 __all__ = sorted(_LAZY)

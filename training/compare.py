@@ -2,11 +2,12 @@
 benchmark (minutes instead of half an hour).
 
     python -m siibra_anchor.training.compare patch-cnn-w24-d128-pool2-v2 runs/cpu_hour/encoder.pt [--sections]
-        [--n-sections 30] [--stride-px 4] [--param k=12 ...]
+        [--n-sections 30] [--stride-px 4] [--param k=12 ...] [--seed 2027]
 
 Each argument is a shipped encoder name or a trained ``encoder.pt`` (its ``encoder.json`` beside it). Patch
 level: :func:`siibra_anchor.patch_eval.patch_metrics` on ``benchmark.simulated_set(48, 2026)`` (what
-``siibra-anchor benchmark`` reports as "patch level"). With ``--sections``: ``sa.anchor`` on each section
+``siibra-anchor benchmark`` reports as "patch level"; ``--seed`` draws another set of the same kind, a check
+that a choice made on the benchmark's sections holds on fresh ones). With ``--sections``: ``sa.anchor`` on each section
 with the benchmark's hints; median, p90 and failure rate (> 10 mm) of the section error. The reference
 is the default one (``Reference.from_space("mni152")``) unless ``--n-sections``/``--stride-px`` change its
 density; ``--param NAME=VALUE`` changes a field of :class:`~siibra_anchor.AnchorParams` for ``--sections``.
@@ -129,6 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("encoders", nargs="+", help="shipped encoder names or encoder.pt files")
     ap.add_argument("--sections", action="store_true", help="also anchor every section (a few minutes each)")
     ap.add_argument("--cases", type=int, default=48, help="the first N sections of the benchmark set")
+    ap.add_argument(
+        "--seed",
+        type=int,
+        default=2026,
+        help="seed of the simulated set (2026: the benchmark's; another: fresh sections)",
+    )
     ap.add_argument("--n-sections", type=int, help="reference planes per orientation (default: the default reference)")
     ap.add_argument("--stride-px", type=int, help="patch stride on the reference planes, working pixels")
     ap.add_argument(
@@ -138,7 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     reference = {k: v for k, v in (("n_sections", a.n_sections), ("stride_px", a.stride_px)) if v is not None}
     res = compare_encoders(
-        a.encoders, sections=a.sections, cases=a.cases, reference=reference, params=_parse_params(a.param, ap)
+        a.encoders,
+        sections=a.sections,
+        cases=a.cases,
+        seed=a.seed,
+        reference=reference,
+        params=_parse_params(a.param, ap),
     )
     for name, r in res.items():
         line = (
