@@ -599,5 +599,12 @@ def test_weight_average_is_the_elementwise_mean_reloads_and_validates(tiny_run, 
         average_encoders([str(a), str(lone)], tmp_path / "lone_out")
     with pytest.raises(TrainConfigError, match="shape"):
         average_state_dicts([{"w": torch.zeros(2)}, {"w": torch.zeros(3)}])
+    with pytest.raises(TrainConfigError):  # a config for another encoder: refused before anything is written
+        average_encoders(
+            [str(a), str(b)],
+            tmp_path / "badval",
+            validate=Path(__file__).parents[1] / "training/configs/cpu_finetune5.yaml",
+        )
+    assert not (tmp_path / "badval").exists()
     assert main([str(a), "--out", str(tmp_path / "cli1")]) == 2
     assert "at least two" in capsys.readouterr().err

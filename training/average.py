@@ -97,6 +97,7 @@ def average_encoders(
     if any(c != configs[0] for c in configs[1:]):
         raise TrainConfigError(f"the encoders have different configs ({configs}); average only one config")
     state = average_state_dicts([m.state_dict() for m in models])
+    scores = _validate(state, configs[0], validate) if validate is not None else {}  # before anything is written
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_file(out / "encoder.pt", suffix=".pt") as tmp:
@@ -111,8 +112,7 @@ def average_encoders(
         "date": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
         "torch": torch.__version__,
     }
-    if validate is not None:
-        manifest.update(_validate(state, configs[0], validate))
+    manifest.update(scores)
     with atomic_file(out / "encoder.json", suffix=".json") as tmp:
         Path(tmp).write_text(json.dumps(manifest, indent=2))
     return manifest
