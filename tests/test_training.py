@@ -581,6 +581,7 @@ def test_weight_average_is_the_elementwise_mean_reloads_and_validates(tiny_run, 
     for k in sa:
         torch.testing.assert_close(got[k], (sa[k].double() + sb[k].double()).div(2).to(sa[k].dtype))
     assert [s["path"] for s in man["averaged_from"]] == [str(a), str(b)]
+    assert average_encoders([str(a), str(b)], tmp_path / "again")["sha256"] == man["sha256"]  # the same bytes
     assert man["config"] == json.loads(a.with_suffix(".json").read_text())["config"]
     v, base = man["val"], man["baseline_raw_pixel"]
     assert v["per_volume"].keys() == base["per_volume"].keys() == {"mni152-2009a-gm"}

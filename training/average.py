@@ -19,6 +19,7 @@ one start): they lie in one basin of the loss, so their mean does too. The encod
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 import time
@@ -100,8 +101,10 @@ def average_encoders(
     scores = _validate(state, configs[0], validate) if validate is not None else {}  # before anything is written
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()  # not the temporary file: torch.save names its archive after the file, so the bytes
+    torch.save(state, buf)  # (and the sha256) would differ from run to run for the same weights
     with atomic_file(out / "encoder.pt", suffix=".pt") as tmp:
-        torch.save(state, tmp)
+        Path(tmp).write_bytes(buf.getvalue())
     manifest: dict[str, Any] = {
         "name": "weight-average",
         "config": configs[0],
