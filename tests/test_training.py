@@ -360,6 +360,7 @@ def test_training_reduces_loss_and_is_reproducible(tiny_run, tmp_path):
     same = train({**TINY, "out_dir": str(tmp_path)}, command="pytest tiny")
     assert [r["loss"] for r in same["curves"]["train"]] == losses  # the same config repeats exactly
     assert same["encoder_hash"] == res["encoder_hash"]
+    assert same["sha256"] == res["sha256"]  # the same file bytes, so a retrained encoder matches its sha256
     other = train({**TINY, "out_dir": str(tmp_path / "b"), "steps": 3, "seed": 1}, command="x")
     assert [r["loss"] for r in other["curves"]["train"]] != losses[:3]  # the seed matters
 

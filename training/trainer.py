@@ -17,6 +17,7 @@ with ``encoder.json`` (config for ``build_encoder``, sha256, exact command, git 
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import json
 import logging
 import math
@@ -185,6 +186,17 @@ def _atomic_write_bytes(path: Path, writer: Any) -> None:
     """Call ``writer(tmp)`` on a temporary file next to ``path``, then rename it into place."""
     with atomic_file(path) as tmp:
         writer(str(tmp))
+
+
+def _torch_save(path: Path, obj: Any) -> None:
+    """``torch.save`` with the same bytes for the same tensors: serialised in memory, then written atomically.
+
+    Saved straight to the temporary file, the zip archive inside is named after that file, so the bytes and
+    the sha256 recorded for shipped weights would change from run to run.
+    """
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    _atomic_write_bytes(path, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -371,7 +383,7 @@ def _save_checkpoint(
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
-    _atomic_write_bytes(path, lambda tmp: torch.save(state, tmp))
+    _torch_save(path, state)
     ckpts = sorted(p for p in path.parent.iterdir() if _CKPT.match(p.name))
     for old in ckpts[:-keep]:
         old.unlink()
@@ -657,7 +669,7 @@ def _train(cfg: TrainConfig, d: _Dist, device: torch.device, resume: bool, comma
         )
     weights = out / "encoder.pt"
     state = {k: v.detach().cpu().float().contiguous() for k, v in model.state_dict().items()}
-    _atomic_write_bytes(weights, lambda tmp: torch.save(state, tmp))
+    _torch_save(weights, state)
     sha = file_sha256(weights)
     manifest = {
         "name": f"{cfg.encoder.arch}-w{cfg.encoder.width}-d{cfg.encoder.dim}-spatial-contrastive",
