@@ -19,8 +19,7 @@ one start): they lie in one basin of the loss, so their mean does too. The encod
 from __future__ import annotations
 
 import argparse
-import io
-import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -89,7 +88,9 @@ def average_encoders(
     names: list[str], out_dir: str | Path, validate: str | Path | None = None, command: str | None = None
 ) -> dict[str, Any]:
     """Average ``names`` into ``out_dir/encoder.pt`` and write ``encoder.json``; returns that manifest."""
-    from siibra_anchor.cache import atomic_file, file_sha256
+    from siibra_anchor.cache import file_sha256
+
+    from .trainer import _torch_save, _write_json
 
     if len(names) < 2:
         raise TrainConfigError(f"averaging needs at least two encoders, got {len(names)}")
@@ -101,23 +102,20 @@ def average_encoders(
     scores = _validate(state, configs[0], validate) if validate is not None else {}  # before anything is written
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()  # not the temporary file: torch.save names its archive after the file, so the bytes
-    torch.save(state, buf)  # (and the sha256) would differ from run to run for the same weights
-    with atomic_file(out / "encoder.pt", suffix=".pt") as tmp:
-        Path(tmp).write_bytes(buf.getvalue())
+    _torch_save(out / "encoder.pt", state)  # the trainer's writer: the same weights give the same bytes
     manifest: dict[str, Any] = {
         "name": "weight-average",
         "config": configs[0],
         "file": "encoder.pt",
         "sha256": file_sha256(out / "encoder.pt"),
         "averaged_from": list(sources),
-        "command": command or "python -m siibra_anchor.training.average " + " ".join(names) + f" --out {out_dir}",
+        "command": command
+        or shlex.join(["python", "-m", "siibra_anchor.training.average", *names, "--out", str(out_dir)]),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
         "torch": torch.__version__,
     }
     manifest.update(scores)
-    with atomic_file(out / "encoder.json", suffix=".json") as tmp:
-        Path(tmp).write_text(json.dumps(manifest, indent=2))
+    _write_json(out / "encoder.json", manifest)
     return manifest
 
 
@@ -159,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="folder for encoder.pt and encoder.json")
     ap.add_argument("--validate", metavar="CONFIG", help="score on this training config's validation set")
     a = ap.parse_args(argv)
-    cmd = "python -m siibra_anchor.training.average " + " ".join(sys.argv[1:] if argv is None else argv)
+    cmd = shlex.join(["python", "-m", "siibra_anchor.training.average", *(sys.argv[1:] if argv is None else argv)])
     try:
         man = average_encoders(a.encoders, a.out, validate=a.validate, command=cmd)
     except AnchorError as exc:  # TrainConfigError, a weights file that fails its sha256 or cannot be read
