@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,8 @@ __all__ = [
     "ClassicalFeatureEncoder",
     "build_encoder",
     "load_default_encoder",
+    "shipped_encoders",
+    "lineage_encoders",
     "load_encoder",
     "encoder_hash",
     "embed_patches",
@@ -200,33 +203,64 @@ def load_encoder(weights_path: Any, config: dict[str, Any], sha256: str | None =
 
 
 def default_manifest() -> dict[str, Any]:
-    """The shipped ``weights/default.json``: the encoders that ship, their files, sha256 and recipes."""
+    """The shipped ``weights/default.json``: every released encoder, its file, sha256 and recipe.
+
+    Entries with a ``repo_path`` are training intermediates (the default's lineage) kept in the git
+    repository only, so that the wheel carries a few MB of weights; see :func:`lineage_encoders`.
+    """
     with resources.files("siibra_anchor").joinpath("weights/default.json").open("r") as f:
         return json.load(f)
 
 
 def shipped_encoders() -> list[str]:
-    """Names of the encoders that ship with the package (the default first)."""
+    """Names of the encoders whose weights ship inside the package (the default first)."""
     man = default_manifest()
-    names = list(man["encoders"])
-    names.remove(man["default"])
+    names = [k for k, e in man["encoders"].items() if not e.get("repo_path") and k != man["default"]]
     return [man["default"], *names]
 
 
-def load_default_encoder(name: str | None = None) -> nn.Module:
-    """The package's default encoder (or the shipped encoder ``name``), checked against its sha256.
+def lineage_encoders() -> list[str]:
+    """Names of the recorded encoders kept in the git repository only (``training/lineage/``).
 
-    An entry without a ``file`` names a weight-free encoder (the raw-pixel baseline).
+    They are the default's training intermediates: loadable by name from a clone of the repository (or an
+    editable install of one), not from a wheel.
+    """
+    return [k for k, e in default_manifest()["encoders"].items() if e.get("repo_path")]
+
+
+#: the repository root when the package runs from a clone (an editable install); lineage weights live there
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_default_encoder(name: str | None = None) -> nn.Module:
+    """The package's default encoder (or the recorded encoder ``name``), checked against its sha256.
+
+    An entry without a ``file`` names a weight-free encoder (the raw-pixel baseline). An entry with a
+    ``repo_path`` (a lineage encoder, :func:`lineage_encoders`) is read from the repository clone the
+    package runs from; installed from a wheel it raises :class:`EncoderError` saying where to get it.
     """
     man = default_manifest()
     key = name or man["default"]
     if key not in man["encoders"]:
-        raise EncoderError(f"no shipped encoder {key!r}; shipped: {shipped_encoders()}")
+        raise EncoderError(
+            f"no recorded encoder {key!r}; in the package: {shipped_encoders()}; in the repository: "
+            f"{lineage_encoders()}"
+        )
     entry = man["encoders"][key]
     if not entry.get("file"):
         model = build_encoder(entry["config"])
         model.eval()
         return model
+    if entry.get("repo_path"):
+        local = REPO_ROOT / entry["repo_path"]
+        if not local.is_file():
+            raise EncoderError(
+                f"encoder {key!r} is a training intermediate kept in the siibra-anchor git repository "
+                f"({entry['repo_path']}, sha256 {entry['sha256']}), not in the installed package (looked in "
+                f"{REPO_ROOT}); install siibra-anchor from a clone (pip install -e .) to load it by name, or "
+                f"load the file with siibra_anchor.encoders.load_encoder(path, config)"
+            )
+        return load_encoder(local, entry["config"], sha256=entry.get("sha256"))
     path = resources.files("siibra_anchor").joinpath("weights/" + entry["file"])
     with resources.as_file(path) as p:
         return load_encoder(p, entry["config"], sha256=entry.get("sha256"))

@@ -10,12 +10,14 @@ import pytest
 import torch
 
 from siibra_anchor.encoders import (
+    REPO_ROOT,
     PatchEncoder,
     RawPixelEncoder,
     check_encoder,
     default_manifest,
     embed_patches,
     encoder_hash,
+    lineage_encoders,
     load_default_encoder,
     load_encoder,
     shipped_encoders,
@@ -23,12 +25,16 @@ from siibra_anchor.encoders import (
 from siibra_anchor.errors import EncoderError, WeightsChecksumError
 
 
-@pytest.mark.parametrize("name", shipped_encoders())
-def test_shipped_weights_match_their_sha256_and_load(name):
+@pytest.mark.parametrize("name", shipped_encoders() + lineage_encoders())
+def test_recorded_weights_match_their_sha256_and_load(name):
     entry = default_manifest()["encoders"][name]
     model = load_default_encoder(name)
     if entry["file"]:
-        data = resources.files("siibra_anchor").joinpath("weights/" + entry["file"]).read_bytes()
+        if entry.get("repo_path"):  # a lineage encoder: in the repository, not in the package
+            data = (REPO_ROOT / entry["repo_path"]).read_bytes()
+            assert not resources.files("siibra_anchor").joinpath("weights/" + entry["file"]).is_file()
+        else:
+            data = resources.files("siibra_anchor").joinpath("weights/" + entry["file"]).read_bytes()
         assert hashlib.sha256(data).hexdigest() == entry["sha256"]
         assert "trained_by" in entry and entry["trained_by"]
     x = torch.rand(5, 1, 32, 32)
@@ -36,6 +42,32 @@ def test_shipped_weights_match_their_sha256_and_load(name):
         z = model(x)
     assert z.shape[0] == 5
     np.testing.assert_allclose(z.norm(dim=1).numpy(), 1.0, rtol=1e-5)
+
+
+def test_every_weight_file_is_recorded_and_the_package_carries_a_few_mb():
+    """Each .pt in the package or in training/lineage/ has a manifest entry (and no entry points nowhere);
+    the package's weights stay a few MB."""
+    man = default_manifest()["encoders"]
+    pkg = resources.files("siibra_anchor").joinpath("weights")
+    in_pkg = sorted(p.name for p in pkg.iterdir() if p.name.endswith(".pt"))
+    in_repo = sorted(p.name for p in (REPO_ROOT / "training" / "lineage").glob("*.pt"))
+    assert in_pkg == sorted(e["file"] for e in man.values() if e.get("file") and not e.get("repo_path"))
+    assert in_repo == sorted(e["file"] for e in man.values() if e.get("repo_path"))
+    assert default_manifest()["default"] in shipped_encoders()
+    assert sum(pkg.joinpath(n).stat().st_size for n in in_pkg) < 6e6  # type: ignore[attr-defined]
+
+
+def test_a_lineage_encoder_outside_a_clone_says_where_to_get_it(monkeypatch, tmp_path):
+    """Installed from a wheel there is no training/lineage/: loading a lineage name explains, typed."""
+    import siibra_anchor.encoders as enc
+
+    name = lineage_encoders()[0]
+    monkeypatch.setattr(enc, "REPO_ROOT", tmp_path)  # where a wheel install would look: nothing there
+    with pytest.raises(EncoderError, match="git repository") as err:
+        enc.load_default_encoder(name)
+    assert "pip install -e ." in str(err.value) and default_manifest()["encoders"][name]["sha256"] in str(err.value)
+    with pytest.raises(EncoderError, match="no recorded encoder 'nope'"):
+        enc.load_default_encoder("nope")
 
 
 def test_default_is_the_trained_cnn():

@@ -408,6 +408,15 @@ def test_init_weights_fine_tunes_from_a_trained_encoder(tiny_run, tmp_path):
         train({**TINY, "out_dir": str(tmp_path / "x"), "init_weights": "no-such-encoder"}, command="x")
     with pytest.raises(TrainConfigError, match="do not fit"):  # the shipped default is a width-24 encoder
         train({**TINY, "out_dir": str(tmp_path / "y"), "init_weights": shipped_encoders()[0]}, command="x")
+    # a lineage encoder (training/lineage/ of a clone) where no clone is: the typed error says where it is
+    import siibra_anchor.encoders as enc
+
+    lineage = enc.lineage_encoders()[0]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(enc, "REPO_ROOT", tmp_path)
+        with pytest.raises(TrainConfigError, match="could not be loaded.*git repository"):
+            train({**TINY, "out_dir": str(tmp_path / "z"), "init_weights": lineage}, command="x")
+    assert not (tmp_path / "z" / "encoder.pt").exists()
 
 
 def test_resume_continues_from_checkpoint(tiny_run, tmp_path):

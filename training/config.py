@@ -136,8 +136,9 @@ class TrainConfig(_Strict):
     max_distance_sigmas: float | None = Field(default=3.0, gt=0)
     # optimisation
     encoder: EncoderConfig = EncoderConfig()
-    #: start from these weights instead of a random init (fine-tuning): a shipped encoder's name (see
-    #: ``siibra_anchor.encoders.shipped_encoders()``) or the path of an ``encoder.pt``/checkpoint; they must fit
+    #: start from these weights instead of a random init (fine-tuning): a recorded encoder's name (see
+    #: ``siibra_anchor.encoders.shipped_encoders()``; from a clone also ``lineage_encoders()``) or the path of
+    #: an ``encoder.pt``/checkpoint; they must fit
     #: ``encoder``. Ignored on ``--resume`` from a checkpoint of this run.
     init_weights: str | None = None
     lr: float = Field(default=2e-3, gt=0)

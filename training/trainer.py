@@ -448,7 +448,8 @@ def train(
 
 
 def _init_from(model: nn.Module, cfg: TrainConfig) -> None:
-    """Load ``cfg.init_weights`` (a shipped encoder's name or a weights/checkpoint path) into ``model``."""
+    """Load ``cfg.init_weights`` (a recorded encoder's name: shipped or, from a clone, a lineage one; or a
+    weights/checkpoint path) into ``model``."""
     from siibra_anchor.encoders import default_manifest, load_default_encoder, load_encoder
 
     src = str(cfg.init_weights)
@@ -459,10 +460,14 @@ def _init_from(model: nn.Module, cfg: TrainConfig) -> None:
     else:
         raise TrainConfigError(
             f"init_weights {src!r} is neither a shipped encoder nor a file; give a path to an encoder.pt or "
-            "a checkpoint, or a name from siibra_anchor.encoders.shipped_encoders()"
+            "a checkpoint, or a name from siibra_anchor.encoders.shipped_encoders() or lineage_encoders()"
         )
     try:
-        model.load_state_dict(load().state_dict())
+        source = load()
+    except AnchorError as exc:  # weights that do not fit, a checksum that fails, a lineage name outside a clone
+        raise TrainConfigError(f"init_weights {src!r} could not be loaded: {exc}") from exc
+    try:
+        model.load_state_dict(source.state_dict())
     except (RuntimeError, AnchorError) as exc:
         raise TrainConfigError(f"init_weights {src!r} do not fit the encoder {cfg.encoder_config()}: {exc}") from exc
     log.info("initialised the encoder from %s", src)
