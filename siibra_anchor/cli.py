@@ -240,7 +240,8 @@ def _cmd_demo(ns: argparse.Namespace) -> int:
     try:
         url = res.neuroglancer_url()
     except ImportError as exc:  # the viewer extra is optional
-        _print(f"neuroglancer: not available ({exc}); pip install 'siibra-anchor[viewer]'")
+        hint = "" if "pip install" in str(exc) else "; pip install 'siibra-anchor[viewer]'"
+        _print(f"neuroglancer: not available ({exc}){hint}")
     else:
         (out / "neuroglancer_url.txt").write_text(url + "\n")
         _print(f"neuroglancer {out / 'neuroglancer_url.txt'}")

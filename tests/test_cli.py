@@ -74,3 +74,19 @@ def test_cli_demo_reports_error_against_truth(tmp_path, mni_reference):
     err = float(line.split()[1])
     assert err < 4.0, p.stdout
     assert (tmp_path / "demo" / "result.json").is_file()
+    assert (tmp_path / "demo" / "neuroglancer_url.txt").read_text().startswith("http")
+
+
+def test_cli_demo_without_the_viewer_extra_says_how_to_get_it_once(tmp_path, mni_reference):
+    """Installed without [viewer] (neuroglancer cannot be imported): the demo still anchors and writes its
+    result, and says once how to install the viewer."""
+    code = (
+        "import sys; sys.modules['neuroglancer'] = None; from siibra_anchor.cli import main; "
+        f"sys.exit(main(['--quiet', 'demo', '--out', {str(tmp_path / 'demo')!r}]))"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert p.returncode == 0, p.stderr
+    line = [x for x in p.stdout.splitlines() if x.startswith("neuroglancer")][0]
+    assert "not available" in line and line.count("pip install 'siibra-anchor[viewer]'") == 1, line
+    assert (tmp_path / "demo" / "result.json").is_file()
+    assert not (tmp_path / "demo" / "neuroglancer_url.txt").exists()
