@@ -222,8 +222,8 @@ def shipped_encoders() -> list[str]:
 def lineage_encoders() -> list[str]:
     """Names of the recorded encoders kept in the git repository only (``training/lineage/``).
 
-    They are the default's training intermediates: loadable by name from a clone of the repository (or an
-    editable install of one), not from a wheel.
+    They are the default's training intermediates and superseded models: loadable by name from a clone of
+    the repository (or an editable install of one), not from a wheel.
     """
     return [k for k, e in default_manifest()["encoders"].items() if e.get("repo_path")]
 
@@ -255,7 +255,7 @@ def load_default_encoder(name: str | None = None) -> nn.Module:
         local = REPO_ROOT / entry["repo_path"]
         if not local.is_file():
             raise EncoderError(
-                f"encoder {key!r} is a training intermediate kept in the siibra-anchor git repository "
+                f"encoder {key!r} (a training intermediate or a superseded model) is kept in the siibra-anchor git repository "
                 f"({entry['repo_path']}, sha256 {entry['sha256']}), not in the installed package (looked in "
                 f"{REPO_ROOT}); install siibra-anchor from a clone (pip install -e .) to load it by name, or "
                 f"load the file with siibra_anchor.encoders.load_encoder(path, config)"

@@ -319,6 +319,17 @@ def test_config_validation_and_files(tmp_path):
         assert set(c.volumes) <= set(VOLUMES) and set(c.val.queries).isdisjoint(c.volumes)
 
 
+def test_every_recorded_encoder_names_a_config_that_builds_it():
+    """Each recorded encoder trained by a config names that config, and the config builds that encoder."""
+    from siibra_anchor.encoders import default_manifest
+
+    trained = {k: e for k, e in default_manifest()["encoders"].items() if e.get("steps")}
+    assert "patch-cnn-w24-d128-pool2-cpu1h" in trained
+    for name, entry in trained.items():
+        cfg = load_config(CONFIGS.parent.parent / entry["config_file"])
+        assert cfg.encoder_config() == entry["config"], name
+
+
 # -- trainer -----------------------------------------------------------------------------------------------
 
 TINY = {
@@ -537,7 +548,7 @@ def test_compare_encoders_on_benchmark_sections(tmp_path, capsys):
     from siibra_anchor.encoders import default_manifest
     from siibra_anchor.errors import WeightsChecksumError
 
-    name = "patch-cnn-w24-d128-pool2-flat-cpu1h"
+    name = "patch-cnn-w24-d128-pool2-cpu1h"
     entry = default_manifest()["encoders"][name]
     pt = tmp_path / "encoder.pt"
     shutil.copyfile(str(resources.files("siibra_anchor") / "weights" / entry["file"]), pt)
