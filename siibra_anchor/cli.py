@@ -239,9 +239,8 @@ def _cmd_demo(ns: argparse.Namespace) -> int:
     _print(f"result      {out / 'result.json'}")
     try:
         url = res.neuroglancer_url()
-    except ImportError as exc:  # the viewer extra is optional
-        hint = "" if "pip install" in str(exc) else "; pip install 'siibra-anchor[viewer]'"
-        _print(f"neuroglancer: not available ({exc}){hint}")
+    except ImportError as exc:  # the viewer extra is optional; the viewer's error says how to install it
+        _print(f"neuroglancer: not available ({exc})")
     else:
         (out / "neuroglancer_url.txt").write_text(url + "\n")
         _print(f"neuroglancer {out / 'neuroglancer_url.txt'}")

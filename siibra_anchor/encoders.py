@@ -205,8 +205,8 @@ def load_encoder(weights_path: Any, config: dict[str, Any], sha256: str | None =
 def default_manifest() -> dict[str, Any]:
     """The shipped ``weights/default.json``: every released encoder, its file, sha256 and recipe.
 
-    Entries with a ``repo_path`` are training intermediates (the default's lineage) kept in the git
-    repository only, so that the wheel carries a few MB of weights; see :func:`lineage_encoders`.
+    Entries with a ``repo_path`` (the default's training intermediates and superseded models) are kept in
+    the git repository only, so that the wheel carries a few MB of weights; see :func:`lineage_encoders`.
     """
     with resources.files("siibra_anchor").joinpath("weights/default.json").open("r") as f:
         return json.load(f)
@@ -255,8 +255,8 @@ def load_default_encoder(name: str | None = None) -> nn.Module:
         local = REPO_ROOT / entry["repo_path"]
         if not local.is_file():
             raise EncoderError(
-                f"encoder {key!r} (a training intermediate or a superseded model) is kept in the siibra-anchor git repository "
-                f"({entry['repo_path']}, sha256 {entry['sha256']}), not in the installed package (looked in "
+                f"encoder {key!r} (a training intermediate or a superseded model) is kept in the siibra-anchor "
+                f"git repository ({entry['repo_path']}, sha256 {entry['sha256']}), not in the installed package (looked in "
                 f"{REPO_ROOT}); install siibra-anchor from a clone (pip install -e .) to load it by name, or "
                 f"load the file with siibra_anchor.encoders.load_encoder(path, config)"
             )

@@ -47,13 +47,14 @@ def test_recorded_weights_match_their_sha256_and_load(name):
 def test_every_weight_file_is_recorded_and_the_package_carries_a_few_mb():
     """Each .pt in the package or in training/lineage/ has a manifest entry (and no entry points nowhere);
     the package's weights stay a few MB."""
-    man = default_manifest()["encoders"]
+    manifest = default_manifest()
+    man = manifest["encoders"]
     pkg = resources.files("siibra_anchor").joinpath("weights")
     in_pkg = sorted(p.name for p in pkg.iterdir() if p.name.endswith(".pt"))
     in_repo = sorted(p.name for p in (REPO_ROOT / "training" / "lineage").glob("*.pt"))
     assert in_pkg == sorted(e["file"] for e in man.values() if e.get("file") and not e.get("repo_path"))
     assert in_repo == sorted(e["file"] for e in man.values() if e.get("repo_path"))
-    assert default_manifest()["default"] in shipped_encoders()
+    assert manifest["default"] in shipped_encoders()
     assert sum(pkg.joinpath(n).stat().st_size for n in in_pkg) < 6e6  # type: ignore[attr-defined]
 
 

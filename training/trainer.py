@@ -468,7 +468,7 @@ def _init_from(model: nn.Module, cfg: TrainConfig) -> None:
         raise TrainConfigError(f"init_weights {src!r} could not be loaded: {exc}") from exc
     try:
         model.load_state_dict(source.state_dict())
-    except (RuntimeError, AnchorError) as exc:
+    except RuntimeError as exc:
         raise TrainConfigError(f"init_weights {src!r} do not fit the encoder {cfg.encoder_config()}: {exc}") from exc
     log.info("initialised the encoder from %s", src)
 
