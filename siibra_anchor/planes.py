@@ -15,7 +15,9 @@ from scipy import ndimage
 from .errors import InvalidSectionError
 
 __all__ = [
+    "AXIS_OF_PLANE",
     "CANONICAL_PLANES",
+    "world_bbox",
     "section_affine",
     "plane_affine",
     "sample_volume",
@@ -135,3 +137,17 @@ def cut_plane(
     rr, cc = np.meshgrid(np.arange(h, dtype=float), np.arange(w, dtype=float), indexing="ij")
     pts = pixel_to_world(affine, rr, cc).reshape(h, w, 3)
     return sample_volume(data, vol_affine, pts, order=order, cval=cval)
+
+
+#: world axis (x, y, z = 0, 1, 2) each canonical plane is normal to
+AXIS_OF_PLANE = {"sagittal": 0, "coronal": 1, "axial": 2}
+
+
+def world_bbox(mask: NDArray, affine: NDArray) -> tuple[NDArray, NDArray]:
+    """World (mm) bounding box ``(lo (3,), hi (3,))`` of the voxels of a 3D bool ``mask`` under the voxel ->
+    world ``affine`` (4, 4): the extremes of the eight corner voxel centres of its index box."""
+    ijk = np.argwhere(mask)
+    lo, hi = ijk.min(axis=0), ijk.max(axis=0)
+    corners = np.array([[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])], float)
+    w = corners @ affine[:3, :3].T + affine[:3, 3]
+    return w.min(axis=0), w.max(axis=0)

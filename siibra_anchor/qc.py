@@ -428,8 +428,10 @@ def _bright_background(sec: NDArray, mask: NDArray) -> bool:
 
 def _region_labels(result: AnchoringResult, parcellation: str, shape: tuple[int, int], factor: int):
     """(labels (H, W) int32 or None, {label: name}, source) on the display grid, via adapters.regions."""
+    from .extensions import extension
+
     try:
-        from .adapters.regions import section_region_labels
+        section_region_labels = extension("section_region_labels")
     except ImportError as exc:
         log.warning("region outlines unavailable: %s", exc)
         return None, {}, f"region labels unavailable ({exc})"

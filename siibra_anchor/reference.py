@@ -26,14 +26,13 @@ from numpy.typing import NDArray
 from .cache import file_sha256
 from .errors import CorruptFileError, EmptyMaskError, InvalidReferenceError, SchemaVersionError
 from .patches import PatchSpec, extract_patches, grid_centres, normalize_intensity
-from .planes import CANONICAL_PLANES, cut_plane, pixel_to_world, plane_affine
+from .planes import AXIS_OF_PLANE, CANONICAL_PLANES, cut_plane, pixel_to_world, plane_affine, world_bbox
 
 __all__ = ["Reference", "volume_brain_mask", "REFERENCE_FORMAT_VERSION"]
 
 log = logging.getLogger(__name__)
 
 REFERENCE_FORMAT_VERSION = 1
-_AXIS_OF_PLANE = {"sagittal": 0, "coronal": 1, "axial": 2}
 
 
 def volume_brain_mask(data: NDArray) -> NDArray:
@@ -55,14 +54,6 @@ def _count(v: Any) -> int:
 def _check_stride(stride_px: Any) -> None:
     if isinstance(stride_px, bool) or not isinstance(stride_px, (int, np.integer)) or stride_px < 1:
         raise InvalidReferenceError(f"stride_px must be a positive integer number of pixels, got {stride_px!r}")
-
-
-def _world_bbox(mask: NDArray, affine: NDArray) -> tuple[NDArray, NDArray]:
-    ijk = np.argwhere(mask)
-    lo, hi = ijk.min(axis=0), ijk.max(axis=0)
-    corners = np.array([[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])], float)
-    w = corners @ affine[:3, :3].T + affine[:3, 3]
-    return w.min(axis=0), w.max(axis=0)
 
 
 @dataclass
@@ -196,9 +187,10 @@ class Reference:
             )
         # names, aliases and siibra Space objects resolve locally or through siibra; the template of
         # "mni152" is the embedded file, others are fetched through siibra once (offline: SpaceUnavailableError)
-        from .adapters.siibra_spaces import fetch_template, resolve_space
+        from .extensions import extension
 
-        key = resolve_space(space)
+        fetch_template = extension("fetch_template")
+        key = extension("resolve_space")(space)
         path = fetch_template(key)
         kw = dict(n_sections=n_sections, axis=axis, encoder=encoder, spec=spec, stride_px=stride_px)
         try:
@@ -334,7 +326,7 @@ class Reference:
 
         mask3 = volume_brain_mask(data)
         vol_norm = normalize_intensity(data, mask3)
-        lo, hi = _world_bbox(mask3, vaff)
+        lo, hi = world_bbox(mask3, vaff)
         centre = (lo + hi) / 2.0
         margin = spec.size_px // 2 * spec.spacing_mm
         planes: list[NDArray] = []
@@ -348,7 +340,7 @@ class Reference:
 
             it = tqdm(jobs, desc="reference sections", unit="plane")
         for a, k in it:
-            ax = _AXIS_OF_PLANE[a]
+            ax = AXIS_OF_PLANE[a]
             span = hi[ax] - lo[ax]
             pos = lo[ax] + span * (0.04 + 0.92 * (k + 0.5) / counts[a])
             row_dir, col_dir = CANONICAL_PLANES[a]

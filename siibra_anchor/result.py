@@ -332,15 +332,15 @@ class AnchoringResult:
 
         See :func:`siibra_anchor.adapters.siibra_objects.result_to_siibra`; warping to another space is online.
         """
-        from .adapters.siibra_objects import result_to_siibra
+        from .extensions import extension
 
-        return result_to_siibra(self, space=space, **kwargs)
+        return extension("result_to_siibra")(self, space=space, **kwargs)
 
     def assign_regions(self, parcellation: str = "julich", **kwargs: Any):
         """Regions the anchored tissue touches (see :mod:`siibra_anchor.adapters.regions`)."""
-        from .adapters.regions import assign_regions
+        from .extensions import extension
 
-        return assign_regions(self, parcellation=parcellation, **kwargs)
+        return extension("assign_regions")(self, parcellation=parcellation, **kwargs)
 
     def plot_qc(self, path: str | PathLike[str] | None = None, section: Any = None, **kwargs: Any):
         """Quality-control figure (matplotlib Figure; also written to ``path``), see :func:`siibra_anchor.qc.plot_qc`.
@@ -353,9 +353,9 @@ class AnchoringResult:
 
     def neuroglancer_url(self, **kwargs: Any) -> str:
         """Neuroglancer link showing the section in the reference volume (see :mod:`siibra_anchor.viewer`)."""
-        from .viewer.state import result_url
+        from .extensions import extension
 
-        return result_url(self, **kwargs)
+        return extension("neuroglancer_url")(self, **kwargs)
 
 
 def _jsonable(obj: Any) -> Any:

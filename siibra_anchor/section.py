@@ -158,9 +158,9 @@ class Section:
         a 100k x 100k px section is read in bounded memory (see docs/large-images.md). The section then
         holds the reduced image; :attr:`full_resolution` and :attr:`downsample` lead back to the file.
         """
-        from siibra_anchor.adapters.formats import read_section_image
+        from .extensions import extension
 
-        img, spacing, meta = read_section_image(
+        img, spacing, meta = extension("read_section_image")(
             path, spacing_mm=spacing_mm, target_spacing_mm=target_spacing_mm, reduce=reduce
         )
         sec = cls(img, spacing, mask=mask, modality=modality, name=name or meta.get("name", str(path)))
@@ -179,14 +179,14 @@ class Section:
 
     @property
     def full_resolution(self) -> Any:
-        """The file the section was read from, as a lazy :class:`~siibra_anchor.adapters.formats.ImageSource`
+        """The file the section was read from, as a lazy :class:`~siibra_anchor.io.formats.ImageSource`
         (TIFF / OME-Zarr; metadata parsed on access, pixels read window by window); None for in-memory
         sections and for PNG/JPEG/NIfTI files, whose :attr:`image` is the full resolution."""
         if self.source is None or self._source_meta.get("format") not in ("tiff", "ome-zarr"):
             return None
-        from siibra_anchor.adapters.formats import open_image_source
+        from .extensions import extension
 
-        return open_image_source(self.source, spacing_mm=self._given_spacing)
+        return extension("open_image_source")(self.source, spacing_mm=self._given_spacing)
 
     # -- basic properties -------------------------------------------------------------------------
     @property

@@ -7,7 +7,7 @@ import pytest
 
 import siibra_anchor as sa
 from siibra_anchor.errors import EmptyMaskError, EncoderError, ImageTooSmallError, InvalidSectionError
-from siibra_anchor.simulate import section_error, simulate_section
+from siibra_anchor.evaluation.simulate import section_error, simulate_section
 
 
 def test_reference_shape_and_cache(mni_reference, tmp_path):
@@ -149,8 +149,8 @@ def test_small_block_with_mostly_wrong_matches_is_found_by_the_wider_search(mni_
     where only about one match in ten is right. With the shipped encoder `-cpuft` the first search misses
     it and the wider second search with votes on the canonical planes places it; the default encoder
     (`-cpuft345-avg`, the weight average of three later fine-tuning rounds) places it too."""
-    from siibra_anchor.benchmark import _hints, _make, simulated_set
     from siibra_anchor.encoders import load_default_encoder
+    from siibra_anchor.evaluation.benchmark import _hints, _make, simulated_set
 
     case = simulated_set(48, 2026)[0]
     assert case.partial == "block"

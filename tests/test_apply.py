@@ -6,12 +6,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 import zarr
-from siibra_anchor.adapters.formats import write_ome_zarr
+from siibra_anchor.cli import main
 
 import siibra_anchor as sa
-from siibra_anchor.apply import full_resolution_affine, resample_to_space
-from siibra_anchor.cli import main
 from siibra_anchor.errors import FileFormatError, InvalidSectionError, SpacingError
+from siibra_anchor.io.apply import full_resolution_affine, resample_to_space
+from siibra_anchor.io.formats import write_ome_zarr
 from siibra_anchor.planes import cut_plane, plane_affine, sample_volume
 from siibra_anchor.result import AnchoringResult
 from siibra_anchor.templates import load_volume

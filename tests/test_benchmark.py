@@ -9,7 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from siibra_anchor.benchmark import (
+from siibra_anchor.evaluation.benchmark import (
     FIGURES,
     N_CLEAN,
     BenchConfig,
@@ -24,7 +24,7 @@ from siibra_anchor.benchmark import (
     simulated_set,
     training_volumes,
 )
-from siibra_anchor.simulate import section_error, simulate_section
+from siibra_anchor.evaluation.simulate import section_error, simulate_section
 
 
 def _strict_json(path):
@@ -70,7 +70,7 @@ def test_mirror_errors_classify_mirrored_placements():
 
 def test_sitk_baseline_registers_an_easy_section():
     pytest.importorskip("SimpleITK")
-    from siibra_anchor.baselines.sitk import SitkParams, sitk_register
+    from siibra_anchor.evaluation.baselines.sitk import SitkParams, sitk_register
 
     sim = simulate_section(
         volume="fsl-mni152-t1", orientation="coronal", offset_mm=10.0, rotation_deg=95.0, spacing_mm=1.0, seed=0
@@ -94,9 +94,9 @@ def test_template_floor_registration_recovers_a_known_motion(tmp_path):
     import nibabel as nib
     from scipy.spatial.transform import Rotation
 
-    from siibra_anchor.baselines.template_floor import register_volumes, template_floor_mm
     from siibra_anchor.cache import cache_dir
-    from siibra_anchor.series_bench import _registered_stats
+    from siibra_anchor.evaluation.baselines.template_floor import register_volumes, template_floor_mm
+    from siibra_anchor.evaluation.series_bench import _registered_stats
     from siibra_anchor.templates import load_volume
 
     data, aff = load_volume("mni152")

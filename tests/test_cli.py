@@ -10,8 +10,8 @@ import sys
 import numpy as np
 from PIL import Image
 
+from siibra_anchor.evaluation.simulate import section_error, simulate_section
 from siibra_anchor.result import AnchoringResult
-from siibra_anchor.simulate import section_error, simulate_section
 
 
 def _run(args, tmp_path):

@@ -11,12 +11,6 @@ import pytest
 import tifffile
 import zarr
 from PIL import Image
-from siibra_anchor.adapters.formats import (
-    detect_format,
-    read_section_image,
-    write_ome_zarr,
-    write_pyramidal_tiff,
-)
 
 from siibra_anchor.errors import (
     AnchorError,
@@ -25,6 +19,12 @@ from siibra_anchor.errors import (
     InvalidSectionError,
     SectionFileNotFoundError,
     SpacingError,
+)
+from siibra_anchor.io.formats import (
+    detect_format,
+    read_section_image,
+    write_ome_zarr,
+    write_pyramidal_tiff,
 )
 from siibra_anchor.templates import load_volume
 

@@ -1,6 +1,6 @@
 """Property-based tests: every input either works or raises a typed siibra-anchor error, never another exception.
 
-The strategies live in :func:`siibra_anchor.reliability.fuzz_targets` (the reliability report runs the same
+The strategies live in :func:`siibra_anchor.evaluation.reliability.fuzz_targets` (the reliability report runs the same
 ones with more examples). Damaged files are real files of each format, truncated or bit-flipped.
 """
 
@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from siibra_anchor.errors import AnchorError, CorruptFileError, InvalidPointsError
-from siibra_anchor.reliability import _read_any, damaged_variants, fuzz_targets, sample_files
+from siibra_anchor.evaluation.reliability import _read_any, damaged_variants, fuzz_targets, sample_files
 
 FUZZ = settings(
     max_examples=60, deadline=None, database=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]

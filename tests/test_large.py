@@ -7,18 +7,18 @@ import tracemalloc
 import numpy as np
 import pytest
 import zarr
-from siibra_anchor.adapters.formats import (
+
+import siibra_anchor as sa
+from siibra_anchor.errors import FileFormatError, SpacingError
+from siibra_anchor.evaluation.scaling import _reduced_true_affine, _simulated, _to_u8, write_upsampled_zarr
+from siibra_anchor.evaluation.simulate import section_error
+from siibra_anchor.io.formats import (
     block_reduce,
     open_image_source,
     read_section_image,
     write_ome_zarr,
     write_pyramidal_tiff,
 )
-
-import siibra_anchor as sa
-from siibra_anchor.errors import FileFormatError, SpacingError
-from siibra_anchor.scaling import _reduced_true_affine, _simulated, _to_u8, write_upsampled_zarr
-from siibra_anchor.simulate import section_error
 
 
 def _block_mean(a: np.ndarray, fr: int, fc: int) -> np.ndarray:
@@ -139,7 +139,7 @@ def test_scaling_report_renders_tables_and_curves(tmp_path):
     import json
     from pathlib import Path
 
-    from siibra_anchor.scaling import format_markdown, format_table, measure, plot_scaling
+    from siibra_anchor.evaluation.scaling import format_markdown, format_table, measure, plot_scaling
 
     rep = json.loads((Path(__file__).parents[1] / "docs" / "scaling.json").read_text())
     png = plot_scaling(rep, tmp_path / "s.png")
@@ -152,7 +152,7 @@ def test_scaling_report_renders_tables_and_curves(tmp_path):
     )
     assert "| 8 |" in format_table(rep)
     # regenerating the committed doc keeps its hand-written part, and only that
-    from siibra_anchor.scaling import HAND_WRITTEN_MARK, with_hand_written
+    from siibra_anchor.evaluation.scaling import HAND_WRITTEN_MARK, with_hand_written
 
     doc = Path(__file__).parents[1] / "docs" / "scaling.md"
     committed = doc.read_text()

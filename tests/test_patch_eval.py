@@ -7,8 +7,8 @@ import torch
 
 import siibra_anchor as sa
 from siibra_anchor.encoders import ClassicalFeatureEncoder, RawPixelEncoder, check_encoder, load_default_encoder
-from siibra_anchor.patch_eval import patch_metrics
-from siibra_anchor.simulate import simulate_section
+from siibra_anchor.evaluation.patch_eval import patch_metrics
+from siibra_anchor.evaluation.simulate import simulate_section
 
 
 def test_classical_encoder_contract_and_inversion_of_gradients():

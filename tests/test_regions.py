@@ -166,7 +166,7 @@ def test_cli_regions_table_json_and_csv(tmp_path):
 @pytest.mark.slow
 def test_regions_of_an_anchored_section_match_those_of_its_true_placement(mni_reference):
     import siibra_anchor as sa
-    from siibra_anchor.simulate import section_error, simulate_section
+    from siibra_anchor.evaluation.simulate import section_error, simulate_section
 
     sim = simulate_section(
         volume="fsl-mni152-t1",

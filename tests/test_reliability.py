@@ -22,7 +22,7 @@ from siibra_anchor.errors import (
     LowConfidenceWarning,
     SpaceUnavailableError,
 )
-from siibra_anchor.reliability import (
+from siibra_anchor.evaluation.reliability import (
     bad_inputs,
     build_in_subprocess,
     fault_reference,

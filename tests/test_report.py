@@ -12,8 +12,8 @@ from conftest import chromium_missing
 
 import siibra_anchor as sa
 from siibra_anchor.errors import InvalidSectionError
+from siibra_anchor.evaluation.simulate import simulate_section
 from siibra_anchor.report import write_series_report
-from siibra_anchor.simulate import simulate_section
 
 
 @pytest.fixture(scope="module")

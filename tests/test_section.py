@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import tifffile
 from PIL import Image
-from siibra_anchor.adapters.formats import write_ome_zarr, write_pyramidal_tiff
 
 from siibra_anchor.errors import (
     AnchorError,
@@ -16,6 +15,7 @@ from siibra_anchor.errors import (
     SectionFileNotFoundError,
     SpacingError,
 )
+from siibra_anchor.io.formats import write_ome_zarr, write_pyramidal_tiff
 from siibra_anchor.section import Section
 from siibra_anchor.templates import load_volume
 

@@ -13,8 +13,7 @@ from scipy.spatial.transform import Rotation
 
 import siibra_anchor as sa
 from siibra_anchor.anchoring import PlanePrior, _prior_hypotheses
-from siibra_anchor.errors import InvalidSectionError
-from siibra_anchor.series import (
+from siibra_anchor.anchoring.series import (
     SeriesResult,
     _choose_family,
     _Engine,
@@ -25,8 +24,9 @@ from siibra_anchor.series import (
     snap_to_plane,
     tissue_centroid_px,
 )
-from siibra_anchor.series_bench import SeriesSpec, simulated_series
-from siibra_anchor.simulate import section_error
+from siibra_anchor.errors import InvalidSectionError
+from siibra_anchor.evaluation.series_bench import SeriesSpec, simulated_series
+from siibra_anchor.evaluation.simulate import section_error
 
 # -- the joint fit, on placements with known truth ---------------------------------------------------
 
@@ -313,7 +313,8 @@ def test_anchor_series_rejects_bad_input(mni_reference, small_series):
 def test_series_cli_writes_results_and_reports_typed_errors(mni_reference, small_series, tmp_path, capsys):
     from PIL import Image
 
-    from siibra_anchor.cli import main, series_images
+    from siibra_anchor.cli import main
+    from siibra_anchor.io.folders import series_images
 
     sims, _, _, _ = small_series
     folder = tmp_path / "series"

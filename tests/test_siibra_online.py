@@ -34,7 +34,7 @@ def _occipital_result(space="mni152"):
 def test_colin27_template_through_siibra_and_anchoring_there(siibra_online):
     from siibra_anchor.adapters.siibra_spaces import fetch_template
 
-    from siibra_anchor.simulate import simulate_section
+    from siibra_anchor.evaluation.simulate import simulate_section
 
     path = fetch_template(siibra_online.spaces["colin27"])
     assert path.is_file() and path.name.startswith("colin27-")

@@ -5,7 +5,7 @@ benchmark (minutes instead of half an hour).
         [--n-sections 30] [--stride-px 4] [--param k=12 ...] [--seed 2027]
 
 Each argument is a shipped encoder name or a trained ``encoder.pt`` (its ``encoder.json`` beside it). Patch
-level: :func:`siibra_anchor.patch_eval.patch_metrics` on ``benchmark.simulated_set(48, 2026)`` (what
+level: :func:`siibra_anchor.evaluation.patch_eval.patch_metrics` on ``benchmark.simulated_set(48, 2026)`` (what
 ``siibra-anchor benchmark`` reports as "patch level"; ``--seed`` draws another set of the same kind, a check
 that a choice made on the benchmark's sections holds on fresh ones). With ``--sections``: ``sa.anchor`` on each section
 with the benchmark's hints; median, p90 and failure rate (> 10 mm) of the section error. The reference
@@ -55,13 +55,13 @@ def compare_encoders(
 
     import siibra_anchor as sa
     from siibra_anchor.anchoring import AnchorParams
-    from siibra_anchor.benchmark import _hints, _make, simulated_set
-    from siibra_anchor.patch_eval import patch_metrics
+    from siibra_anchor.evaluation.benchmark import make_section, simulated_set, user_hints
+    from siibra_anchor.evaluation.patch_eval import patch_metrics
+    from siibra_anchor.evaluation.simulate import section_error
     from siibra_anchor.reference import Reference
-    from siibra_anchor.simulate import section_error
 
     specs = simulated_set(48, seed)[:cases]
-    sims = [_make(c) for c in specs]
+    sims = [make_section(c) for c in specs]
     anchor_params = replace(AnchorParams(), **(params or {}))
     out: dict[str, Any] = {}
     for name in names:
@@ -84,7 +84,9 @@ def compare_encoders(
                 warnings.simplefilter("ignore")
                 for c, s in zip(specs, sims, strict=True):
                     t = time.perf_counter()
-                    res = sa.anchor(s.section, reference=ref, encoder=enc, seed=0, params=anchor_params, **_hints(c, s))
+                    res = sa.anchor(
+                        s.section, reference=ref, encoder=enc, seed=0, params=anchor_params, **user_hints(c, s)
+                    )
                     times.append(time.perf_counter() - t)
                     errs.append(section_error(res.affine, s.true_affine, s.section.mask))
             e = np.asarray(errs)

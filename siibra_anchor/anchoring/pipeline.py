@@ -18,15 +18,15 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .affine_fit import SectionMap, constrain_affine, ransac_section, similarity_fit
-from .errors import EmptyMaskError, EncoderError, ImageTooSmallError, InvalidSectionError, LowConfidenceWarning
-from .patches import grid_centres, normalize_intensity, rotation_angles
-from .planes import plane_basis, section_affine
-from .result import AnchoringResult
-from .section import Section
-from .views import PatchViews
+from ..affine_fit import SectionMap, constrain_affine, ransac_section, similarity_fit
+from ..errors import EmptyMaskError, EncoderError, ImageTooSmallError, InvalidSectionError, LowConfidenceWarning
+from ..patches import grid_centres, normalize_intensity, rotation_angles
+from ..planes import plane_basis, section_affine
+from ..result import AnchoringResult
+from ..section import Section
+from ..views import PatchViews
 
-__all__ = ["anchor", "anchor_series", "AnchorParams", "PlanePrior", "confidence_from_scores", "LOW_CONFIDENCE"]
+__all__ = ["anchor", "AnchorParams", "PlanePrior", "confidence_from_scores", "LOW_CONFIDENCE"]
 
 log = logging.getLogger(__name__)
 
@@ -260,12 +260,12 @@ def confidence_from_scores(consistency: float, nmi_gain: float) -> float:
 
 def _check_call(seed: Any, reference: Any, params: Any, device: Any) -> None:
     """Typed errors for the non-section arguments of :func:`anchor`."""
-    from .errors import InvalidReferenceError
+    from ..errors import InvalidReferenceError
 
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise InvalidSectionError(f"seed must be a non-negative integer, got {seed!r}")
     if reference is not None:
-        from .reference import Reference
+        from ..reference import Reference
 
         if not isinstance(reference, Reference):
             raise InvalidReferenceError(
@@ -310,7 +310,7 @@ def plane_views(m: SectionMap, plane_axes: NDArray, n_rotations: int, mirrors: l
 def mounting_mirrored(m: SectionMap) -> bool:
     """True if placement ``m`` shows the section mirrored relative to the usual view of the closest
     canonical plane (:data:`~siibra_anchor.planes.CANONICAL_PLANES`): the section was mounted face down."""
-    from .planes import CANONICAL_PLANES
+    from ..planes import CANONICAL_PLANES
 
     name = ("sagittal", "coronal", "axial")[int(np.argmax(np.abs(m.normal)))]
     ur, uc = CANONICAL_PLANES[name]
@@ -330,7 +330,7 @@ def _guided(
 ) -> tuple[SectionMap, dict[str, NDArray]]:
     """Re-match each patch among references near where ``m`` puts it, comparing each reference with the
     patch view that ``m`` predicts; refit a similarity on the good matches; shrink the radius."""
-    from .matching import best_in_neighbourhood
+    from ..matching import best_in_neighbourhood
 
     cur = m
     out: dict[str, NDArray] = {}
@@ -362,7 +362,7 @@ def _guided(
 
 def _shifted_nmi(pts: Any, m: SectionMap, ref: Any, vol: NDArray, shift_mm: float = 15.0) -> float:
     """Median NMI on planes shifted by ``shift_mm`` along the normal and in-plane (a local null level)."""
-    from .refine import plane_nmi
+    from ..refine import plane_nmi
 
     n = m.normal
     e1 = m.linear[:, 0] / np.linalg.norm(m.linear[:, 0])
@@ -376,7 +376,7 @@ def _shifted_nmi(pts: Any, m: SectionMap, ref: Any, vol: NDArray, shift_mm: floa
 
 def _nmi_gain(pts: Any, m: SectionMap, ref: Any) -> float:
     """NMI of the section with the template on placement ``m`` minus its level on shifted planes."""
-    from .refine import plane_nmi
+    from ..refine import plane_nmi
 
     return plane_nmi(pts, m.linear, m.translation, ref.volume, ref.volume_affine) - _shifted_nmi(
         pts, m, ref, ref.volume
@@ -387,7 +387,7 @@ def _refined(
     pts: Any, m: SectionMap, ref: Any, spacing: float, p: AnchorParams, smoothed: dict, sigmas: tuple, evals: int
 ) -> tuple[float, SectionMap]:
     """Intensity-refine placement ``m`` (within the scale prior) and return (NMI gain, refined map)."""
-    from .refine import refine_map
+    from ..refine import refine_map
 
     lin, t, _ = refine_map(
         pts,
@@ -484,10 +484,10 @@ def _anchor(
     plane_prior: PlanePrior | None = None,
 ) -> AnchoringResult:
     """:func:`anchor` without the low-confidence warning (the wider second search calls it)."""
-    from .encoders import encoder_hash, load_default_encoder
-    from .matching import search_topk
-    from .reference import Reference
-    from .spaces import canonical_space
+    from ..encoders import encoder_hash, load_default_encoder
+    from ..matching import search_topk
+    from ..reference import Reference
+    from ..spaces import canonical_space
 
     p = params or AnchorParams()
     if not isinstance(section, Section):
@@ -623,7 +623,7 @@ def _anchor(
         hyps = hyps + voted
     timings["match_s"] = time.perf_counter() - t0
     if not hyps:
-        from .errors import AnchoringFailedError
+        from ..errors import AnchoringFailedError
 
         raise AnchoringFailedError(
             f"no consistent placement found for section {section.name!r} (too few plausible matches); "
@@ -663,7 +663,7 @@ def _anchor(
     pts = None
     smoothed = {sg: ref.smoothed_volume(sg) for sg in (2.0, 1.0, 0.0)}
     if ref.volume is not None:
-        from .refine import sample_points
+        from ..refine import sample_points
 
         pts = sample_points(imgn, msk, p.n_sample_points, rng)
         for g, info in cands:
@@ -840,28 +840,6 @@ def _anchor(
         result.diagnostics["retried_wider"] = {"first_pass": first, "kept": "wider" if result is again else "first"}
         result.diagnostics["timings"]["total_s"] = time.perf_counter() - t_start
     return result
-
-
-def anchor_series(
-    sections: list[Section],
-    space: Any = "mni152",
-    order: Any = None,
-    thickness_mm: float | None = None,
-    **kwargs: Any,
-) -> Any:
-    """Anchor the sections of one brain jointly (see :func:`siibra_anchor.series.anchor_series`).
-
-    Returns a :class:`~siibra_anchor.series.SeriesResult`, a list of :class:`AnchoringResult`.
-    """
-    from .series import anchor_series as _series
-
-    if isinstance(sections, Section) or not isinstance(sections, (list, tuple)):
-        raise InvalidSectionError(f"anchor_series needs a list of siibra_anchor.Section, got {type(sections).__name__}")
-    for i, s in enumerate(sections):
-        if not isinstance(s, Section):
-            raise InvalidSectionError(f"item {i} of the series is a {type(s).__name__}, not a siibra_anchor.Section")
-
-    return _series(sections, space=space, order=order, thickness_mm=thickness_mm, **kwargs)
 
 
 def peak_memory_of(fn, *args: Any, **kwargs: Any) -> tuple[Any, float]:
