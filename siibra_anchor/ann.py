@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import SearchBackendError
+from .errors import InvalidParameterError, SearchBackendError
 
 __all__ = ["FaissIndex", "build_index", "topk_faiss", "recall_at_k", "cached_index", "faiss_available"]
 
@@ -73,7 +73,7 @@ class FaissIndex:
         faiss = _faiss()
         q = np.ascontiguousarray(queries, np.float32)
         if q.ndim != 2 or q.shape[1] != self.dim:
-            raise ValueError(f"queries must be (Q, {self.dim}), got {q.shape}")
+            raise SearchBackendError(f"queries must be (Q, {self.dim}), got {q.shape}")
         k = int(min(k, self.n))
         bits = None
         sel = None
@@ -111,7 +111,7 @@ def build_index(
     faiss = _faiss()
     x = np.ascontiguousarray(refs, np.float32)
     if x.ndim != 2 or len(x) == 0:
-        raise ValueError(f"refs must be a non-empty (R, D) array, got shape {x.shape}")
+        raise SearchBackendError(f"refs must be a non-empty (R, D) array, got shape {x.shape}")
     n, d = x.shape
     if kind == "hnsw":
         index = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
@@ -202,6 +202,6 @@ def recall_at_k(approx_idx: NDArray, exact_idx: NDArray) -> float:
     ex = np.asarray(exact_idx)
     ap = np.asarray(approx_idx)
     if ex.shape[0] != ap.shape[0]:
-        raise ValueError(f"row counts differ: approx {ap.shape}, exact {ex.shape}")
+        raise InvalidParameterError(f"row counts differ: approx {ap.shape}, exact {ex.shape}")
     hits = sum(len(np.intersect1d(ap[i], ex[i])) for i in range(len(ex)))
     return float(hits / ex.size)

@@ -107,7 +107,7 @@ class PatchEncoder(nn.Module):
         if input_pool != 1:  # keep configs of earlier models unchanged
             self.config["input_pool"] = int(input_pool)
         if head not in ("pool", "flatten"):
-            raise ValueError(f"head must be 'pool' or 'flatten', got {head!r}")
+            raise EncoderError(f"head must be 'pool' or 'flatten', got {head!r}")
         if head != "pool":
             self.config["head"] = head
         self.input_pool = int(input_pool)
@@ -125,7 +125,7 @@ class PatchEncoder(nn.Module):
         if head == "flatten":
             side = int(patch_size) // (8 * self.input_pool)
             if side < 1 or side * 8 * self.input_pool != int(patch_size):
-                raise ValueError(
+                raise EncoderError(
                     f"head='flatten' needs patch_size divisible by {8 * self.input_pool}, got {patch_size}"
                 )
             n_in = 4 * w * side * side

@@ -131,6 +131,10 @@ class MissingDependencyError(AnchorError, ImportError):
     """An optional part needs a package that is not installed (the message names the pip extra)."""
 
 
+class SitkUnavailableError(MissingDependencyError):
+    """SimpleITK (the classical registration baseline of the benchmarks) is not installed."""
+
+
 class AnchorWarning(UserWarning):
     """Base class of the warnings siibra-anchor emits (``warnings.simplefilter("error", AnchorWarning)``
     turns them into exceptions)."""

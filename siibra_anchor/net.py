@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from .errors import NetworkError
+from .errors import InvalidParameterError, NetworkError
 
 __all__ = ["call_with_timeout", "retry", "is_online", "is_reachable", "DEFAULT_HOSTS", "forced_offline"]
 
@@ -48,7 +48,7 @@ def call_with_timeout(fn: Callable[..., T], *args: Any, timeout_s: float, what: 
     (the worker is a daemon thread and is abandoned; it cannot block interpreter exit).
     """
     if not timeout_s or timeout_s <= 0:
-        raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
+        raise InvalidParameterError(f"timeout_s must be > 0, got {timeout_s!r}")
     box: dict[str, Any] = {}
     done = threading.Event()
 
@@ -87,7 +87,7 @@ def retry(
     (no jitter).
     """
     if attempts < 1:
-        raise ValueError(f"attempts must be >= 1, got {attempts}")
+        raise InvalidParameterError(f"attempts must be >= 1, got {attempts}")
     for i in range(attempts):
         try:
             return fn(*args, **kwargs)

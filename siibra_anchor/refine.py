@@ -17,7 +17,7 @@ from scipy.spatial.transform import Rotation
 
 from .planes import sample_volume
 
-__all__ = ["SamplePoints", "sample_points", "nmi", "plane_nmi", "refine_map"]
+__all__ = ["SamplePoints", "sample_points", "nmi", "plane_nmi", "nmi_gain", "refine_map"]
 
 
 @dataclass
@@ -66,6 +66,23 @@ def plane_nmi(pts: SamplePoints, linear: NDArray, t: NDArray, volume: NDArray, v
     """NMI between section values and the template sampled where (linear, t) puts the points."""
     xyz = pts.rc @ linear.T + t
     return nmi(pts.values, sample_volume(volume, vol_affine, xyz))
+
+
+def nmi_gain(
+    pts: SamplePoints, linear: NDArray, t: NDArray, volume: NDArray, vol_affine: NDArray, shift_mm: float = 15.0
+) -> float:
+    """NMI of the section with ``volume`` on the placement ``x = linear @ (row, col) + t`` minus its local
+    null level: the median NMI on the six planes shifted by ``shift_mm`` along the normal and in-plane.
+
+    Near 0 when nothing in the image relates to the template at that place; a correctly placed section
+    gains about 0.1-0.3. linear : (3, 2) mm per working pixel; t : (3,) mm.
+    """
+    n = np.cross(linear[:, 0], linear[:, 1])
+    n = n / np.linalg.norm(n)
+    e1 = linear[:, 0] / np.linalg.norm(linear[:, 0])
+    e2 = np.cross(n, e1)
+    shifted = [plane_nmi(pts, linear, t + shift_mm * d, volume, vol_affine) for d in (n, -n, e1, -e1, e2, -e2)]
+    return plane_nmi(pts, linear, t, volume, vol_affine) - float(np.median(shifted))
 
 
 def _compose(p: NDArray, lin0: NDArray, t0: NDArray, c_px: NDArray) -> tuple[NDArray, NDArray]:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import AnchorError, InvalidSectionError
+from .errors import AnchorError, InvalidParameterError, InvalidSectionError
 
 if TYPE_CHECKING:
     from .result import AnchoringResult
@@ -257,7 +257,7 @@ def write_series_report(
 
     results = list(results)
     if not results:
-        raise InvalidSectionError("write_series_report needs at least one result; got an empty list")
+        raise InvalidParameterError("write_series_report needs at least one result; got an empty list")
     if sections is not None and len(sections) != len(results):
         raise InvalidSectionError(
             f"got {len(results)} results but {len(sections)} sections; pass one section per result (or None)"

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import CorruptFileError, SpaceUnavailableError
+from .errors import CorruptFileError, SpaceUnavailableError, UnknownSpaceError
 
 __all__ = ["TemplateVolume", "package_data_dir", "volume_path", "load_volume", "VOLUMES"]
 
@@ -82,7 +82,7 @@ VOLUMES: dict[str, TemplateVolume] = {
 def volume_path(name: str) -> Path:
     """Path of a shipped volume by key of :data:`VOLUMES`."""
     if name not in VOLUMES:
-        raise KeyError(f"unknown shipped volume {name!r}; known: {sorted(VOLUMES)}")
+        raise UnknownSpaceError(f"unknown shipped volume {name!r}; known: {sorted(VOLUMES)}")
     v = VOLUMES[name]
     p = package_data_dir(v.package, *v.parts)
     if not p.is_file():

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 import siibra_anchor as sa
-from siibra_anchor.errors import EmptyMaskError, EncoderError, ImageTooSmallError, InvalidSectionError
+from siibra_anchor.errors import (
+    EmptyMaskError,
+    EncoderError,
+    ImageTooSmallError,
+    InvalidParameterError,
+    InvalidSectionError,
+)
 from siibra_anchor.evaluation.simulate import section_error, simulate_section
 
 
@@ -125,8 +131,12 @@ def test_bad_inputs_raise_typed_errors(mni_reference):
     with pytest.raises(ImageTooSmallError):
         sa.anchor(sa.Section(tiny, spacing_mm=0.5), reference=mni_reference)
     sim = simulate_section(volume="fsl-mni152-t1", seed=1, spacing_mm=0.8)
-    with pytest.raises(InvalidSectionError):
+    with pytest.raises(InvalidParameterError, match="hemisphere"):
         sa.anchor(sim.section, reference=mni_reference, hemisphere="middle")
+    with pytest.raises(InvalidParameterError, match="seed"):
+        sa.anchor(sim.section, reference=mni_reference, seed=-1)
+    with pytest.raises(InvalidParameterError, match="AnchorParams.ransac_threshold_mm"):
+        sa.anchor(sim.section, reference=mni_reference, params=sa.AnchorParams(ransac_threshold_mm=0))
     from siibra_anchor.encoders import RawPixelEncoder
 
     with pytest.raises(EncoderError):
@@ -150,17 +160,17 @@ def test_small_block_with_mostly_wrong_matches_is_found_by_the_wider_search(mni_
     it and the wider second search with votes on the canonical planes places it; the default encoder
     (`-cpuft345-avg`, the weight average of three later fine-tuning rounds) places it too."""
     from siibra_anchor.encoders import load_default_encoder
-    from siibra_anchor.evaluation.benchmark import _hints, _make, simulated_set
+    from siibra_anchor.evaluation.benchmark import make_section, simulated_set, user_hints
 
     case = simulated_set(48, 2026)[0]
     assert case.partial == "block"
-    sim = _make(case)
-    res = sa.anchor(sim.section, reference=mni_reference, seed=0, **_hints(case, sim))
+    sim = make_section(case)
+    res = sa.anchor(sim.section, reference=mni_reference, seed=0, **user_hints(case, sim))
     assert section_error(res.affine, sim.true_affine, sim.section.mask) < 5.0
 
     enc = load_default_encoder("patch-cnn-w24-d128-pool2-v2-cpuft")
     ref = sa.Reference.from_space("mni152", encoder=enc)
-    res = sa.anchor(sim.section, reference=ref, encoder=enc, seed=0, **_hints(case, sim))
+    res = sa.anchor(sim.section, reference=ref, encoder=enc, seed=0, **user_hints(case, sim))
     err = section_error(res.affine, sim.true_affine, sim.section.mask)
     assert err < 5.0, err
     wider = res.diagnostics["retried_wider"]

@@ -6,9 +6,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 import zarr
-from siibra_anchor.cli import main
 
 import siibra_anchor as sa
+from siibra_anchor.cli import main
 from siibra_anchor.errors import FileFormatError, InvalidSectionError, SpacingError
 from siibra_anchor.io.apply import full_resolution_affine, resample_to_space
 from siibra_anchor.io.formats import write_ome_zarr

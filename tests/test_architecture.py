@@ -173,3 +173,44 @@ def test_no_package_takes_another_ones_private_names():
 )
 def test_the_rule_itself(src, dst, ok):
     assert allowed(src, dst) is ok
+
+
+@pytest.mark.parametrize(
+    "old,new,name",
+    [
+        ("siibra_anchor.simulate", "siibra_anchor.evaluation.simulate", "simulate_section"),
+        ("siibra_anchor.apply", "siibra_anchor.io.apply", "resample_to_space"),
+        ("siibra_anchor.adapters.formats", "siibra_anchor.io.formats", "read_section_image"),
+        ("siibra_anchor.baselines.sitk", "siibra_anchor.evaluation.baselines.sitk", "sitk_register"),
+    ],
+)
+def test_old_import_paths_still_work_and_warn(old, new, name):
+    import importlib
+    import subprocess
+    import sys
+
+    code = (
+        "import warnings, importlib; warnings.simplefilter('error', DeprecationWarning)\n"
+        f"try:\n    importlib.import_module({old!r})\nexcept DeprecationWarning as w:\n    print('warned', w)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "warned" in out.stdout and "moved to siibra_anchor." in out.stdout, out.stdout + out.stderr
+    with pytest.warns(DeprecationWarning):
+        import siibra_anchor._moved as moved
+
+        moved.alias("siibra_anchor._test_alias", new)
+    mod = importlib.import_module(old)
+    assert mod is importlib.import_module(new) and hasattr(mod, name)
+
+
+def test_extensions_are_declared_and_load():
+    from siibra_anchor.extensions import extension, extension_names
+
+    assert {"read_section_image", "fetch_template", "assign_regions", "neuroglancer_url"} <= set(extension_names())
+    from siibra_anchor.io.formats import read_section_image
+
+    assert extension("read_section_image") is read_section_image
+    from siibra_anchor.errors import MissingDependencyError
+
+    with pytest.raises(MissingDependencyError, match="no siibra-anchor extension"):
+        extension("no-such-extension")

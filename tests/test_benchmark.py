@@ -13,13 +13,13 @@ from siibra_anchor.evaluation.benchmark import (
     FIGURES,
     N_CLEAN,
     BenchConfig,
-    _make,
     _mirror_errors,
     _outcome,
     ambiguity_set,
     format_markdown,
     format_table,
     load_set,
+    make_section,
     run_benchmark,
     simulated_set,
     training_volumes,
@@ -55,7 +55,7 @@ def test_tears_only_remove_tissue():
 
 
 def test_mirror_errors_classify_mirrored_placements():
-    sim = _make(replace(ambiguity_set(1, kinds=("hemisection",))[0], tilt_deg=3.0))
+    sim = make_section(replace(ambiguity_set(1, kinds=("hemisection",))[0], tilt_deg=3.0))
     t = sim.true_affine
     assert _outcome(_mirror_errors(t, sim)) == "correct"
     assert _outcome(_mirror_errors(np.diag([-1.0, 1, 1, 1]) @ t, sim)) == "mirrored-midline"
@@ -187,7 +187,7 @@ def test_small_benchmark_writes_every_figure_and_strict_json(tmp_path, mni_refer
         assert head == b"\x89PNG\r\n\x1a\n", name
     # the saved set is the measured set, pixel for pixel
     cases, sims = load_set(tmp_path)
-    ref_sim = _make(simulated_set(48)[36])
+    ref_sim = make_section(simulated_set(48)[36])
     assert cases[0] == simulated_set(48)[36]
     np.testing.assert_array_equal(sims[0].section.image, ref_sim.section.image)
     np.testing.assert_array_equal(sims[0].section.mask, ref_sim.section.mask)

@@ -181,6 +181,7 @@ def test_region_outlines_panel(anchored):
 
 def test_cli_anchor_writes_qc_figure(tmp_path, mni_reference):
     from PIL import Image
+
     from siibra_anchor.cli import main
 
     sim = simulate_section(volume="mni152-2009a-t1", orientation="axial", tilt_deg=4.0, spacing_mm=1.0, seed=4)

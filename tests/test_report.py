@@ -11,7 +11,7 @@ import pytest
 from conftest import chromium_missing
 
 import siibra_anchor as sa
-from siibra_anchor.errors import InvalidSectionError
+from siibra_anchor.errors import InvalidParameterError, InvalidSectionError
 from siibra_anchor.evaluation.simulate import simulate_section
 from siibra_anchor.report import write_series_report
 
@@ -67,7 +67,7 @@ def test_report_flags_and_missing_images(series, tmp_path):
     assert "no image for QC" in page and "low confidence (0.20)" in page
     with pytest.raises(InvalidSectionError, match="one section per result"):
         write_series_report(results, sections[:2], tmp_path / "x.html")
-    with pytest.raises(InvalidSectionError, match="at least one result"):
+    with pytest.raises(InvalidParameterError, match="at least one result"):
         write_series_report([], None, tmp_path / "x.html")
 
 

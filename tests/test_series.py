@@ -12,7 +12,8 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 import siibra_anchor as sa
-from siibra_anchor.anchoring import PlanePrior, _prior_hypotheses
+from siibra_anchor.anchoring import PlanePrior
+from siibra_anchor.anchoring.hypotheses import prior_hypotheses
 from siibra_anchor.anchoring.series import (
     SeriesResult,
     _choose_family,
@@ -24,7 +25,7 @@ from siibra_anchor.anchoring.series import (
     snap_to_plane,
     tissue_centroid_px,
 )
-from siibra_anchor.errors import InvalidSectionError
+from siibra_anchor.errors import InvalidParameterError, InvalidSectionError
 from siibra_anchor.evaluation.series_bench import SeriesSpec, simulated_series
 from siibra_anchor.evaluation.simulate import section_error
 
@@ -114,7 +115,7 @@ def test_prior_hypotheses_vote_for_the_true_translation():
     bad = rng.random(300) < 0.6  # most matches are wrong
     xyz[bad] = rng.uniform(-80, 80, (bad.sum(), 3))
     prior = PlanePrior(normal=tuple(-n), offset_mm=float(-n @ t), row_dir=tuple(r))
-    hyps = _prior_hypotheses(prior, rc, xyz, np.ones(300), 1.5, None, 7.5)
+    hyps = prior_hypotheses(prior, rc, xyz, np.ones(300), 1.5, None, 7.5)
     assert hyps, "no hypothesis"
     best = hyps[0]
     err = np.linalg.norm(best.apply(rc) - (rc @ lin.T + t), axis=1).mean()
@@ -122,7 +123,7 @@ def test_prior_hypotheses_vote_for_the_true_translation():
     assert prior.agrees(best, rc)
     # without an orientation the vote searches the rotation too
     prior2 = PlanePrior(normal=tuple(-n), offset_mm=float(-n @ t))
-    best2 = _prior_hypotheses(prior2, rc, xyz, np.ones(300), 1.5, None, 7.5)[0]
+    best2 = prior_hypotheses(prior2, rc, xyz, np.ones(300), 1.5, None, 7.5)[0]
     assert np.linalg.norm(best2.apply(rc) - (rc @ lin.T + t), axis=1).mean() < 6.0
 
 
@@ -300,13 +301,13 @@ def test_anchor_series_rejects_bad_input(mni_reference, small_series):
         sa.anchor_series([], reference=mni_reference)
     with pytest.raises(InvalidSectionError, match="not a siibra_anchor.Section"):
         sa.anchor_series([secs[0], np.zeros((4, 4))], reference=mni_reference)
-    with pytest.raises(InvalidSectionError, match="same section number twice"):
+    with pytest.raises(InvalidParameterError, match="same section number twice"):
         sa.anchor_series(secs, reference=mni_reference, order=[1, 2, 2])
-    with pytest.raises(InvalidSectionError, match="one finite section number per section"):
+    with pytest.raises(InvalidParameterError, match="one finite section number per section"):
         sa.anchor_series(secs, reference=mni_reference, order=[1, 2])
-    with pytest.raises(InvalidSectionError, match="thickness_mm"):
+    with pytest.raises(InvalidParameterError, match="thickness_mm"):
         sa.anchor_series(secs, reference=mni_reference, thickness_mm=-1.0)
-    with pytest.raises(InvalidSectionError, match="scheduler"):
+    with pytest.raises(InvalidParameterError, match="scheduler"):
         sa.anchor_series(secs, reference=mni_reference, scheduler=42)
 
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import TrainConfigError
+from .errors import TrainConfigError, TrainingFileNotFoundError
 
 __all__ = [
     "PatchConfig",
@@ -266,7 +266,7 @@ def load_config(
     else:
         p = Path(source)
         if not p.is_file():
-            raise FileNotFoundError(f"training config {p} not found")
+            raise TrainingFileNotFoundError(f"training config {p} not found")
         data, name = _parse_text(p.read_text(), p.suffix.lower(), str(p)), str(p)
         if data is None:
             data = {}

@@ -35,7 +35,7 @@ from torch.nn import functional as F
 from siibra_anchor.patches import PatchSpec, extract_patches, grid_centres, normalize_intensity
 from siibra_anchor.planes import CANONICAL_PLANES, pixel_to_world
 
-from .errors import PatchShapeError, TrainConfigError, TrainingError
+from .errors import PatchShapeError, TrainConfigError, TrainingError, TrainingFileNotFoundError
 from .volumes import VolumeSource
 
 __all__ = [
@@ -636,7 +636,7 @@ class ZarrPatchDataset:
 
         p = Path(path)
         if not p.exists():
-            raise FileNotFoundError(f"patch store {p} not found; write it with write_patch_store()")
+            raise TrainingFileNotFoundError(f"patch store {p} not found; write it with write_patch_store()")
         g = zarr.open_group(str(p), mode="r")
         if g.attrs.get("kind") != "siibra-anchor-patches":
             raise TrainingError(f"{p} is not a siibra-anchor patch store (attribute kind={g.attrs.get('kind')!r})")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from siibra_anchor.errors import AnchorError
 
-__all__ = ["TrainingError", "TrainConfigError", "PatchShapeError"]
+__all__ = ["TrainingError", "TrainConfigError", "PatchShapeError", "TrainingFileNotFoundError"]
 
 
 class TrainingError(AnchorError, RuntimeError):
@@ -17,3 +17,7 @@ class TrainConfigError(AnchorError, ValueError):
 
 class PatchShapeError(AnchorError, ValueError):
     """A patch batch or embedding array does not have the documented shape."""
+
+
+class TrainingFileNotFoundError(AnchorError, FileNotFoundError):
+    """A file training needs (a config, a volume, a patch store, a run's output) does not exist."""

@@ -44,7 +44,7 @@ from siibra_anchor.patches import PatchSpec
 from .augment import default_pipeline
 from .config import TrainConfig, load_config
 from .datasets import PatchBatch, PlanePatchSampler, ZarrPatchDataset
-from .errors import TrainConfigError, TrainingError
+from .errors import TrainConfigError, TrainingError, TrainingFileNotFoundError
 from .losses import info_nce_loss, spatial_contrastive_loss
 from .validation import ValidationSet, build_validation_set, evaluate
 from .volumes import load_training_volumes
@@ -287,7 +287,7 @@ def plot_curves(curves_json: str | Path, png: str | Path | None = None) -> Path:
     """Draw a run's ``curves.json`` as a PNG (default: ``curves.png`` beside it). Needs matplotlib."""
     src = Path(curves_json)
     if not src.is_file():
-        raise FileNotFoundError(f"{src} not found: is this the output folder of a training run?")
+        raise TrainingFileNotFoundError(f"{src} not found: is this the output folder of a training run?")
     import matplotlib  # noqa: F401 - fail loudly here rather than log a warning
 
     dst = Path(png) if png else src.with_name("curves.png")

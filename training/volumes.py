@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 
 from siibra_anchor.cache import atomic_file
 
-from .errors import TrainConfigError
+from .errors import TrainConfigError, TrainingFileNotFoundError
 
 __all__ = ["VolumeSource", "brain_mask", "load_training_volumes", "export_volumes", "read_volumes_npz"]
 
@@ -84,7 +84,7 @@ def read_volumes_npz(path: str | os.PathLike[str]) -> dict[str, VolumeSource]:
     """All volumes of an ``.npz`` written by :func:`export_volumes`, keyed by name."""
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(
+        raise TrainingFileNotFoundError(
             f"volumes file {p} not found; write it with `python -m siibra_anchor.training export-volumes OUT.npz`"
         )
     out: dict[str, VolumeSource] = {}

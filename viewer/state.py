@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from siibra_anchor.errors import InvalidSectionError
+from siibra_anchor.errors import InvalidSectionError, MissingDependencyError
 
 from .errors import ViewerArgumentError
 
@@ -62,7 +62,9 @@ def _ng():
     try:
         import neuroglancer
     except ImportError as exc:  # pragma: no cover - depends on the install
-        raise ImportError("the viewer needs the 'neuroglancer' package: pip install 'siibra-anchor[viewer]'") from exc
+        raise MissingDependencyError(
+            "the viewer needs the 'neuroglancer' package: pip install 'siibra-anchor[viewer]'"
+        ) from exc
     return neuroglancer
 
 

@@ -1,22 +1,16 @@
 """Anchoring: place sections in a reference space.
 
-:func:`anchor` runs the pipeline of :mod:`.stages` (sample -> propose -> guide -> score -> disambiguate ->
-assemble) on one section; :func:`anchor_series` anchors the sections of one brain jointly
-(:mod:`.series`). :class:`AnchorParams` holds the matcher's tuning, :class:`PlanePrior` where a plane is
-expected; :mod:`.hypotheses` proposes placements.
+:func:`anchor` (:mod:`.pipeline`) runs the stages of :mod:`.stages` (sample -> propose -> guide -> score ->
+disambiguate -> assemble) on one section; :func:`anchor_series` anchors the sections of one brain jointly
+(:mod:`.series`). :class:`AnchorParams` holds the matcher's tuning and :class:`PlanePrior` where a plane
+is expected (:mod:`.params`); :mod:`.hypotheses` proposes placements.
 """
 
-from .pipeline import (
-    LOW_CONFIDENCE,
-    AnchorParams,
-    PlanePrior,
-    anchor,
-    confidence_from_scores,
-    mounting_mirrored,
-    peak_memory_of,
-    plane_views,
-)
+from .hypotheses import mounting_mirrored, plane_views
+from .params import LOW_CONFIDENCE, AnchorParams, PlanePrior
+from .pipeline import anchor, peak_memory_of
 from .series import SeriesModel, SeriesResult, anchor_series, fit_series
+from .stages import confidence_from_scores
 
 __all__ = [
     "LOW_CONFIDENCE",

@@ -22,10 +22,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..errors import AnchorError, AnchoringFailedError, InvalidSectionError
+from ..errors import AnchorError, AnchoringFailedError, InvalidParameterError, InvalidSectionError
 from ..planes import plane_basis
 from ..result import AnchoringResult
 from ..section import Section
+from .params import PlanePrior
 
 __all__ = ["SeriesModel", "SeriesResult", "fit_series", "anchor_series", "dask_client"]
 
@@ -199,7 +200,7 @@ def fit_series(
     series has a common orientation, its row direction within 20 degrees of it.
     """
     if len(placements) < 3:
-        raise InvalidSectionError(f"a joint series fit needs at least 3 placed sections, got {len(placements)}")
+        raise InvalidParameterError(f"a joint series fit needs at least 3 placed sections, got {len(placements)}")
     k = np.asarray(numbers, float)
     normals = np.stack([p.normal for p in placements])
     w = np.array([max(p.weight, 1e-3) for p in placements])
@@ -298,10 +299,8 @@ def refine_in_plane(
     from scipy import optimize
     from scipy.spatial.transform import Rotation
 
-    from ..affine_fit import SectionMap
     from ..planes import section_affine
-    from ..refine import plane_nmi
-    from .pipeline import _nmi_gain
+    from ..refine import nmi_gain, plane_nmi
 
     pts, sc = _nmi_points(section, reference, seed)
     lin = affine[:3, :2] * sc[None, :]  # working pixels
@@ -328,17 +327,17 @@ def refine_in_plane(
         lin, t = compose(r.x, lin, t)
     moved = float(np.linalg.norm(lin @ c_px + t - c0))
     log.debug("in-plane refinement moved %r by %.2f mm", section.name, moved)
-    gain = _nmi_gain(pts, SectionMap(lin, t), reference)
+    gain = nmi_gain(pts, lin, t, reference.volume, reference.volume_affine)
     return section_affine(lin / sc[None, :], t, float(np.linalg.norm(affine[:3, 2]))), gain
 
 
 def placement_nmi_gain(section: Section, affine: NDArray, reference: Any, seed: int = 0) -> float:
     """NMI gain (over planes shifted 15 mm away) of ``section`` placed by ``affine``, without refinement."""
-    from ..affine_fit import SectionMap
-    from .pipeline import _nmi_gain
+
+    from ..refine import nmi_gain
 
     pts, sc = _nmi_points(section, reference, seed)
-    return float(_nmi_gain(pts, SectionMap(affine[:3, :2] * sc[None, :], affine[:3, 3]), reference))
+    return float(nmi_gain(pts, affine[:3, :2] * sc[None, :], affine[:3, 3], reference.volume, reference.volume_affine))
 
 
 # -- engines -------------------------------------------------------------------------------------------
@@ -417,7 +416,7 @@ def dask_client(scheduler: Any = "local", n_workers: int = 2) -> tuple[Any, Call
         return scheduler, lambda: None
     if scheduler == "local":
         if not isinstance(n_workers, int) or n_workers < 1:
-            raise InvalidSectionError(f"n_workers must be a positive integer, got {n_workers!r}")
+            raise InvalidParameterError(f"n_workers must be a positive integer, got {n_workers!r}")
         cluster = LocalCluster(
             n_workers=n_workers,
             threads_per_worker=1,
@@ -433,7 +432,7 @@ def dask_client(scheduler: Any = "local", n_workers: int = 2) -> tuple[Any, Call
 
         return client, close
     if not isinstance(scheduler, str) or not scheduler:
-        raise InvalidSectionError(
+        raise InvalidParameterError(
             f"scheduler must be None, 'local', an address like 'tcp://host:8786' or a Client, got {scheduler!r}"
         )
     from ..errors import NetworkError
@@ -541,16 +540,16 @@ def _validate(sections: Sequence[Section], order: Sequence[float] | None, thickn
                 "wrap arrays with sa.Section(image, spacing_mm=...)"
             )
     if thickness_mm is not None and not (np.isfinite(thickness_mm) and thickness_mm > 0):
-        raise InvalidSectionError(f"thickness_mm must be a positive number of mm or None, got {thickness_mm!r}")
+        raise InvalidParameterError(f"thickness_mm must be a positive number of mm or None, got {thickness_mm!r}")
     if order is None:
         return np.arange(len(sections), dtype=float)
     k = np.asarray(order, dtype=float)
     if k.shape != (len(sections),) or not np.all(np.isfinite(k)):
-        raise InvalidSectionError(
+        raise InvalidParameterError(
             f"order must hold one finite section number per section ({len(sections)}), got {list(order)!r}"
         )
     if len(np.unique(k)) != len(k):
-        raise InvalidSectionError("order holds the same section number twice; give each section its own number")
+        raise InvalidParameterError("order holds the same section number twice; give each section its own number")
     return k
 
 
@@ -642,30 +641,13 @@ def _joint(
 ) -> SeriesResult:
     """Fit the series to the independent placements, re-anchor outliers with the model's prior, move every
     section onto the model's plane and refine it in-plane, flag what still disagrees."""
-    from .pipeline import PlanePrior
-
     n = len(sections)
-    independent = [r.affine.copy() if isinstance(r, AnchoringResult) else None for r in first]
     cent = [tissue_centroid_px(s.mask) for s in sections]
     ok = [isinstance(r, AnchoringResult) for r in first]
     flags: list[list[str]] = [[] if o else ["failed"] for o in ok]
     if sum(ok) < 3 or not joint:
-        done = [_fill_failed(r, s) for r, s in zip(first, sections, strict=True)]
-        for r, f, k in zip(done, flags, numbers, strict=True):
-            r.diagnostics["flags"] = f + ([] if joint else ["independent"])
-            r.diagnostics["series"] = {
-                "number": float(k),
-                "own_confidence": r.confidence,
-                "independent_affine": r.affine.tolist(),
-            }
-        conf = float(np.median([r.confidence for r in done]))
-        diag = {"timings": timings, "n_sections": n, "joint": False}
-        model = None
-        if sum(ok) >= 3:
-            model = _fit(first, ok, cent, sections, numbers, thickness_mm, seed)
-            diag["n_disagree"] = int((~model.inliers).sum())
-        return SeriesResult(done, model, conf, diag)
-
+        return _independent_series(sections, numbers, thickness_mm, first, ok, cent, flags, joint, seed, timings)
+    independent = [r.affine.copy() if isinstance(r, AnchoringResult) else None for r in first]
     t0 = time.perf_counter()
     model = _fit(first, ok, cent, sections, numbers, thickness_mm, seed)
     timings["fit_s"] = time.perf_counter() - t0
@@ -674,65 +656,14 @@ def _joint(
     timings["family_s"] = time.perf_counter() - t0
     own = [r if isinstance(r, AnchoringResult) else None for r in first]
     outl = [i for i in range(n) if not (ok[i] and model.inliers[i])]
-    tol = float(max(3.0, 3.0 * model.sigma_mm))
-
-    def prior_for(i: int) -> PlanePrior:
-        rd = model.row_dir()
-        return PlanePrior(
-            normal=tuple(float(v) for v in model.normal),  # type: ignore[arg-type]
-            offset_mm=model.offset_mm(float(numbers[i])),
-            tolerance_mm=tol + 3.0,
-            row_dir=None if rd is None else tuple(float(v) for v in rd),  # type: ignore[arg-type]
-            scale=model.scale,
-        )
-
     t0 = time.perf_counter()
-    re = engine.map(
-        _anchor_task,
-        [(sections[i], {**base_kw, "plane_prior": prior_for(i)}) for i in outl],
-        reference=reference,
-        encoder=enc,
+    chosen, agree = _reanchor_outliers(
+        sections, numbers, own, outl, cent, model, flags, engine, reference, enc, base_kw
     )
     timings["reanchor_s"] = time.perf_counter() - t0
-    chosen: list[AnchoringResult | None] = list(own)
-    agree = model.inliers.copy()
-    for i, r in zip(outl, re, strict=True):
-        if isinstance(r, AnchoringResult):
-            pl = _Placement.of(r.affine, cent[i], sections[i].spacing_mm, r.confidence)
-            good = _agrees(pl, model, float(numbers[i]), tol)
-            agree[i] = good
-            flags[i].append("outlier-reanchored" if good else "disagrees-with-series")
-            if own[i] is not None and not good:
-                # keep the independent placement as an alternative the user can inspect
-                r.alternatives.append(
-                    {
-                        "affine": own[i].affine,  # type: ignore[union-attr]
-                        "score": float(own[i].diagnostics.get("nmi_gain") or 0.0),  # type: ignore[union-attr]
-                        "inlier_fraction": float(own[i].diagnostics.get("consistency") or 0.0),  # type: ignore[union-attr]
-                        "label": "independent placement (disagrees with the series)",
-                    }
-                )
-            chosen[i] = r
-        else:
-            flags[i].append("disagrees-with-series")
-    # every placed section onto the model's plane, then in-plane refinement by NMI
-    use_scale = model.scale if model.scale_spread < 0.05 else None
-    items, idx = [], []
-    for i in range(n):
-        ci = chosen[i]
-        if ci is None:
-            continue
-        a = snap_to_plane(
-            ci.affine, cent[i], model.normal, model.offset_mm(float(numbers[i])), use_scale, sections[i].spacing_mm
-        )
-        items.append((sections[i], a, seed))
-        idx.append(i)
     t0 = time.perf_counter()
-    refined = engine.map(_refine_task, items, reference=reference) if reference.volume is not None else []
+    snapped = _snap_and_refine(sections, numbers, chosen, cent, model, engine, reference, seed)
     timings["refine_s"] = time.perf_counter() - t0
-    snapped: dict[int, tuple[NDArray, float | None]] = {}
-    for j, i in enumerate(idx):
-        snapped[i] = refined[j] if refined else (items[j][1], None)
     results: list[AnchoringResult] = []
     for i in range(n):
         ci = chosen[i]
@@ -740,23 +671,10 @@ def _joint(
             results.append(_placed_by_series(sections[i], i, numbers, model, chosen, cent, agree))
             flags[i].append("placed-by-series")
             continue
-        r = ci
-        own_aff = r.affine
-        r.affine, gain = snapped[i]
-        own_conf = r.confidence
-        r.confidence = own_conf if agree[i] else 0.5 * own_conf
-        pl = _Placement.of(own_aff, cent[i], sections[i].spacing_mm, own_conf)
-        r.diagnostics["flags"] = flags[i]
-        r.diagnostics["series"] = {
-            "number": float(numbers[i]),
-            "own_confidence": own_conf,
-            "own_affine": own_aff.tolist(),
-            "independent_affine": None if (ia := independent[i]) is None else ia.tolist(),
-            "offset_residual_mm": float(pl.centre @ model.normal - model.offset_mm(float(numbers[i]))),
-            "normal_angle_deg": float(np.rad2deg(np.arccos(np.clip(abs(pl.normal @ model.normal), 0, 1)))),
-            "nmi_gain_joint": gain,
-        }
-        results.append(r)
+        ci.diagnostics["flags"] = flags[i]
+        results.append(
+            _on_series_plane(ci, snapped[i], bool(agree[i]), independent[i], cent[i], sections[i], numbers[i], model)
+        )
     for r, f in zip(results, flags, strict=True):
         r.diagnostics["flags"] = f
     agree_frac = float(np.mean(agree))
@@ -774,6 +692,146 @@ def _joint(
         "families": families,
     }
     return SeriesResult(results, model, series_conf, diag)
+
+
+def _independent_series(
+    sections: Sequence[Section],
+    numbers: NDArray,
+    thickness_mm: float | None,
+    first: list[Any],
+    ok: list[bool],
+    cent: list[NDArray],
+    flags: list[list[str]],
+    joint: bool,
+    seed: int,
+    timings: dict[str, float],
+) -> SeriesResult:
+    """The independent placements as the series' result (asked for, or fewer than 3 placed sections);
+    the model is fitted only to report how many disagree."""
+    done = [_fill_failed(r, s) for r, s in zip(first, sections, strict=True)]
+    for r, f, k in zip(done, flags, numbers, strict=True):
+        r.diagnostics["flags"] = f + ([] if joint else ["independent"])
+        r.diagnostics["series"] = {
+            "number": float(k),
+            "own_confidence": r.confidence,
+            "independent_affine": r.affine.tolist(),
+        }
+    conf = float(np.median([r.confidence for r in done]))
+    diag: dict[str, Any] = {"timings": timings, "n_sections": len(sections), "joint": False}
+    model = None
+    if sum(ok) >= 3:
+        model = _fit(first, ok, cent, sections, numbers, thickness_mm, seed)
+        diag["n_disagree"] = int((~model.inliers).sum())
+    return SeriesResult(done, model, conf, diag)
+
+
+def _reanchor_outliers(
+    sections: Sequence[Section],
+    numbers: NDArray,
+    own: list[AnchoringResult | None],
+    outl: list[int],
+    cent: list[NDArray],
+    model: SeriesModel,
+    flags: list[list[str]],
+    engine: _Engine,
+    reference: Any,
+    enc: Any,
+    base_kw: dict[str, Any],
+) -> tuple[list[AnchoringResult | None], NDArray]:
+    """Anchor the outliers (and failures) again with the model's plane as prior. Returns each section's
+    chosen result (None: still unplaced) and whether it agrees with the model; flags say what happened."""
+    tol = float(max(3.0, 3.0 * model.sigma_mm))
+    rd = model.row_dir()
+
+    def prior_for(i: int) -> PlanePrior:
+        return PlanePrior(
+            normal=tuple(float(v) for v in model.normal),  # type: ignore[arg-type]
+            offset_mm=model.offset_mm(float(numbers[i])),
+            tolerance_mm=tol + 3.0,
+            row_dir=None if rd is None else tuple(float(v) for v in rd),  # type: ignore[arg-type]
+            scale=model.scale,
+        )
+
+    tasks = [(sections[i], {**base_kw, "plane_prior": prior_for(i)}) for i in outl]
+    re = engine.map(_anchor_task, tasks, reference=reference, encoder=enc)
+    chosen: list[AnchoringResult | None] = list(own)
+    agree = model.inliers.copy()
+    for i, r in zip(outl, re, strict=True):
+        if not isinstance(r, AnchoringResult):
+            flags[i].append("disagrees-with-series")
+            continue
+        pl = _Placement.of(r.affine, cent[i], sections[i].spacing_mm, r.confidence)
+        good = _agrees(pl, model, float(numbers[i]), tol)
+        agree[i] = good
+        flags[i].append("outlier-reanchored" if good else "disagrees-with-series")
+        mine = own[i]
+        if mine is not None and not good:
+            # keep the independent placement as an alternative the user can inspect
+            r.alternatives.append(
+                {
+                    "affine": mine.affine,
+                    "score": float(mine.diagnostics.get("nmi_gain") or 0.0),
+                    "inlier_fraction": float(mine.diagnostics.get("consistency") or 0.0),
+                    "label": "independent placement (disagrees with the series)",
+                }
+            )
+        chosen[i] = r
+    return chosen, agree
+
+
+def _snap_and_refine(
+    sections: Sequence[Section],
+    numbers: NDArray,
+    chosen: list[AnchoringResult | None],
+    cent: list[NDArray],
+    model: SeriesModel,
+    engine: _Engine,
+    reference: Any,
+    seed: int,
+) -> dict[int, tuple[NDArray, float | None]]:
+    """Every placed section moved onto the model's plane, then refined in-plane by NMI (when the reference
+    has a volume). Returns {section index: (affine, NMI gain or None)}."""
+    use_scale = model.scale if model.scale_spread < 0.05 else None
+    items, idx = [], []
+    for i, ci in enumerate(chosen):
+        if ci is None:
+            continue
+        a = snap_to_plane(
+            ci.affine, cent[i], model.normal, model.offset_mm(float(numbers[i])), use_scale, sections[i].spacing_mm
+        )
+        items.append((sections[i], a, seed))
+        idx.append(i)
+    refined = engine.map(_refine_task, items, reference=reference) if reference.volume is not None else []
+    return {i: refined[j] if refined else (items[j][1], None) for j, i in enumerate(idx)}
+
+
+def _on_series_plane(
+    r: AnchoringResult,
+    snapped: tuple[NDArray, float | None],
+    agrees: bool,
+    independent: NDArray | None,
+    centroid: NDArray,
+    section: Section,
+    number: float,
+    model: SeriesModel,
+) -> AnchoringResult:
+    """``r`` moved to its snapped, refined placement, with the series diagnostics (its own placement and
+    how far it was from the model); a placement that disagrees with the series keeps half its confidence."""
+    own_aff = r.affine
+    r.affine, gain = snapped
+    own_conf = r.confidence
+    r.confidence = own_conf if agrees else 0.5 * own_conf
+    pl = _Placement.of(own_aff, centroid, section.spacing_mm, own_conf)
+    r.diagnostics["series"] = {
+        "number": float(number),
+        "own_confidence": own_conf,
+        "own_affine": own_aff.tolist(),
+        "independent_affine": None if independent is None else independent.tolist(),
+        "offset_residual_mm": float(pl.centre @ model.normal - model.offset_mm(float(number))),
+        "normal_angle_deg": float(np.rad2deg(np.arccos(np.clip(abs(pl.normal @ model.normal), 0, 1)))),
+        "nmi_gain_joint": gain,
+    }
+    return r
 
 
 def _choose_family(

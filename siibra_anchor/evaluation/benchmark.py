@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InvalidParameterError
 from .simulate import SimulatedSection, section_error, simulate_section
 
 __all__ = [
@@ -223,7 +224,9 @@ def make_section(case: CaseSpec) -> SimulatedSection:
             )
         except ValueError:
             continue
-    raise RuntimeError(f"could not simulate {case}")
+    raise InvalidParameterError(
+        f"could not simulate {case}: its plane holds no tissue at any of 6 offsets; change the case"
+    )
 
 
 def save_set(cases: list[CaseSpec], sims: list[SimulatedSection], out: str | Path, name: str = "sections") -> None:
@@ -677,7 +680,8 @@ def run_benchmark(
 def _sitk_block(cfg: BenchConfig, cases: list[CaseSpec], sims: list[Any], rows: list[dict], seed: int, bar: Any):
     """SimpleITK multi-start registration on a seeded subset, beside the default on the same sections."""
     try:
-        from .baselines.sitk import SitkParams, SitkUnavailableError, sitk_register
+        from ..errors import SitkUnavailableError
+        from .baselines.sitk import SitkParams, sitk_register
     except ImportError as exc:  # pragma: no cover - the module itself has no hard dependency
         return {"skipped": str(exc)}
     if cfg.sitk_cases <= 0:

@@ -42,6 +42,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..cache import atomic_dir, atomic_file, atomic_write_text
+from ..errors import InvalidParameterError
 
 __all__ = [
     "run_scaling",
@@ -169,7 +170,7 @@ def write_upsampled_zarr(
 
     low = np.asarray(low)
     if low.ndim != 2:
-        raise ValueError(f"low must be (h, w), got {low.shape}")
+        raise InvalidParameterError(f"low must be (h, w), got {low.shape}")
     u = int(np.ceil(size_px / min(low.shape)))
     s0 = low_spacing_mm / u
     n = int(size_px)

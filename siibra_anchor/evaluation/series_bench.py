@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from ..errors import InvalidParameterError
 from ..section import Section
 from .simulate import SimulatedSection, section_error, simulate_section
 
@@ -79,7 +80,7 @@ def damage(sim: SimulatedSection, kind: str, rng: np.random.Generator) -> Simula
         img, msk = img[r0 : r0 + bh, c0 : c0 + bw], msk[r0 : r0 + bh, c0 : c0 + bw]
         aff[:3, 3] = aff[:3, :2] @ np.array([r0, c0], float) + aff[:3, 3]
     else:
-        raise ValueError(f"damage kind must be 'tear', 'noise' or 'crop', got {kind!r}")
+        raise InvalidParameterError(f"damage kind must be 'tear', 'noise' or 'crop', got {kind!r}")
     if msk.sum() < 100:
         return sim
     sec = Section(
@@ -177,7 +178,7 @@ def _stats(errors: list[float]) -> dict[str, float]:
 
 def _registration(volume: str) -> NDArray | None:
     """Affine map of ``volume``'s world onto the reference's anatomy (None without SimpleITK)."""
-    from .baselines.sitk import SitkUnavailableError
+    from ..errors import SitkUnavailableError
     from .baselines.template_floor import register_volumes
 
     try:

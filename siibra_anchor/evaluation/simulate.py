@@ -14,6 +14,7 @@ from numpy.typing import NDArray
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
+from ..errors import EmptyMaskError, InvalidParameterError
 from ..planes import AXIS_OF_PLANE, CANONICAL_PLANES, cut_plane, plane_affine, world_bbox
 from ..reference import volume_brain_mask
 from ..section import Section
@@ -149,10 +150,10 @@ def simulate_section(
         m2[br : br + bh, bc : bc + bw] = msk[br : br + bh, bc : bc + bw]
         msk = m2
     elif partial is not None:
-        raise ValueError(f"partial must be None, 'left', 'right' or 'block', got {partial!r}")
+        raise InvalidParameterError(f"partial must be None, 'left', 'right' or 'block', got {partial!r}")
     msk = ndimage.binary_opening(msk, iterations=1)
     if msk.sum() < 100:
-        raise ValueError("simulated section holds almost no tissue; choose another offset")
+        raise EmptyMaskError("simulated section holds almost no tissue; choose another offset")
     # crop to the tissue plus a margin of background, shifting the affine's origin accordingly
     rr, cc = np.nonzero(msk)
     pad = max(4, int(0.05 * max(np.ptp(rr), np.ptp(cc))))
@@ -163,7 +164,7 @@ def simulate_section(
         # no random draw without tears: sections without tears stay what they were before tears existed
         msk = msk & ~_tear_mask(msk, int(tears), spacing_mm, rng)
         if msk.sum() < 100:
-            raise ValueError("simulated section holds almost no tissue after tearing; choose fewer tears")
+            raise EmptyMaskError("simulated section holds almost no tissue after tearing; choose fewer tears")
     aff = aff.copy()
     aff[:3, 3] = aff[:3, :2] @ np.array([r0, c0], float) + aff[:3, 3]
     tissue = img[msk]
@@ -178,7 +179,7 @@ def simulate_section(
     elif contrast == "as-is":
         img[~msk] = 0.0
     else:
-        raise ValueError(f"contrast must be 'as-is', 'inverted' or 'remap', got {contrast!r}")
+        raise InvalidParameterError(f"contrast must be 'as-is', 'inverted' or 'remap', got {contrast!r}")
     if noise:
         img = img + rng.normal(0, noise, img.shape)
     params = {

@@ -37,7 +37,7 @@ from numpy.typing import NDArray
 from scipy import ndimage
 
 from ..cache import atomic_dir, atomic_file
-from ..errors import FileFormatError, InvalidSectionError, SectionFileNotFoundError, SpacingError
+from ..errors import FileFormatError, InvalidParameterError, InvalidSectionError, SectionFileNotFoundError, SpacingError
 from ..section import Section, to_gray
 
 __all__ = ["resample_to_space", "full_resolution_affine", "world_grid"]
@@ -290,7 +290,7 @@ def resample_to_space(
     if spacing_mm is not None and (not math.isfinite(float(spacing_mm)) or float(spacing_mm) <= 0):
         raise SpacingError(f"spacing_mm must be a positive number of mm, got {spacing_mm!r}")
     if int(chunk) < 8:
-        raise ValueError(f"chunk must be >= 8 voxels, got {chunk!r}")
+        raise InvalidParameterError(f"chunk must be >= 8 voxels, got {chunk!r}")
 
     src, sec_shape = _open_source(source)
     anchored = tuple(int(v) for v in res.section.get("shape", src.full_shape))

@@ -34,6 +34,7 @@ from siibra_anchor.errors import (
     AnchorError,
     CorruptFileError,
     FileFormatError,
+    InvalidParameterError,
     InvalidSectionError,
     SectionFileNotFoundError,
     SpacingError,
@@ -324,7 +325,7 @@ def write_ome_zarr(
     import zarr
 
     if zarr_format not in (2, 3):
-        raise ValueError(f"zarr_format must be 2 or 3, got {zarr_format!r}")
+        raise InvalidParameterError(f"zarr_format must be 2 or 3, got {zarr_format!r}")
     arr = _check_image(image)
     sr, sc = validate_spacing(spacing_mm)
     pyramid = _pyramid(arr, levels)
@@ -523,7 +524,7 @@ def block_reduce(
     """
     fr, fc = (int(f) for f in factor)
     if fr < 1 or fc < 1:
-        raise ValueError(f"block_reduce factor must be >= 1 per axis, got {tuple(factor)!r}")
+        raise InvalidParameterError(f"block_reduce factor must be >= 1 per axis, got {tuple(factor)!r}")
     wr0, wr1, wc0, wc1 = (
         int(v) for v in (window if window is not None else (0, *reader.shape[:1], 0, reader.shape[1]))
     )
@@ -1033,7 +1034,7 @@ def _factor(n0: int, n: int) -> float:
 def _pyramid(arr: NDArray, levels: int) -> list[NDArray]:
     """[arr, 2x block mean, 4x, ...] (at most ``levels``, stops before a side gets < 2 px)."""
     if int(levels) < 1:
-        raise ValueError(f"levels must be >= 1, got {levels!r}")
+        raise InvalidParameterError(f"levels must be >= 1, got {levels!r}")
     out = [arr]
     for _ in range(int(levels) - 1):
         a = out[-1]

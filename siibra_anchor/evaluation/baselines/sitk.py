@@ -21,17 +21,13 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.spatial.transform import Rotation
 
-from siibra_anchor.errors import AnchorError
+from siibra_anchor.errors import SitkUnavailableError
 from siibra_anchor.planes import CANONICAL_PLANES, section_affine
 from siibra_anchor.section import Section
 
 __all__ = ["SitkParams", "SitkUnavailableError", "sitk_register"]
 
 log = logging.getLogger(__name__)
-
-
-class SitkUnavailableError(AnchorError, ImportError):
-    """SimpleITK is not installed."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,163 @@
+"""Each stage of the anchoring pipeline on its own (siibra_anchor.anchoring.stages), on a real simulated
+section and the embedded MNI152 reference: what each stage reads, what it fills in, and that the stages
+run in order give what anchor() gives."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+
+import siibra_anchor as sa
+from siibra_anchor.anchoring import stages
+from siibra_anchor.anchoring.hypotheses import Candidate
+from siibra_anchor.anchoring.stages import Run
+from siibra_anchor.encoders import load_default_encoder
+from siibra_anchor.errors import AnchoringFailedError, EmptyMaskError, InvalidParameterError
+from siibra_anchor.evaluation.simulate import section_error, simulate_section
+from siibra_anchor.planes import section_affine
+
+
+@pytest.fixture(scope="module")
+def sim():
+    return simulate_section(
+        volume="fsl-mni152-t1", orientation="coronal", offset_mm=-10.0, rotation_deg=25.0, tilt_deg=5.0,
+        spacing_mm=0.8, seed=3,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def after(sim, mni_reference):
+    """Snapshots of one Run after each stage (shallow copies: a stage assigns its fields anew)."""
+    r = Run(sim.section, mni_reference, load_default_encoder(), sa.AnchorParams(), seed=0)
+    snaps = {}
+    for stage in stages.STAGES:
+        stage(r)
+        snaps[stage.__name__] = copy.copy(r)
+    return snaps
+
+
+def _placement_error_mm(m, sim, scale):
+    """Mean distance over the tissue between where a working-pixel map puts it and the truth."""
+    aff = section_affine(m.linear / scale[None, :], m.translation, 1.0)
+    return section_error(aff, sim.true_affine, sim.section.mask)
+
+
+def test_sample_fills_patches_inside_the_tissue(after, sim):
+    r = after["sample"]
+    assert r.cen.shape[1] == 2 and len(r.cen) >= 6
+    assert r.msk[r.cen[:, 0].astype(int), r.cen[:, 1].astype(int)].all()
+    assert r.emb.n == len(r.cen)
+    assert np.all(np.diff(r.coarse) > 0) and len(r.coarse) == min(len(r.cen), 200)
+    assert r.emb_coarse.shape[:2] == (len(r.coarse), 12 * 2)  # every angle, both mountings (no hint)
+    assert np.allclose(r.scale, 0.8 / mni_spacing(r))
+
+
+def mni_spacing(r):
+    return r.ref.spec.spacing_mm
+
+
+def test_sample_takes_one_mounting_with_the_hint_and_refuses_empty_tissue(sim, mni_reference):
+    enc = load_default_encoder()
+    r = Run(sim.section, mni_reference, enc, sa.AnchorParams(), flipped=False)
+    stages.sample(r)
+    assert r.mirrors == [False] and r.emb_coarse.shape[1] == 12
+    empty = sa.Section(sim.section.image, spacing_mm=0.8, mask=np.zeros(sim.section.shape, bool))
+    with pytest.raises(EmptyMaskError):
+        stages.sample(Run(empty, mni_reference, enc, sa.AnchorParams()))
+
+
+def test_propose_finds_a_hypothesis_near_the_truth(after, sim):
+    r = after["propose"]
+    assert r.idx.shape == (len(r.coarse), r.params.k) and r.sims.shape == r.idx.shape
+    errs = [_placement_error_mm(h, sim, r.scale) for h in r.hyps]
+    assert min(errs) < 10.0, errs
+    assert r.voted == []  # canonical votes only in the wider search
+
+
+def test_propose_respects_the_hemisphere_hint(after, sim):
+    r = copy.copy(after["sample"])
+    r.hemisphere = "left"
+    stages.propose(r)
+    assert np.all(r.ref.centres_mm[r.idx.ravel(), 0] < 10.0)
+
+
+def test_propose_fails_typed_when_nothing_is_consistent(after):
+    r = copy.copy(after["sample"])
+    r.params = sa.AnchorParams(ransac_trials=1, n_hypotheses=1, ransac_threshold_mm=1e-6, scale_range=(5.0, 6.0))
+    with pytest.raises(AnchoringFailedError):
+        stages.propose(r)
+
+
+def test_guide_rematches_towards_the_truth(after, sim):
+    r = after["guide"]
+    assert all(isinstance(c, Candidate) for c in r.candidates)
+    best_before = min(_placement_error_mm(h, sim, r.scale) for h in r.hyps)
+    best_after = min(_placement_error_mm(c.placement, sim, r.scale) for c in r.candidates)
+    assert best_after <= best_before + 0.5
+    c = r.candidates[0]
+    assert set(c.matches) == {"sim", "idx", "ok"} and len(c.matches["idx"]) == r.emb.n
+
+
+def test_guide_drops_placements_the_hint_rules_out(after):
+    r = copy.copy(after["propose"])
+    r.hemisphere = "right"  # the section's tissue is mostly central; a one-sided hint filters candidates
+    stages.guide(r)
+    kept = [c for c in r.candidates if not r.violates_hints(c.placement)]
+    assert kept == r.candidates or len(r.candidates) == 1  # the fallback keeps one when none is left
+
+
+def test_score_ranks_by_nmi_gain_and_refines_the_winner(after, sim):
+    g, s = after["guide"], after["score"]
+    scores = [c.score for c in s.candidates]
+    assert scores == sorted(scores, reverse=True) and len(s.candidates) == len(g.candidates)
+    assert s.pts is not None and s.candidates[0].score > 0.1
+    assert _placement_error_mm(s.candidates[0].placement, sim, s.scale) < 3.0
+
+
+def test_score_without_a_volume_ranks_by_consistency(after, mni_reference):
+    r = copy.copy(after["guide"])
+    from dataclasses import replace
+
+    r.ref = replace(mni_reference, volume=None)
+    stages.score(r)
+    assert r.pts is None
+    for c in r.candidates:
+        assert c.score == pytest.approx(r.coarse_consistency(c.placement))
+
+
+def test_disambiguate_sets_the_confidence_from_the_scores(after):
+    r = after["disambiguate"]
+    assert r.best is r.candidates[0]
+    base = stages.confidence_from_scores(r.consistency, r.best.score)
+    factor = 1.0 if not np.isfinite(r.margin) else 0.5 + 0.5 * np.tanh(max(r.margin, 0.0) / 0.08)
+    assert r.confidence == pytest.approx(base * factor)
+    assert 0.0 <= r.confidence <= 1.0 and r.consistency > 0.3
+
+
+def test_assemble_gives_the_result_anchor_gives(after, sim, mni_reference):
+    r = after["disambiguate"]
+    res = stages.assemble(r)
+    assert section_error(res.affine, sim.true_affine, sim.section.mask) < 3.0
+    assert len(res.matches["row"]) == r.emb.n
+    inl = np.asarray(res.matches["inlier"], bool)
+    pts = res.to_points(np.asarray(res.matches["row"])[inl], np.asarray(res.matches["col"])[inl])
+    xyz = np.stack([np.asarray(res.matches[k])[inl] for k in "xyz"], axis=1)
+    assert np.all(np.linalg.norm(pts - xyz, axis=1) < r.params.inlier_mm + 1e-6)
+    same = sa.anchor(sim.section, reference=mni_reference, seed=0)
+    assert np.array_equal(same.affine, res.affine) and same.confidence == res.confidence
+
+
+def test_anchor_params_are_checked_on_construction():
+    with pytest.raises(InvalidParameterError, match="AnchorParams.n_rotations"):
+        sa.AnchorParams(n_rotations=0)
+    with pytest.raises(InvalidParameterError, match="AnchorParams.scale_range"):
+        sa.AnchorParams(scale_range=(1.4, 0.7))
+    with pytest.raises(InvalidParameterError, match="AnchorParams.search"):
+        sa.AnchorParams(search="annoy")
+    with pytest.raises(InvalidParameterError, match="AnchorParams.guided_radii_mm"):
+        sa.AnchorParams(guided_radii_mm=())
+    with pytest.raises(InvalidParameterError, match="AnchorParams.retry_below"):
+        sa.AnchorParams(retry_below=1.5)
+    assert sa.AnchorParams(k=3).as_dict()["k"] == 3
