@@ -166,6 +166,24 @@ def test_import_keeps_visualign_markers_and_sizes_from_images(tmp_path):
         sa.import_quint(path, images=tmp_path / "nowhere")
 
 
+def test_import_visualign_workspace_and_unescaped_xml(tmp_path):
+    """VisuAlign workspaces (.waln: "sections" with "ouv") and QuickNII XML with bare & separators."""
+    r = _result("w_s005.png")
+    s = quint_series([r])
+    sec = {k: v for k, v in s["slices"][0].items() if k != "anchoring"}
+    waln = {"target": s["target"], "sections": [{**sec, "ouv": s["slices"][0]["anchoring"], "markers": []}]}
+    (tmp_path / "w.waln").write_text(json.dumps(waln))
+    (a,) = sa.import_quint(tmp_path / "w.waln", thickness_mm=0.05)
+    np.testing.assert_allclose(a.affine, r.affine, atol=1e-9)
+    sec_anch = s["slices"][0]["anchoring"]
+    anch = "&".join(f"{k}={v!r}" for k, v in zip("ox oy oz ux uy uz vx vy vz".split(), sec_anch, strict=True))
+    xml = f'<?xml version="1.0"?><series name="w"><slice filename="w_s005.png" nr="5" width="120" height="150" anchoring="{anch}"/></series>'
+    (tmp_path / "w.xml").write_text(xml)
+    (b,) = sa.import_quint(tmp_path / "w.xml", target="mni152", thickness_mm=0.05)
+    np.testing.assert_allclose(b.affine, r.affine, atol=1e-9)
+    assert b.diagnostics["quint"]["anchoring"] == sec_anch
+
+
 def test_section_numbers_and_to_quicknii_consistent(tmp_path):
     rs = [_result("x_s040.png"), _result("x_s010.png"), _result("x.png")]
     assert [s["nr"] for s in quint_series(rs[:2])["slices"]] == [40, 10]

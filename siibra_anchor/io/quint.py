@@ -279,8 +279,10 @@ def export_quint(
 def _read_series(path: Path) -> dict[str, Any]:
     """A series dict (``slices`` with ``anchoring``) from QUINT JSON, VisuAlign .waln/.wwrp or QuickNII XML."""
     if path.suffix.lower() == ".xml":
+        # some QuickNII-era files leave the & between anchoring fields unescaped; escape bare ones first
+        raw = re.sub(r"&(?!amp;|lt;|gt;|quot;|apos;|#)", "&amp;", path.read_text(encoding="utf-8", errors="replace"))
         try:
-            root = ET.parse(path).getroot()
+            root = ET.fromstring(raw)
         except ET.ParseError as exc:
             raise CorruptFileError(f"{path} is not valid XML ({exc})") from exc
         slices = []
