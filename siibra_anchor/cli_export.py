@@ -1,8 +1,10 @@
-"""``siibra-anchor export RESULT.json... --quint series.json [--xml] [--points points.csv] [--matches matches.csv]``
+"""``siibra-anchor export RESULT.json... --quint series.json [--xml] [--points points.csv] [--matches matches.csv]
+[--explorer annotations.zip]``
 
 Hands anchoring results to the tools people already use: a QUINT series for QuickNII, VisuAlign, DeepSlice
 and PyNutil (:func:`siibra_anchor.io.quint.export_quint`), and CSV tables of anchored points and patch
-matches (:mod:`siibra_anchor.io.tables`). Errors of siibra-anchor become one line on stderr and exit code 2.
+matches (:mod:`siibra_anchor.io.tables`), and point annotations for siibra-explorer
+(:mod:`siibra_anchor.io.explorer`). Errors of siibra-anchor become one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -42,6 +44,12 @@ def get_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--online", action="store_true", help="look regions up through siibra (network)")
     p.add_argument("--matches", metavar="MATCHES.csv", default=None, help="patch matches of every result")
+    p.add_argument(
+        "--explorer",
+        metavar="ANNOTATIONS.zip",
+        default=None,
+        help="outline corners, centre and inlier patch centres as siibra-explorer point annotations (SANDS)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log details")
     return p
 
@@ -80,6 +88,10 @@ def main(args: list[str] | None = None) -> int:
             from .io.tables import write_matches_csv
 
             print(f"matches: {write_matches_csv(results, ns.matches)}")
+        if ns.explorer:
+            from .io.explorer import write_explorer_annotations
+
+            print(f"siibra-explorer annotations: {write_explorer_annotations(results, ns.explorer)}")
     except (AnchorError, _Usage) as exc:
         sys.stderr.write(f"siibra-anchor: error: {' '.join(str(exc).split())}\n")
         return 2

@@ -55,6 +55,44 @@ def test_matches_table_keeps_every_match_of_every_result():
     pd.testing.assert_frame_equal(df[df.section == "b"].drop(columns="section").reset_index(drop=True), b.matches)
 
 
+def _explorer_point_nm(js):
+    """siibra-explorer's Point.fromSANDS, in Python: (space id, (3,) nm) of a SANDS point, or an error."""
+    if js["@type"] != "https://openminds.ebrains.eu/sands/CoordinatePoint":
+        raise ValueError(js["@type"])
+    vals = []
+    for c in js["coordinates"]:
+        if c["unit"]["@id"] != "id.link/mm":
+            raise ValueError("Unit does not parse")
+        vals.append(c["value"] * 1e6)
+    return js["coordinateSpace"]["@id"], np.array(vals)
+
+
+def test_explorer_annotations_are_sands_points_in_the_space(tmp_path):
+    import zipfile
+
+    from siibra_anchor.errors import InvalidParameterError
+    from siibra_anchor.io.explorer import write_explorer_annotations
+    from siibra_anchor.spaces import SPACE_IDS
+
+    r = _axial(n_matches=6)
+    path = write_explorer_annotations(r, tmp_path / "ann.zip")
+    with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+        got = [_explorer_point_nm(json.loads(z.read(n))) for n in names]
+    n_in = int(r.matches["inlier"].sum())
+    assert len(names) == 5 + n_in and all(n.endswith(".sands.json") for n in names)
+    assert {sid for sid, _ in got} == {SPACE_IDS["mni152"]}
+    pts_mm = np.array([p for _, p in got]) / 1e6
+    want = r.to_points([-0.5, -0.5, 179.5, 179.5, 89.5], [-0.5, 199.5, 199.5, -0.5, 99.5])
+    np.testing.assert_allclose(pts_mm[:5], want)
+    inl = r.matches[r.matches.inlier]
+    np.testing.assert_allclose(pts_mm[5:], r.to_points(inl.row, inl.col))
+    custom = AnchoringResult(r.affine, "custom:x", 0.5, section=r.section)
+    with pytest.raises(InvalidParameterError, match="siibra-explorer"):
+        write_explorer_annotations(custom, tmp_path / "c.zip")
+    assert not (tmp_path / "c.zip").exists()
+
+
 def test_cli_export_writes_quint_xml_points_matches(tmp_path, capsys):
     paths = [_axial("x_s002").save(tmp_path / "a.json"), _axial("x_s001", z=-4.0).save(tmp_path / "b.json")]
     rc = main(
@@ -69,6 +107,8 @@ def test_cli_export_writes_quint_xml_points_matches(tmp_path, capsys):
             "20",
             "--matches",
             str(tmp_path / "matches.csv"),
+            "--explorer",
+            str(tmp_path / "ann.zip"),
         ]
     )
     assert rc == 0
@@ -81,6 +121,10 @@ def test_cli_export_writes_quint_xml_points_matches(tmp_path, capsys):
     assert set(pts.section) == {"x_s002", "x_s001"} and len(pts) == 2 * 9 * 10
     assert np.allclose(pts.z_mm[pts.section == "x_s001"], -4.0)
     assert len(pd.read_csv(tmp_path / "matches.csv")) == 10
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "ann.zip") as z:
+        assert len(z.namelist()) == 2 * 5 + sum(AnchoringResult.load(p).matches.inlier.sum() for p in paths)
     assert "series.json" in capsys.readouterr().out
 
 
