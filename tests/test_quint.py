@@ -204,6 +204,8 @@ def test_export_and_import_errors(tmp_path):
         sa.export_quint([], tmp_path / "e.json")
     with pytest.raises(InvalidParameterError):
         sa.export_quint([_result(), _result(space="colin27")], tmp_path / "m.json")
+    with pytest.raises(InvalidParameterError, match="shape"):
+        sa.export_quint([AnchoringResult(np.eye(4), "mni152", 0.5, section={"name": "x"})], tmp_path / "n.json")
     with pytest.raises(SectionFileNotFoundError):
         sa.import_quint(tmp_path / "missing.json")
     (tmp_path / "bad.json").write_text(json.dumps({"name": "x", "target": "mni152"}))

@@ -173,6 +173,11 @@ def quint_slice(result: Any, target: Any = None, *, filename: str | None = None,
             f"the result is in space {result.space!r} but the QUINT target {tgt.name!r} is in {tgt.space!r}; "
             "pass the template of the result's space as target"
         )
+    shape = result.section.get("shape")
+    if not shape or len(shape) < 2:
+        raise InvalidParameterError(
+            f"result {result.section.get('name', '?')!r} has no section shape (H, W); QUINT needs width and height"
+        )
     q = result.to_quicknii()
     entry: dict[str, Any] = {
         "filename": filename or quint_filename(result.section),
