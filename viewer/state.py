@@ -509,6 +509,10 @@ def result_url(
     if matches and state_path is not None:
         write_state(result, state_path, matches=True, **common)
         logger.info("full Neuroglancer state with the matches written to %s", state_path)
+    elif matches and not inline_matches:
+        logger.info(
+            "matches left out of the link; state_path= writes them to a state JSON, inline_matches=True inlines"
+        )
     state = build_state(result, matches=bool(matches and inline_matches), **common)
     url = ng.to_url(state, prefix=prefix)
     if len(url) > max_length:
