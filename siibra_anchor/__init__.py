@@ -26,6 +26,8 @@ _LAZY = {
     "PatchSpec": ".patches",
     "errors": ".errors",
     "templates": ".templates",
+    "export_quint": ".io.quint",
+    "import_quint": ".io.quint",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -8,6 +8,7 @@ Results save to versioned JSON (pydantic) and load back exactly (floats round-tr
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -217,20 +218,30 @@ class AnchoringResult:
         return f"AnchoringResult(space={self.space!r}, confidence={self.confidence:.2f}, centre={self.center_mm.round(1).tolist()})"
 
     # -- QuickNII / DeepSlice -----------------------------------------------------------------------
-    def to_quicknii(self) -> dict[str, Any]:
-        """QuickNII/DeepSlice anchoring: ``{"anchoring": [ox, oy, oz, ux, uy, uz, vx, vy, vz], ...}``.
+    def to_quicknii(self, target: Any = None) -> dict[str, Any]:
+        """One QUINT slice entry: ``{"filename", "nr", "width", "height", "anchoring": [ox, oy, oz, ux, ..., vz]}``.
 
-        ``o`` is the world position (mm, this space) of the image's top-left *corner*, ``u`` spans the
-        full image width and ``v`` the full height, so pixel centre (row, col) lies at
-        ``o + (col + 0.5) / W * u + (row + 0.5) / H * v`` -- QuickNII's normalised image coordinates.
+        ``o`` is the image's top-left *corner*, ``u`` spans the full image width and ``v`` the full height,
+        so pixel centre (row, col) lies at ``o + (col + 0.5) / W * u + (row + 0.5) / H * v`` -- QuickNII's
+        normalised image coordinates. ``filename`` is the image's file name with its extension.
+
+        Without ``target`` the vectors are in world mm of ``space`` (and the entry names ``space``); QuickNII,
+        VisuAlign, DeepSlice and PyNutil read anchorings in a target volume's *voxels*: pass ``target``
+        (e.g. "mni152" or a template NIfTI path) for that frame, or write a whole series with
+        :func:`siibra_anchor.export_quint` (see :mod:`siibra_anchor.io.quint`).
         """
+        if target is not None:
+            from .extensions import extension
+
+            return extension("quint_slice")(self, target)
         h, w = self.section["shape"][:2]
         a = self.affine
         o = a[:3, :2] @ np.array([-0.5, -0.5]) + a[:3, 3]
         u = a[:3, 1] * w
         v = a[:3, 0] * h
         return {
-            "filename": self.section.get("name", "section"),
+            "filename": image_filename(self.section),
+            "nr": 1,
             "width": int(w),
             "height": int(h),
             "anchoring": [float(x) for x in (*o, *u, *v)],
@@ -368,3 +379,16 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, np.generic):
         return obj.item()
     return obj
+
+
+def image_filename(section: Mapping[str, Any], default_ext: str = ".png") -> str:
+    """The image file name of a result's section (``result.section``), with its extension.
+
+    The base name of ``section["path"]`` when the result came from a file, else ``section["name"]``, with
+    ``default_ext`` appended when the name has no extension (QUINT tools open the image by this name).
+    """
+    path = section.get("path")
+    if path:
+        return Path(str(path)).name
+    name = Path(str(section.get("name") or "section")).name
+    return name if Path(name).suffix else name + default_ext

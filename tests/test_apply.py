@@ -43,14 +43,14 @@ def test_full_resolution_affine_inverts_block_reduction(cut):
 def test_section_grid_is_the_full_resolution_image_with_its_affine(cut, tmp_path, source):
     src = cut["sec"] if source == "section" else str(cut["path"])
     assert cut["sec"].shape == (120, 120) and cut["sec"].downsample == (4.0, 4.0)
-    out = resample_to_space(cut["res"], src, tmp_path / "full.nii.gz")
+    out = resample_to_space(cut["res"], src, tmp_path / "full.nii.gz", grid="section")
     img = nib.load(out)
     data = np.asarray(img.dataobj)
     assert data.shape == (H, H, 1) and data.dtype == np.float32
     np.testing.assert_allclose(data[..., 0], cut["img"], atol=1e-5)
     np.testing.assert_allclose(img.affine[:3, [0, 1, 3]], cut["a_full"][:3, [0, 1, 3]], atol=1e-4)
     # coarser output: block means of the full-resolution pixels, centred where the convention says
-    out = resample_to_space(cut["res"], src, tmp_path / "half.nii", spacing_mm=0.5)
+    out = resample_to_space(cut["res"], src, tmp_path / "half.nii", spacing_mm=0.5, grid="section")
     half = nib.load(out)
     ref = cut["img"].reshape(H // 2, 2, H // 2, 2).mean(axis=(1, 3))
     np.testing.assert_allclose(np.asarray(half.dataobj)[..., 0], ref, atol=1e-4)
@@ -85,6 +85,46 @@ def test_reference_grid_agrees_with_the_template_where_the_section_is(cut, tmp_p
     assert np.corrcoef(vals, plane)[0, 1] > 0.98
     rng = float(np.ptp(cut["img"]))
     assert np.median(np.abs(vals - plane)) < 0.02 * rng
+
+
+def test_default_nifti_overlays_on_the_template_with_nilearn(cut, tmp_path):
+    """The default NIfTI output is on the template grid with sform/qform code 4 (MNI152); nilearn's
+    resample_to_img onto the template keeps the section where the plane is. The oblique section grid does not."""
+    from nilearn.image import resample_to_img
+
+    from siibra_anchor.templates import volume_path
+
+    out = resample_to_space(cut["res"], cut["sec"], tmp_path / "default.nii.gz")
+    img = nib.load(out)
+    assert int(img.header["sform_code"]) == 4 and int(img.header["qform_code"]) == 4
+    template = nib.load(volume_path("mni152"))
+    on = resample_to_img(img, template, interpolation="nearest", force_resample=True, copy_header=True)
+    vol = np.asarray(on.dataobj)
+    assert vol.shape == template.shape
+    d, vals, templ, plane = _written(vol, on.affine, cut)
+    assert len(vals) > 5000  # the overlay is not empty ...
+    assert np.abs(d).max() <= 0.5 * np.sqrt(3) + 1e-6  # ... it is on the plane ...
+    assert np.corrcoef(vals, templ)[0, 1] > 0.97  # ... and shows the template's anatomy there
+    oblique = resample_to_space(cut["res"], cut["sec"], tmp_path / "oblique.nii.gz", grid="section", spacing_mm=1.0)
+    lost = resample_to_img(
+        nib.load(oblique), template, interpolation="continuous", force_resample=True, copy_header=True
+    )
+    assert np.count_nonzero(np.asarray(lost.dataobj)) < 0.05 * len(vals)
+
+
+def test_xform_codes_and_templates_of_other_spaces(cut, tmp_path):
+    from siibra_anchor.errors import SpaceUnavailableError
+    from siibra_anchor.templates import volume_path
+
+    custom = AnchoringResult(cut["res"].affine, "custom:mine", 1.0, section=cut["res"].section)
+    out = resample_to_space(custom, cut["sec"], tmp_path / "c.nii.gz", template=volume_path("mni152"))
+    img = nib.load(out)
+    assert img.shape == cut["vol"].shape and int(img.header["sform_code"]) == 2
+    colin = AnchoringResult(cut["res"].affine, "colin27", 1.0, section=cut["res"].section)
+    with pytest.raises(SpaceUnavailableError, match="template"):
+        resample_to_space(colin, cut["sec"], tmp_path / "x.nii.gz", grid="reference")
+    world = nib.load(resample_to_space(colin, cut["sec"], tmp_path / "w.nii.gz", spacing_mm=2.0))
+    assert int(world.header["qform_code"]) == 5 and np.allclose(np.diag(world.affine)[:3], 2.0)
 
 
 def test_world_grid_ome_zarr_matches_nifti_and_stores_only_crossed_chunks(cut, tmp_path):
@@ -123,7 +163,9 @@ def test_apply_errors(cut, tmp_path):
 def test_cli_apply(cut, tmp_path, capsys):
     rj = cut["res"].save(tmp_path / "r.anchor.json")
     out = tmp_path / "cli.nii.gz"
-    assert main(["apply", str(rj), str(cut["path"]), "--out", str(out), "--spacing-mm", "1.0"]) == 0
+    assert (
+        main(["apply", str(rj), str(cut["path"]), "--out", str(out), "--spacing-mm", "1.0", "--grid", "section"]) == 0
+    )
     assert "wrote" in capsys.readouterr().out
     assert nib.load(out).shape == (H // 4, H // 4, 1)
     assert main(["apply", str(rj), str(tmp_path / "missing.zarr"), "--out", str(out)]) == 2

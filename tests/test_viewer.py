@@ -15,9 +15,13 @@ ng = pytest.importorskip("neuroglancer")
 
 from siibra_anchor.viewer.state import (  # noqa: E402
     EBRAINS_PREFIX,
+    MNI152_2009C_AFFINE,
     build_state,
+    fetch_precomputed_affine,
+    precomputed_affine,
     result_url,
     section_orientation,
+    transform_json,
 )
 
 from siibra_anchor.result import AnchoringResult  # noqa: E402
@@ -147,6 +151,53 @@ def test_result_url_is_a_pure_link():
         result_url(res, prefix="ftp://x")
     with pytest.raises(ValueError):
         build_state(res, image=np.zeros((H + 1, W)))
+
+
+def test_default_link_is_short_and_the_state_json_keeps_the_matches(tmp_path):
+    res = _oblique_result(n_matches=300)
+    url = result_url(res, state_path=tmp_path / "r.ng.json", online=False)
+    assert len(url) < 8000
+    js = json.loads(urllib.parse.unquote(url.split("#!", 1)[1]))
+    assert not any(la["name"].startswith("matches") for la in js["layers"])
+    full = json.loads((tmp_path / "r.ng.json").read_text())
+    points = [a for la in full["layers"] if la["name"].startswith("matches") for a in la["annotations"]]
+    assert sum(a["type"] == "point" for a in points) == 300  # every patch centre, in the state file
+    assert [la["name"] for la in full["layers"]][: len(js["layers"])] == [la["name"] for la in js["layers"]]
+    long = result_url(res, inline_matches=True, online=False)
+    assert len(long) > 8000 and "matches (inliers)" in urllib.parse.unquote(long)
+
+
+def test_template_transform_is_read_from_transform_json(tmp_path, monkeypatch):
+    """A served precomputed template carries transform.json (EBRAINS convention); the state uses it online and
+    the assumed MNI152 grid offline."""
+    from siibra_anchor.viewer.serve import serve_result
+
+    monkeypatch.delenv("SIIBRA_ANCHOR_OFFLINE", raising=False)
+    monkeypatch.setenv("SIIBRA_ANCHOR_CACHE", os.environ.get("SIIBRA_ANCHOR_CACHE", str(tmp_path / "cache")))
+    # the convention, against siibra's shift_ng_transfrom for an axis-aligned volume (translation + half voxel)
+    a = np.array([[2.0, 0, 0, -90], [0, 2.0, 0, -126], [0, 0, 2.0, -72], [0, 0, 0, 1]])
+    t = transform_json(a, [2e6, 2e6, 2e6])
+    np.testing.assert_allclose(np.asarray(t)[:3, 3], (a[:3, 3] - 1.0) * 1e6)
+    np.testing.assert_allclose(precomputed_affine({"scales": [{"resolution": [2e6] * 3}]}, t), a)
+    res = _oblique_result(h=4, w=6, sp=12.0)
+    with serve_result(res, np.ones((4, 6), np.float32), open_browser=False) as server:
+        tpl = server.data_url + "template"
+        np.testing.assert_allclose(fetch_precomputed_affine(tpl, timeout_s=10), MNI152_2009C_AFFINE)
+        # a template whose transform.json says 2 mm voxels shifted: the layer follows it, not the assumption
+        d = server.data_dir / "shifted"
+        (d).mkdir()
+        info = json.loads((server.data_dir / "template" / "info").read_text())
+        info["scales"][0]["resolution"] = [2e6, 2e6, 2e6]
+        (d / "info").write_text(json.dumps(info))
+        (d / "transform.json").write_text(json.dumps(t))
+        js = build_state(res, template_source="precomputed://" + server.data_url + "shifted", online=True).to_json()
+        m = np.asarray(_layer(js, "template")["source"][0]["transform"]["matrix"])
+        for ijk in [(0, 0, 0), (10, 20, 30)]:
+            np.testing.assert_allclose(m @ np.r_[np.add(ijk, 0.5), 1], (a @ np.r_[ijk, 1])[:3])
+        off = build_state(res, template_source="precomputed://" + server.data_url + "shifted", online=False)
+        m_off = np.asarray(_layer(off.to_json(), "template")["source"][0]["transform"]["matrix"])
+        np.testing.assert_allclose(m_off[:, 3], MNI152_2009C_AFFINE[:3, 3] - 0.5)
+    assert fetch_precomputed_affine("precomputed://http://127.0.0.1:9/none", timeout_s=2) is None
 
 
 def test_write_precomputed_roundtrip(tmp_path):

@@ -58,6 +58,7 @@ def write_precomputed(
     chunk: tuple[int, int, int] = (64, 64, 64),
     layer_type: str = "image",
     downsample_xy: bool = False,
+    affine: ArrayLike | None = None,
 ) -> Path:
     """Write a 3D array as a raw-encoded Neuroglancer precomputed volume (1 mm index unit).
 
@@ -73,6 +74,9 @@ def write_precomputed(
     layer_type : {"image", "segmentation"}
     downsample_xy : bool
         Add 2x mean-downsampled scales in x, y (for large sections) until the largest side is <= 512.
+    affine : (4, 4) array, optional
+        NIfTI-style voxel -> mm affine of the volume; also written as ``transform.json`` in the convention
+        of the EBRAINS volumes (see :func:`siibra_anchor.viewer.state.transform_json`).
 
     Returns
     -------
@@ -126,6 +130,10 @@ def write_precomputed(
                     # raw encoding: x fastest (Fortran order), little endian
                     data = np.asfortranarray(block.astype(block.dtype.newbyteorder("<"))).tobytes(order="F")
                     _write_bytes(out / key / f"{x0}-{x1}_{y0}-{y1}_{z0}-{z1}", data)
+    if affine is not None:
+        from .state import transform_json
+
+        _write_bytes(out / "transform.json", json.dumps(transform_json(affine, scales[0]["resolution"])).encode())
     info = {
         "@type": "neuroglancer_multiscale_volume",
         "type": layer_type,
@@ -180,12 +188,12 @@ def template_precomputed(space: str = "mni152") -> tuple[Path, NDArray]:
 
     key = "mni152" if str(space).lower().startswith("mni152") else str(space)
     data, aff = load_volume(key)
-    d = cache_dir("viewer") / f"template-{cache_key({'v': key, 'fmt': _PRECOMPUTED_VERSION})}"
+    d = cache_dir("viewer") / f"template-{cache_key({'v': key, 'fmt': _PRECOMPUTED_VERSION, 'transform': 1})}"
     if not (d / "info").is_file():
         lo, hi = np.percentile(data[data > 0] if np.any(data > 0) else data, [0.5, 99.5])
         u8 = np.rint(255.0 * np.clip((data - lo) / max(hi - lo, 1e-12), 0, 1)).astype(np.uint8)
         with atomic_dir(d) as tmp:
-            write_precomputed(u8, tmp)
+            write_precomputed(u8, tmp, affine=aff)
     return d, np.asarray(aff, dtype=np.float64)
 
 

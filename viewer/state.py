@@ -15,8 +15,13 @@ A section image ``(H, W)`` is stored as a precomputed volume of size ``(H, W, 1)
 
 from __future__ import annotations
 
+import json
 import logging
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
+from os import PathLike
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,8 +35,13 @@ __all__ = [
     "EBRAINS_MNI152_URL",
     "EBRAINS_PREFIX",
     "MNI152_2009C_AFFINE",
+    "MAX_URL_LENGTH",
     "build_state",
     "result_url",
+    "write_state",
+    "precomputed_affine",
+    "fetch_precomputed_affine",
+    "transform_json",
     "voxel_transform_matrix",
     "section_orientation",
     "world_dimensions",
@@ -45,11 +55,15 @@ EBRAINS_MNI152_URL = (
     "precomputed://https://neuroglancer.humanbrainproject.eu/precomputed/Fiber_Bundle/"
     "mni_icbm152_t1_tal_nlin_asym_09c_masked"
 )
-#: voxel -> mm affine of the MNI152 2009c 1 mm grid (193, 229, 193) shipped offline; assumed for the
-#: EBRAINS copy (unverified offline: its ``transform.json`` could not be read here).
+#: voxel -> mm affine of the MNI152 2009c 1 mm grid (193, 229, 193) shipped offline; the EBRAINS copy's
+#: own ``info`` and ``transform.json`` are read instead when the network is there
+#: (:func:`fetch_precomputed_affine`); this is the offline fallback.
 MNI152_2009C_AFFINE = np.array(
     [[1.0, 0.0, 0.0, -96.0], [0.0, 1.0, 0.0, -132.0], [0.0, 0.0, 1.0, -78.0], [0.0, 0.0, 0.0, 1.0]]
 )
+
+#: Links longer than this (characters) are hard to paste into mails, chats and some browsers.
+MAX_URL_LENGTH = 8000
 
 #: RGB tint of the section (the template is grey, so the section stands out).
 SECTION_TINT = (1.0, 0.62, 0.2)
@@ -98,11 +112,13 @@ def voxel_transform_matrix(affine: ArrayLike, corner_origin: bool = True) -> NDA
     return m
 
 
-def _source_transform(affine: ArrayLike, names: Sequence[str] = ("x", "y", "z")):
+def _source_transform(
+    affine: ArrayLike, names: Sequence[str] = ("x", "y", "z"), scales: Sequence[float] = (1.0, 1.0, 1.0)
+):
     ng = _ng()
     m = voxel_transform_matrix(affine)
     return ng.CoordinateSpaceTransform(
-        input_dimensions=ng.CoordinateSpace(names=list(names), units="mm", scales=[1.0, 1.0, 1.0]),
+        input_dimensions=ng.CoordinateSpace(names=list(names), units="mm", scales=[float(v) for v in scales]),
         output_dimensions=world_dimensions(),
         matrix=m.tolist(),
     )
@@ -227,14 +243,93 @@ def _annotation_layers(result: Any, h: int, w: int, matches: bool, max_matches: 
     return out
 
 
-def _template_for(result: Any, template_source: Any) -> tuple[str, NDArray] | None:
-    if template_source is None:
-        if str(result.space).lower().startswith("mni152"):
-            return EBRAINS_MNI152_URL, MNI152_2009C_AFFINE
-        logger.warning("no online template known for space %r; the state has no template layer", result.space)
+def precomputed_affine(info: dict[str, Any], transform_nm: ArrayLike | None = None) -> NDArray:
+    """NIfTI-style (4, 4) voxel -> mm affine of scale 0 of a Neuroglancer precomputed volume.
+
+    ``info`` is the volume's ``info`` JSON (its first scale's ``resolution`` in nm per voxel);
+    ``transform_nm`` the (4, 4) (or (3, 4)) matrix of its ``transform.json``, as EBRAINS and siibra store
+    it: resolution-scaled source coordinates (nm, corner convention) -> world nm. None means identity (what
+    siibra assumes when the file is absent). The half-voxel shift back to centres follows
+    ``siibra.volumes.providers.neuroglancer.shift_ng_transfrom``, applied through the linear part.
+    """
+    try:
+        res_nm = np.asarray(info["scales"][0]["resolution"], dtype=np.float64).reshape(3)
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise ViewerArgumentError(f"precomputed info has no scales[0].resolution: {exc}") from exc
+    t = np.eye(4)
+    if transform_nm is not None:
+        tm = np.asarray(transform_nm, dtype=np.float64)
+        if tm.shape not in ((4, 4), (3, 4)) or not np.all(np.isfinite(tm)):
+            raise ViewerArgumentError(f"transform.json must hold a (4, 4) matrix, got shape {tm.shape}")
+        t[: tm.shape[0]] = tm
+    a = t @ np.diag([*res_nm, 1.0])
+    a[:3, 3] += t[:3, :3] @ (0.5 * res_nm)
+    a[:3, :] /= 1e6  # nm -> mm
+    return a
+
+
+def transform_json(affine: ArrayLike, resolution_nm: ArrayLike) -> list[list[float]]:
+    """Inverse of :func:`precomputed_affine`: the (4, 4) ``transform.json`` matrix (nm) of a volume whose
+    NIfTI-style voxel -> mm affine is ``affine`` and whose scale-0 resolution is ``resolution_nm``."""
+    a = np.asarray(affine, dtype=np.float64).copy()
+    res = np.asarray(resolution_nm, dtype=np.float64).reshape(3)
+    a[:3, :] *= 1e6
+    t = np.eye(4)
+    t[:3, :3] = a[:3, :3] / res
+    t[:3, 3] = a[:3, 3] - t[:3, :3] @ (0.5 * res)
+    return t.tolist()
+
+
+def _get_json(url: str, timeout_s: float) -> Any:
+    with urllib.request.urlopen(url, timeout=timeout_s) as r:  # noqa: S310 - http(s) URL checked by caller
+        return json.loads(r.read().decode("utf-8"))
+
+
+def fetch_precomputed_affine(url: str, timeout_s: float = 10.0) -> NDArray | None:
+    """Voxel -> mm affine of a precomputed volume read from its ``info`` and ``transform.json``, or None.
+
+    ``url`` : ``precomputed://http(s)://...`` or the bare http(s) URL. Returns None when the volume cannot
+    be reached within ``timeout_s`` (or ``SIIBRA_ANCHOR_OFFLINE`` is set); a missing ``transform.json``
+    means identity, as in siibra.
+    """
+    from siibra_anchor.net import forced_offline
+
+    base = url.removeprefix("precomputed://").rstrip("/")
+    if forced_offline() or not base.startswith(("http://", "https://")):
         return None
+    try:
+        info = _get_json(f"{base}/info", timeout_s)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        logger.info("cannot read %s/info (%s); using the assumed template transform", base, exc)
+        return None
+    try:
+        transform = _get_json(f"{base}/transform.json", timeout_s)
+    except urllib.error.HTTPError as exc:
+        if exc.code != 404:
+            logger.info("cannot read %s/transform.json (%s); using the assumed template transform", base, exc)
+            return None
+        transform = None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        logger.info("cannot read %s/transform.json (%s); using the assumed template transform", base, exc)
+        return None
+    return precomputed_affine(info, transform)
+
+
+def _template_for(result: Any, template_source: Any, online: bool | None) -> tuple[str, NDArray] | None:
+    if template_source is None:
+        if not str(result.space).lower().startswith("mni152"):
+            logger.warning("no online template known for space %r; the state has no template layer", result.space)
+            return None
+        template_source = EBRAINS_MNI152_URL
     if isinstance(template_source, str):
-        return template_source, MNI152_2009C_AFFINE
+        aff = None
+        if online is None:
+            from siibra_anchor.net import is_online
+
+            online = is_online()
+        if online:
+            aff = fetch_precomputed_affine(template_source)
+        return template_source, MNI152_2009C_AFFINE if aff is None else aff
     url, aff = template_source
     return str(url), np.asarray(aff, dtype=np.float64)
 
@@ -257,6 +352,7 @@ def build_state(
     margin: float = 1.25,
     max_matches: int = 300,
     section_opacity: float = 1.0,
+    online: bool | None = None,
 ):
     """Neuroglancer state that shows the anchored section inside the reference volume.
 
@@ -270,8 +366,10 @@ def build_state(
         (see :func:`siibra_anchor.viewer.serve.serve_result`, which writes and serves them).
     template_source : str or (str, (4, 4) array), optional
         Neuroglancer source URL of the template, with its voxel -> mm affine (NIfTI convention, the source
-        being precomputed with a 1 mm index unit). A bare string assumes the MNI152 2009c grid. Default:
-        the public EBRAINS MNI152 2009c volume for MNI152 results (online only), else no template layer.
+        being precomputed). For a bare string the affine is read from the volume's ``info`` and
+        ``transform.json`` when online (:func:`fetch_precomputed_affine`), else the MNI152 2009c grid is
+        assumed. Default: the public EBRAINS MNI152 2009c volume for MNI152 results (online only), else no
+        template layer.
     matches : bool
         Add the patch matches as annotations: points where the affine puts each patch, lines to the matched
         reference point; inliers green, outliers red.
@@ -279,6 +377,9 @@ def build_state(
         At most this many matches (the most similar) are drawn, to keep links short.
     section_opacity : float
         Opacity of the section layer in [0, 1] (lower it to see the template through the section).
+    online : bool, optional
+        Whether to read a template's ``transform.json`` over the network; None asks
+        :func:`siibra_anchor.net.is_online`.
     parcellation : (str, (4, 4) array), optional
         Segmentation source URL and its voxel -> mm affine, shown as a segmentation layer.
     section_source : str, optional
@@ -302,13 +403,15 @@ def build_state(
     h, w = _section_shape(result, img)
     state = ng.ViewerState()
     state.dimensions = world_dimensions()
-    tpl = _template_for(result, template_source)
+    tpl = _template_for(result, template_source, online)
     if tpl is not None:
         url, aff = tpl
         state.layers.append(
             name="template",
             layer=ng.ImageLayer(
-                source=ng.LayerDataSource(url=url, transform=_source_transform(aff)),
+                source=ng.LayerDataSource(
+                    url=url, transform=_source_transform(aff, scales=np.linalg.norm(aff[:3, :3], axis=0))
+                ),
                 shader=_image_shader(None, False),
                 opacity=1.0,
             ),
@@ -359,6 +462,20 @@ def build_state(
     return state
 
 
+def write_state(result: Any, path: str | PathLike[str], **kwargs: Any) -> Path:
+    """Write the full Neuroglancer state of :func:`build_state` (matches included) as JSON to ``path``.
+
+    Open it in any Neuroglancer: paste it into the state editor (the ``{}`` button), or serve it over
+    http(s) with CORS and open ``<neuroglancer>/#!<url of the JSON>``. Returns the path (written atomically).
+    """
+    from siibra_anchor.cache import atomic_write_text
+
+    path = Path(path)
+    state = build_state(result, **kwargs)
+    atomic_write_text(path, json.dumps(state.to_json(), indent=1))
+    return path
+
+
 def result_url(
     result: Any,
     prefix: str = EBRAINS_PREFIX,
@@ -367,23 +484,43 @@ def result_url(
     matches: bool = True,
     parcellation: tuple[str, ArrayLike] | None = None,
     section_source: str | None = None,
+    inline_matches: bool = False,
+    state_path: str | PathLike[str] | None = None,
+    max_length: int = MAX_URL_LENGTH,
     **kwargs: Any,
 ) -> str:
-    """Neuroglancer link (``prefix#!{state}``) of :func:`build_state`.
+    """Short Neuroglancer link (``prefix#!{state}``) of :func:`build_state`.
 
-    With the default ``prefix`` and no sources this is a pure link: the EBRAINS MNI152 template (online),
-    the section outline and the matches as annotations in mm. Extra ``kwargs`` go to :func:`build_state`.
+    With the default ``prefix`` and no sources this is a pure link: the EBRAINS MNI152 template (online)
+    and the section outline in mm. The patch matches (and patch centres) are left out of the link, which
+    stays under ``max_length`` (8,000) characters: with ``state_path`` the full state, matches included, is
+    written there as JSON (:func:`write_state`); ``inline_matches=True`` puts them in the link instead
+    (long: about 400 characters per match). A link longer than ``max_length`` is logged as a warning.
+    Extra ``kwargs`` go to :func:`build_state`.
     """
     ng = _ng()
     if not isinstance(prefix, str) or not prefix.startswith(("http://", "https://")):
         raise ViewerArgumentError(f"prefix must be an http(s) URL of a Neuroglancer client, got {prefix!r}")
-    state = build_state(
-        result,
+    common = dict(
         image=image,
         template_source=template_source,
-        matches=matches,
         parcellation=parcellation,
         section_source=section_source,
         **kwargs,
     )
-    return ng.to_url(state, prefix=prefix)
+    if matches and state_path is not None:
+        write_state(result, state_path, matches=True, **common)
+        logger.info("full Neuroglancer state with the matches written to %s", state_path)
+    elif matches and not inline_matches:
+        logger.info(
+            "matches left out of the link; state_path= writes them to a state JSON, inline_matches=True inlines"
+        )
+    state = build_state(result, matches=bool(matches and inline_matches), **common)
+    url = ng.to_url(state, prefix=prefix)
+    if len(url) > max_length:
+        logger.warning(
+            "the Neuroglancer link is %d characters (over %d); leave matches out of it (inline_matches=False)",
+            len(url),
+            max_length,
+        )
+    return url

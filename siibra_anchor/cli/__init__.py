@@ -8,13 +8,13 @@ Nothing in the library imports this package; it is the entry point.
 
 from __future__ import annotations
 
-from . import anchor, benchmark, reference, regions, series, view
+from . import anchor, benchmark, export, reference, regions, series, view
 from ._common import run
 
 __all__ = ["main", "COMMAND_GROUPS"]
 
 #: the command modules, in the order ``siibra-anchor --help`` lists their commands
-COMMAND_GROUPS = (anchor, series, regions, view, reference, benchmark)
+COMMAND_GROUPS = (anchor, series, regions, export, view, reference, benchmark)
 
 
 def main(argv: list[str] | None = None) -> int:

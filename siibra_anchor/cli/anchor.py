@@ -111,7 +111,7 @@ def demo_cmd(ns: argparse.Namespace) -> int:
     )
     emit(f"result      {out / 'result.json'}")
     try:
-        url = res.neuroglancer_url()
+        url = res.neuroglancer_url(state_path=out / "neuroglancer_state.json")  # the matches go beside the link
     except ImportError as exc:  # the viewer extra is optional; the viewer's error says how to install it
         emit(f"neuroglancer: not available ({exc})")
     else:

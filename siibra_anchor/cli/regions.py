@@ -32,8 +32,10 @@ def register(sub: Any) -> None:
         "--grid",
         choices=["section", "world", "reference"],
         default=None,
-        help="section pixel grid (NIfTI default), axis-aligned world grid (OME-Zarr default), or the template's",
+        help="reference: the template's grid (NIfTI default without --spacing-mm when the space's template is "
+        "known); world: an axis-aligned grid (OME-Zarr default; NIfTI with --spacing-mm); section: the pixel grid",
     )
+    p.add_argument("--template", default=None, metavar="NIFTI", help="template whose grid --grid reference uses")
     p.add_argument("--chunk", type=int, default=64, help="output chunk edge in voxels (default 64)")
     p.set_defaults(run=apply_cmd)
 
@@ -80,7 +82,9 @@ def regions_cmd(ns: argparse.Namespace) -> int:
 def apply_cmd(ns: argparse.Namespace) -> int:
     from ..io.apply import resample_to_space
 
-    out = resample_to_space(ns.result, ns.image, ns.out, spacing_mm=ns.spacing_mm, grid=ns.grid, chunk=ns.chunk)
+    out = resample_to_space(
+        ns.result, ns.image, ns.out, spacing_mm=ns.spacing_mm, grid=ns.grid, chunk=ns.chunk, template=ns.template
+    )
     emit(f"wrote {out}")
     return 0
 

@@ -4,17 +4,26 @@
 :class:`~siibra_anchor.io.formats.ImageSource`) and writes a chunked volume, so a 100k x 100k px
 section never sits in memory whole. Three output grids:
 
+``"reference"`` (NIfTI default)
+    The voxel grid of the space's template volume (MNI152 2009c at 1 mm, shipped; for other spaces pass
+    ``template=`` the template NIfTI); every voxel that the section plane crosses gets the image value at
+    its projection onto the plane, the others 0: a slab one template voxel thick. This is the grid that
+    overlays: nilearn's ``resample_to_img`` / ``plot_stat_map`` and nibabel's ``resample_from_to`` onto the
+    template keep every written voxel. Used by default for NIfTI when ``spacing_mm`` is not given and a
+    template is known.
+``"world"`` (OME-Zarr default; NIfTI default when ``spacing_mm`` is given or no template is known)
+    An axis-aligned world grid of ``spacing_mm`` (default: 4x the full-resolution spacing, at least
+    0.05 mm) over the section's bounding box, filled like the reference grid (a slab one voxel of
+    ``spacing_mm`` thick). OME-Zarr writes only the chunks the plane crosses. Resampled onto a coarser
+    template grid the slab survives when ``spacing_mm`` is at least the template's voxel size.
 ``"section"`` (NIfTI only)
     The section's own pixel grid, resampled to ``spacing_mm`` (default: the full-resolution pixel
     spacing), one voxel thick; the NIfTI affine is oblique (``result.affine`` composed with the scaling),
-    exactly ``nibabel.Nifti1Image(image[..., None], affine)`` at full resolution.
-``"world"``
-    An axis-aligned world grid of ``spacing_mm`` (default: 4x the full-resolution spacing, at least
-    0.05 mm) over the section's bounding box; every voxel that the section plane crosses gets the image
-    value at its projection onto the plane, the others 0. OME-Zarr writes only the chunks the plane
-    crosses.
-``"reference"``
-    The voxel grid of the space's template volume (e.g. MNI152 at 1 mm), filled the same way.
+    exactly ``nibabel.Nifti1Image(image[..., None], affine)`` at full resolution. Full detail, but an
+    oblique single-voxel slab: resampling it onto a template grid leaves (almost) nothing.
+
+NIfTI outputs carry sform and qform code 4 (MNI152) when the space is MNI152, 5 (another template) for the
+other siibra spaces and 2 (aligned to another image) for custom spaces.
 
 Values are block means of the source over each output voxel's footprint (linear interpolation in
 between); colour is converted to luminance. Writes are atomic.
@@ -37,15 +46,30 @@ from numpy.typing import NDArray
 from scipy import ndimage
 
 from ..cache import atomic_dir, atomic_file
-from ..errors import FileFormatError, InvalidParameterError, InvalidSectionError, SectionFileNotFoundError, SpacingError
+from ..errors import (
+    FileFormatError,
+    InvalidParameterError,
+    InvalidSectionError,
+    SectionFileNotFoundError,
+    SpaceUnavailableError,
+    SpacingError,
+)
 from ..section import Section, to_gray
 
-__all__ = ["resample_to_space", "full_resolution_affine", "world_grid"]
+__all__ = ["resample_to_space", "full_resolution_affine", "world_grid", "xform_code"]
 
 log = logging.getLogger(__name__)
 
 #: About how many output voxels one streamed block holds (bounds memory).
 _BLOCK_VOXELS = 1 << 22
+
+
+def xform_code(space: str) -> int:
+    """NIfTI sform/qform code of a space: 4 (MNI152) for "mni152", 5 (template) for colin27 / bigbrain,
+    2 (aligned anatomical) for anything else."""
+    if space == "mni152":
+        return 4
+    return 5 if space in ("colin27", "bigbrain") else 2
 
 
 def full_resolution_affine(affine: NDArray, downsample: Sequence[float]) -> NDArray:
@@ -146,7 +170,9 @@ def block_reduce(*args: Any, **kwargs: Any) -> NDArray:
 
 
 @contextlib.contextmanager
-def _nifti_memmap(out: Path, shape: tuple[int, int, int], dtype: np.dtype, affine: NDArray) -> Iterator[NDArray]:
+def _nifti_memmap(
+    out: Path, shape: tuple[int, int, int], dtype: np.dtype, affine: NDArray, code: int = 1
+) -> Iterator[NDArray]:
     """Yield a zero-filled (I, J, K) memory map that becomes NIfTI ``out`` (gzipped for .nii.gz) on exit.
 
     The data go to an uncompressed .nii next to ``out`` first (pages leave memory as they are written),
@@ -158,8 +184,8 @@ def _nifti_memmap(out: Path, shape: tuple[int, int, int], dtype: np.dtype, affin
     hdr.set_data_dtype(dtype)
     hdr.set_data_shape(shape)
     hdr.set_xyzt_units("mm")
-    hdr.set_sform(affine, code=1)
-    hdr.set_qform(affine, code=1)
+    hdr.set_sform(affine, code=code)
+    hdr.set_qform(affine, code=code)
     hdr.set_data_offset(352)
     gz = out.name.lower().endswith(".gz")
     with atomic_file(out, suffix=".nii.gz" if gz else ".nii") as tmp:
@@ -248,6 +274,7 @@ def resample_to_space(
     format: str | None = None,
     grid: str | None = None,
     chunk: int = 64,
+    template: str | PathLike[str] | None = None,
 ) -> Path:
     """Write ``source`` placed by ``result`` into the result's space as a chunked NIfTI or OME-Zarr volume.
 
@@ -262,14 +289,19 @@ def resample_to_space(
     spacing_mm : output voxel size in mm (see the module docstring for defaults; ignored by
         ``grid="reference"``).
     format : "nifti" or "ome-zarr" (default: from ``out``'s suffix).
-    grid : "section" (default for NIfTI), "world" (default for OME-Zarr) or "reference".
+    grid : "reference", "world" or "section" (see the module docstring). Default for NIfTI: "reference"
+        when no ``spacing_mm`` is given and a template is known (the space's shipped one or ``template``),
+        else "world"; for OME-Zarr: "world".
     chunk : edge of the output chunks in voxels (OME-Zarr chunks; the streaming block for NIfTI).
+    template : NIfTI whose voxel grid ``grid="reference"`` uses (default: the space's shipped template;
+        only MNI152 ships, so pass it for colin27, bigbrain or a custom space).
 
     Returns
     -------
     Path of the written volume. Raises :class:`FileFormatError` for an unsupported output,
     :class:`SpacingError` for a non-positive spacing, :class:`InvalidSectionError` when the source does
-    not fit the result's section shape.
+    not fit the result's section shape, :class:`SpaceUnavailableError` for ``grid="reference"`` without a
+    template of the space.
     """
     from ..result import AnchoringResult
 
@@ -280,7 +312,11 @@ def resample_to_space(
         raise FileFormatError(f"format must be 'nifti' or 'ome-zarr', got {format!r}")
     if fmt == "nifti" and not out.name.lower().endswith((".nii", ".nii.gz")):
         raise FileFormatError(f"NIfTI output must end in .nii or .nii.gz, got {out.name!r}")
-    grid = grid or ("section" if fmt == "nifti" else "world")
+    from ..templates import VOLUMES
+
+    has_template = template is not None or res.space in VOLUMES
+    if grid is None:
+        grid = "reference" if fmt == "nifti" and spacing_mm is None and has_template else "world"
     if grid not in ("section", "world", "reference"):
         raise FileFormatError(f"grid must be 'section', 'world' or 'reference', got {grid!r}")
     if grid == "section" and fmt == "ome-zarr":
@@ -306,26 +342,48 @@ def resample_to_space(
     a0 = full_resolution_affine(res.affine, down)
     pix_mm = np.linalg.norm(a0[:3, :2], axis=0)  # full-resolution (row, col) mm per pixel
     log.info("source %s px, %s full-res px per anchored px, %.4g x %.4g mm/px", (h0, w0), down, *pix_mm)
+    code = xform_code(res.space)
     if grid == "section":
         s = float(spacing_mm) if spacing_mm is not None else float(pix_mm.min())
-        return _write_section_grid(src, a0, pix_mm, s, out, int(chunk))
+        return _write_section_grid(src, a0, pix_mm, s, out, int(chunk), code)
     if grid == "reference":
-        from ..templates import load_volume
-
-        vol, vaff = load_volume(res.space)
-        g_aff, shape = np.asarray(vaff, np.float64), tuple(int(v) for v in vol.shape[:3])
-        del vol
+        g_aff, shape = _reference_grid(res.space, template)
     else:
         s = float(spacing_mm) if spacing_mm is not None else max(0.05, 4.0 * float(pix_mm.min()))
         g_aff, shape = world_grid(a0, (h0, w0), s)
     n_vox = int(np.prod(shape))
     if n_vox > 2**34:
         raise SpacingError(f"a world grid of {shape} voxels at this spacing is too large; choose a larger spacing_mm")
-    return _write_world_grid(src, a0, pix_mm, g_aff, shape, out, fmt, int(chunk))
+    return _write_world_grid(src, a0, pix_mm, g_aff, shape, out, fmt, int(chunk), code)
+
+
+def _reference_grid(space: str, template: str | PathLike[str] | None) -> tuple[NDArray, tuple[int, ...]]:
+    """(voxel -> mm affine, (I, J, K)) of ``template`` or of the space's shipped template."""
+    import nibabel as nib
+
+    from ..templates import VOLUMES, volume_path
+
+    if template is None:
+        if space not in VOLUMES:
+            raise SpaceUnavailableError(
+                f"no template of space {space!r} ships with siibra-anchor for grid='reference'; pass "
+                "template=<the space's template NIfTI> (CLI: --template), or use grid='world'"
+            )
+        template = volume_path(space)
+    p = Path(template)
+    if not p.is_file():
+        raise SectionFileNotFoundError(f"template volume not found: {p}")
+    try:
+        img: Any = nib.load(str(p))
+    except Exception as exc:  # nibabel raises many kinds for unreadable files
+        raise FileFormatError(f"cannot read template volume {p}: {exc}") from exc
+    if len(img.shape) < 3:
+        raise FileFormatError(f"template volume {p} has shape {img.shape}; need a 3D volume")
+    return np.asarray(img.affine, np.float64), tuple(int(v) for v in img.shape[:3])
 
 
 # -- section grid (NIfTI, filled tile by tile through a memory map) -------------------------------------
-def _write_section_grid(src: Any, a0: NDArray, pix_mm: NDArray, s: float, out: Path, chunk: int) -> Path:
+def _write_section_grid(src: Any, a0: NDArray, pix_mm: NDArray, s: float, out: Path, chunk: int, code: int) -> Path:
     h0, w0 = src.full_shape
     g = (s / float(pix_mm[0]), s / float(pix_mm[1]))  # full-res pixels per output voxel
     ho, wo = max(1, int(math.floor(h0 / g[0] + 1e-6))), max(1, int(math.floor(w0 / g[1] + 1e-6)))
@@ -335,7 +393,7 @@ def _write_section_grid(src: Any, a0: NDArray, pix_mm: NDArray, s: float, out: P
     dtype = _out_dtype(src.dtype)
     level = _level_for(src, g)
     tile = max(int(chunk), int(2048 / max(g)))  # output voxels per tile side: ~2048 source px
-    with _nifti_memmap(out, (ho, wo, 1), dtype, aff) as mm, src.open_level(level) as rd:
+    with _nifti_memmap(out, (ho, wo, 1), dtype, aff, code) as mm, src.open_level(level) as rd:
         sampler = _Sampler(src, rd, level, g)
         for i0 in range(0, ho, tile):
             i1 = min(ho, i0 + tile)
@@ -351,7 +409,15 @@ def _write_section_grid(src: Any, a0: NDArray, pix_mm: NDArray, s: float, out: P
 
 # -- world grid (NIfTI through a memory-mapped file, or OME-Zarr chunk by chunk) -------------------------
 def _write_world_grid(
-    src: Any, a0: NDArray, pix_mm: NDArray, g_aff: NDArray, shape: tuple[int, ...], out: Path, fmt: str, chunk: int
+    src: Any,
+    a0: NDArray,
+    pix_mm: NDArray,
+    g_aff: NDArray,
+    shape: tuple[int, ...],
+    out: Path,
+    fmt: str,
+    chunk: int,
+    code: int = 1,
 ) -> Path:
     lin = a0[:3, :2]
     normal = np.cross(lin[:, 0], lin[:, 1])
@@ -409,7 +475,7 @@ def _write_world_grid(
             write_block(tuple(slice(int(x), int(y)) for x, y in zip(st, en, strict=True)), block)
 
     if fmt == "nifti":
-        with _nifti_memmap(out, (nx, ny, nz), dtype, g_aff) as mm, src.open_level(level) as rd:
+        with _nifti_memmap(out, (nx, ny, nz), dtype, g_aff, code) as mm, src.open_level(level) as rd:
 
             def put(sl: tuple[slice, ...], block: NDArray) -> None:
                 mm[sl] = block
