@@ -14,7 +14,7 @@ from siibra_anchor.anchoring import stages
 from siibra_anchor.anchoring.hypotheses import Candidate
 from siibra_anchor.anchoring.stages import Run
 from siibra_anchor.encoders import load_default_encoder
-from siibra_anchor.errors import AnchoringFailedError, EmptyMaskError, InvalidParameterError
+from siibra_anchor.errors import AnchoringFailedError, ImageTooSmallError, InvalidParameterError
 from siibra_anchor.evaluation.simulate import section_error, simulate_section
 from siibra_anchor.planes import section_affine
 
@@ -51,21 +51,18 @@ def test_sample_fills_patches_inside_the_tissue(after, sim):
     assert r.emb.n == len(r.cen)
     assert np.all(np.diff(r.coarse) > 0) and len(r.coarse) == min(len(r.cen), 200)
     assert r.emb_coarse.shape[:2] == (len(r.coarse), 12 * 2)  # every angle, both mountings (no hint)
-    assert np.allclose(r.scale, 0.8 / mni_spacing(r))
+    assert np.allclose(r.scale, r.ref.spec.spacing_mm / 0.8)  # working pixels are the reference's
 
 
-def mni_spacing(r):
-    return r.ref.spec.spacing_mm
-
-
-def test_sample_takes_one_mounting_with_the_hint_and_refuses_empty_tissue(sim, mni_reference):
+def test_sample_takes_one_mounting_with_the_hint_and_refuses_a_too_small_piece(sim, mni_reference):
     enc = load_default_encoder()
     r = Run(sim.section, mni_reference, enc, sa.AnchorParams(), flipped=False)
     stages.sample(r)
     assert r.mirrors == [False] and r.emb_coarse.shape[1] == 12
-    empty = sa.Section(sim.section.image, spacing_mm=0.8, mask=np.zeros(sim.section.shape, bool))
-    with pytest.raises(EmptyMaskError):
-        stages.sample(Run(empty, mni_reference, enc, sa.AnchorParams()))
+    tiny = np.zeros((20, 20))
+    tiny[5:15, 5:15] = 1.0
+    with pytest.raises(ImageTooSmallError, match="working spacing"):
+        stages.sample(Run(sa.Section(tiny, spacing_mm=0.5), mni_reference, enc, sa.AnchorParams()))
 
 
 def test_propose_finds_a_hypothesis_near_the_truth(after, sim):

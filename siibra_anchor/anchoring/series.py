@@ -200,7 +200,7 @@ def fit_series(
     series has a common orientation, its row direction within 20 degrees of it.
     """
     if len(placements) < 3:
-        raise InvalidParameterError(f"a joint series fit needs at least 3 placed sections, got {len(placements)}")
+        raise InvalidSectionError(f"a joint series fit needs at least 3 placed sections, got {len(placements)}")
     k = np.asarray(numbers, float)
     normals = np.stack([p.normal for p in placements])
     w = np.array([max(p.weight, 1e-3) for p in placements])
