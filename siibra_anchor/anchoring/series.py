@@ -28,7 +28,7 @@ from ..result import AnchoringResult
 from ..section import Section
 from .params import PlanePrior
 
-__all__ = ["SeriesModel", "SeriesResult", "fit_series", "anchor_series", "dask_client"]
+__all__ = ["SeriesModel", "SeriesResult", "fit_series", "anchor_series", "dask_client", "series_confidence"]
 
 log = logging.getLogger(__name__)
 
@@ -816,11 +816,12 @@ def _on_series_plane(
     model: SeriesModel,
 ) -> AnchoringResult:
     """``r`` moved to its snapped, refined placement, with the series diagnostics (its own placement and
-    how far it was from the model); a placement that disagrees with the series keeps half its confidence."""
+    how far it was from the model), and its confidence recomputed for that placement
+    (:func:`series_confidence`)."""
     own_aff = r.affine
     r.affine, gain = snapped
     own_conf = r.confidence
-    r.confidence = own_conf if agrees else 0.5 * own_conf
+    r.confidence = series_confidence(r, gain, section)
     pl = _Placement.of(own_aff, centroid, section.spacing_mm, own_conf)
     r.diagnostics["series"] = {
         "number": float(number),
@@ -830,8 +831,26 @@ def _on_series_plane(
         "offset_residual_mm": float(pl.centre @ model.normal - model.offset_mm(float(number))),
         "normal_angle_deg": float(np.rad2deg(np.arccos(np.clip(abs(pl.normal @ model.normal), 0, 1)))),
         "nmi_gain_joint": gain,
+        "agrees_with_series": bool(agrees),
     }
     return r
+
+
+def series_confidence(r: AnchoringResult, gain: float | None, section: Section) -> float:
+    """The calibrated confidence of ``r`` on its series placement: the features of its own anchoring with
+    the NMI gain (when the in-plane refinement measured it) and the fitted scale of the new affine."""
+    from ..confidence import confidence_model
+
+    feats = dict(r.diagnostics.get("confidence_features") or {})
+    if not feats:  # placed without features (e.g. loaded from an older result): nothing to recompute from
+        return float(r.confidence)
+    sv = np.linalg.svd(r.affine[:3, :2] / np.asarray(section.spacing_mm, float)[None, :], compute_uv=False)
+    feats["log_scale"] = float(abs(np.log(sv.mean())))
+    feats["anisotropy"] = float(sv.max() / sv.min() - 1.0)
+    if gain is not None and "nmi_gain" in feats:
+        feats["nmi_gain"] = float(gain)
+    r.diagnostics["confidence_features"] = feats
+    return confidence_model("volume" if "nmi_gain" in feats else "no-volume")(feats)
 
 
 def _choose_family(

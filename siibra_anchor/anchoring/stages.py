@@ -21,6 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..affine_fit import SectionMap, constrain_affine, ransac_section, similarity_fit
+from ..confidence import cap, confidence_model
 from ..errors import AnchoringFailedError, EmptyMaskError, ImageTooSmallError
 from ..matching import best_in_neighbourhood, search_topk
 from ..patches import grid_centres, normalize_intensity, rotation_angles
@@ -39,6 +40,7 @@ __all__ = [
     "guide",
     "score",
     "disambiguate",
+    "confide",
     "assemble",
     "run_stages",
     "confidence_from_scores",
@@ -60,7 +62,8 @@ class Run:
         voted (those from canonical-plane votes).
     guide: candidates (re-matched placements that respect the hints).
     score: candidates ranked best first (``score`` filled); pts (NMI sample points, None without volume).
-    disambiguate: best (:class:`Candidate`), consistency, confidence, margin.
+    disambiguate: best (:class:`Candidate`), consistency, margin, features (of the confidence model).
+    confide: confidence (calibrated probability of being within 10 mm).
     """
 
     section: Section
@@ -93,8 +96,9 @@ class Run:
     pts: SamplePoints | None = field(default=None, init=False)
     best: Candidate = field(init=False)
     consistency: float = field(init=False)
-    confidence: float = field(init=False)
     margin: float = field(init=False)
+    features: dict[str, float] = field(init=False)
+    confidence: float = field(init=False)
 
     def __post_init__(self) -> None:
         self.rng = np.random.default_rng(self.seed)
@@ -140,14 +144,9 @@ def _patch_centres(r: Run, msk: NDArray) -> NDArray:
 
 def sample(r: Run) -> None:
     """Working-resolution image and mask, tissue patch centres, their embeddings at every in-plane angle
-    and mounting, and the coarse subset that is searched globally."""
+    and mounting, and the coarse subset that is searched globally. A mask that covers every pixel (a
+    block cut from inside the tissue, filling its frame) is a valid mask: patches are taken everywhere."""
     section, spec, p = r.section, r.ref.spec, r.params
-    if section.mask.all():
-        raise EmptyMaskError(
-            f"the tissue mask of section {section.name!r} covers every pixel, so it marks no tissue boundary; "
-            "pass mask=None to detect tissue, or a mask that is False on the background (for a block that "
-            "fills the frame, set the mask's border pixels to False)"
-        )
     t0 = time.perf_counter()
     r.img, r.msk, r.scale = section.at_spacing(spec.spacing_mm)
     if min(r.img.shape) < spec.size_px // 2:
@@ -384,23 +383,56 @@ def confidence_from_scores(consistency: float, nmi_gain: float) -> float:
 
 
 def disambiguate(r: Run) -> None:
-    """Test the winner's mirror image; then the confidence, lowered when a distinct alternative (> 10 mm
-    away over the tissue) fits almost as well (a coin toss, e.g. a block near the midline)."""
+    """Test the winner's mirror image; pick the best candidate and describe it by the features the
+    confidence model reads (:data:`siibra_anchor.confidence.FEATURES`)."""
+    mirror = None
     if r.ref.volume is not None and r.params.refine and r.pts is not None:
+        top = r.candidates[0]
         mirror = _mirror_candidate(r)
         if mirror is not None:
             r.candidates = _ranked([*r.candidates, mirror])
+            mirror = top if r.candidates[0] is mirror else mirror  # the one of the pair that lost
     r.best = best = r.candidates[0]
     r.consistency = r.coarse_consistency(best.placement)
-    r.confidence = confidence_from_scores(r.consistency, best.score if r.ref.volume is not None else 0.05)
     pos_best = best.placement.apply(r.tissue_rc)
     margin = np.inf
     for c in r.candidates[1:]:
         if np.linalg.norm(c.placement.apply(r.tissue_rc) - pos_best, axis=1).mean() > 10.0:
             margin = min(margin, best.score - c.score)
-    if np.isfinite(margin):
-        r.confidence *= 0.5 + 0.5 * float(np.tanh(max(margin, 0.0) / 0.08))
     r.margin = float(margin)
+    r.features = _features(r, None if mirror is None else best.score - mirror.score)
+
+
+def _features(r: Run, mirror_margin: float | None) -> dict[str, float]:
+    """The confidence model's features of the best candidate (see :data:`siibra_anchor.confidence.FEATURES`)."""
+    best, p = r.best, r.params
+    n = r.emb.n
+    idx = best.matches.get("idx", np.full(n, -1))
+    ok = idx >= 0
+    xyz = r.ref.centres_mm[np.maximum(idx, 0)]
+    inl = ok & (np.linalg.norm(best.placement.apply(r.cen) - xyz, axis=1) < p.inlier_mm)
+    sims = np.asarray(best.matches.get("sim", np.zeros(n)))[inl]
+    sv = np.linalg.svd(best.placement.linear, compute_uv=False)
+    feats = {
+        "consistency": r.consistency,
+        "inlier_share": float(inl.mean()),
+        "match_similarity": float(np.median(sims)) if len(sims) else 0.0,
+        "margin": cap(r.margin),
+        "log_patches": float(np.log10(n)),
+        "log_area_mm2": float(np.log10(max(float(r.msk.sum()), 1.0) * r.spacing**2)),
+        "log_scale": float(abs(np.log(sv.mean() / r.spacing))),
+        "anisotropy": float(sv.max() / sv.min() - 1.0),
+    }
+    if r.ref.volume is not None:
+        feats["nmi_gain"] = float(best.score)
+        feats["mirror_margin"] = cap(mirror_margin)
+    return feats
+
+
+def confide(r: Run) -> None:
+    """The calibrated confidence: the probability, by the shipped model of the reference's kind (with or
+    without a template volume), that the best candidate lies within 10 mm of the truth."""
+    r.confidence = confidence_model("volume" if r.ref.volume is not None else "no-volume")(r.features)
 
 
 def _original_affine(r: Run, m: SectionMap) -> NDArray:
@@ -468,6 +500,7 @@ def assemble(r: Run) -> AnchoringResult:
         "consistency": r.consistency,
         "nmi_gain": float(r.best.score) if has_volume else None,
         "margin_to_alternative": r.margin if np.isfinite(r.margin) else None,
+        "confidence_features": r.features,
         "seed": int(r.seed),
         "hemisphere": r.hemisphere,
         "flipped": r.flipped,
@@ -497,7 +530,7 @@ def assemble(r: Run) -> AnchoringResult:
 
 
 #: the stages of one pass, in order
-STAGES = (sample, propose, guide, score, disambiguate)
+STAGES = (sample, propose, guide, score, disambiguate, confide)
 
 
 def run_stages(r: Run) -> AnchoringResult:

@@ -43,6 +43,9 @@ __all__ = [
     "FULL",
     "QUICK",
     "simulated_set",
+    "calibration_report",
+    "calibration_lines",
+    "plot_reliability",
     "make_section",
     "user_hints",
     "ambiguity_set",
@@ -324,8 +327,15 @@ def _stats(errors: list[float]) -> dict[str, float]:
     }
 
 
-def _calibration(conf: list[float], err: list[float]) -> dict[str, Any]:
-    """Reliability of the confidence: error and failure rate per confidence bin, Spearman(conf, error)."""
+def calibration_report(conf: list[float], err: list[float]) -> dict[str, Any]:
+    """How far the confidence can be trusted, as a probability of being within :data:`FAIL_MM`.
+
+    conf : confidences in [0, 1]; err : section errors in mm (a refused section counts as inf with
+    confidence 0). Returns error and failure rate per confidence bin, the reliability diagram (10 equal
+    bins: mean confidence against the observed share within 10 mm), the expected calibration error (ECE,
+    the bin-size-weighted mean of their gaps), false alarms (correct placements below 0.5, as a share of
+    the correct ones) and confident failures (wrong at or above 0.5), and Spearman(confidence, error).
+    """
     from scipy.stats import spearmanr
 
     c, e = np.asarray(conf, float), np.asarray(err, float)
@@ -343,16 +353,71 @@ def _calibration(conf: list[float], err: list[float]) -> dict[str, Any]:
                 "failure_rate": float(np.mean(e[sel] > FAIL_MM)) if sel.any() else float("nan"),
             }
         )
-    rho = float(spearmanr(c, e).statistic) if len(c) > 2 and np.ptp(c) > 0 else float("nan")
     ok = e <= FAIL_MM
+    diagram, ece = [], 0.0
+    for k in range(10):
+        sel = (c >= k / 10) & ((c < (k + 1) / 10) | (k == 9))
+        if sel.any():
+            gap = abs(float(c[sel].mean()) - float(ok[sel].mean()))
+            ece += sel.sum() / max(len(c), 1) * gap
+        diagram.append(
+            {
+                "lo": k / 10,
+                "hi": (k + 1) / 10,
+                "n": int(sel.sum()),
+                "mean_confidence": float(c[sel].mean()) if sel.any() else float("nan"),
+                "observed_correct": float(ok[sel].mean()) if sel.any() else float("nan"),
+            }
+        )
+    rho = (
+        float(spearmanr(c, e).statistic)
+        if len(c) > 2 and np.ptp(c) > 0 and np.ptp(e[np.isfinite(e)]) > 0
+        else float("nan")
+    )
     return {
         "bins": bins,
+        "reliability_diagram": diagram,
+        "ece": float(ece) if len(c) else float("nan"),
         "spearman_confidence_vs_error": rho,
         "mean_confidence_success": float(c[ok].mean()) if ok.any() else float("nan"),
         "mean_confidence_failure": float(c[~ok].mean()) if (~ok).any() else float("nan"),
         "failures_with_confidence_ge_0.5": int(((c >= 0.5) & ~ok).sum()),
         "successes_with_confidence_lt_0.5": int(((c < 0.5) & ok).sum()),
+        "false_alarm_rate": float(((c < 0.5) & ok).sum() / ok.sum()) if ok.any() else float("nan"),
+        "n": int(len(c)),
     }
+
+
+def calibration_lines(cal: dict[str, Any]) -> list[str]:
+    """Text lines of :func:`calibration_report` (the benchmark's table and the real-anatomy tier's)."""
+    lines = [
+        f"confidence (probability of <= {FAIL_MM:.0f} mm): ECE {_f(cal.get('ece'), '.3f')}, "
+        f"false alarms {cal['successes_with_confidence_lt_0.5']} ({_f(cal.get('false_alarm_rate'), '.0%')} of correct "
+        f"placements below 0.5), confident failures {cal['failures_with_confidence_ge_0.5']} (wrong at >= 0.5); "
+        f"mean {_f(cal['mean_confidence_success'], '.2f')} on successes, {_f(cal['mean_confidence_failure'], '.2f')} "
+        f"on failures; Spearman(confidence, error) {_f(cal['spearman_confidence_vs_error'], '.2f')}",
+        f"{'confidence bin':<16}{'n':>4}{'median mm':>11}{'fail':>7}",
+    ]
+    for b in cal["bins"]:
+        lines.append(
+            f"{b['lo']:.2f}-{b['hi']:.2f}{'':<7}{b['n']:>4}{_f(b['median_mm'], '.2f'):>11}"
+            f"{_f(b['failure_rate'], '.0%'):>7}"
+        )
+    return lines
+
+
+def plot_reliability(ax: Any, cal: dict[str, Any], label: str = "") -> None:
+    """Reliability diagram of :func:`calibration_report` on a matplotlib axis: the observed share of
+    placements within 10 mm against the mean confidence, per confidence tenth (marker size ~ n)."""
+    d = [b for b in cal.get("reliability_diagram", []) if b["n"]]
+    x = [b["mean_confidence"] for b in d]
+    y = [b["observed_correct"] for b in d]
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfect calibration")
+    ax.scatter(x, y, s=[20 + 8 * b["n"] for b in d], alpha=0.7, label=label or None)
+    ax.plot(x, y, lw=1)
+    ax.set(xlim=(0, 1), ylim=(-0.02, 1.02), xlabel="confidence (mean per tenth)")
+    ax.set(ylabel=f"observed share within {FAIL_MM:.0f} mm")
+    ax.set_title(f"reliability diagram, ECE {_f(cal.get('ece'), '.3f')} (n {cal.get('n', '?')})")
 
 
 def user_hints(case: CaseSpec, sim: SimulatedSection) -> dict[str, Any]:
@@ -525,6 +590,8 @@ def run_benchmark(
                 "consistency": res.diagnostics["consistency"],
                 "nmi_gain": res.diagnostics["nmi_gain"],
                 "n_encoded_views": res.diagnostics["n_encoded_views"],
+                "stage_s": {k: float(v) for k, v in res.diagnostics["timings"].items()},
+                "retried_wider": "retried_wider" in res.diagnostics,
             }
         )
     report: dict[str, Any] = {
@@ -542,7 +609,12 @@ def run_benchmark(
         "reference": {"n_sections": ref.n_sections, "n_patches": ref.n_patches, "build_s": build_s},
         "time_per_section_s": {
             "median": float(np.median([r["time_s"] for r in rows])),
+            "p90": float(np.percentile([r["time_s"] for r in rows], 90)),
             "max": float(np.max([r["time_s"] for r in rows])),
+            "retried_wider": int(sum(r["retried_wider"] for r in rows)),
+            "stages_median": {
+                k: float(np.median([r["stage_s"].get(k, 0.0) for r in rows])) for k in rows[0]["stage_s"]
+            },
         },
         "patches_per_section_median": float(np.median([r["n_patches"] for r in rows])),
         "embed_ms_per_patch": embed_cost,
@@ -556,7 +628,7 @@ def run_benchmark(
         "baseline_centroid": _stats([r["error_centroid_mm"] for r in rows]),
         "by_contrast": {},
         "by_damage": {},
-        "calibration": _calibration([r["confidence"] for r in rows], [r["error_mm"] for r in rows]),
+        "calibration": calibration_report([r["confidence"] for r in rows], [r["error_mm"] for r in rows]),
         "cases": rows,
     }
     keys = sorted({(r["volume"], r["contrast"]) for r in rows})
@@ -828,12 +900,7 @@ def plot_report(report: dict[str, Any], folder: str | Path) -> dict[str, str]:
 
     cal = report["calibration"]
     fig, ax = plt.subplots(1, 2, figsize=(12, 4.5))
-    labels = [f"{b['lo']:.2f}-{b['hi']:.2f}\nn={b['n']}" for b in cal["bins"]]
-    fr = [np.nan if b["failure_rate"] is None else b["failure_rate"] for b in cal["bins"]]
-    ax[0].bar(range(len(fr)), fr, color="tab:red", alpha=0.7)
-    ax[0].set_xticks(range(len(fr)), labels)
-    ax[0].set(xlabel="confidence bin", ylabel=f"failure rate (> {FAIL_MM:.0f} mm)", ylim=(0, 1))
-    ax[0].set_title("reliability: failures by confidence")
+    plot_reliability(ax[0], cal)
     ax[1].scatter(arr("confidence"), after, alpha=0.7)
     ax[1].axhline(FAIL_MM, color="r", ls=":", lw=1)
     rho = cal["spearman_confidence_vs_error"]
@@ -907,6 +974,7 @@ def format_table(report: dict[str, Any]) -> str:
         f"reference: {ref['n_sections']} sections, {ref['n_patches']} patches, "
         + (f"built in {ref['build_s']:.1f} s" if ref.get("build_s") is not None else "prebuilt"),
         f"time per section: median {report['time_per_section_s']['median']:.2f} s, "
+        f"p90 {_f(report['time_per_section_s'].get('p90'), '.2f')} s, "
         f"max {report['time_per_section_s']['max']:.2f} s "
         f"({report['patches_per_section_median']:.0f} patches median); peak traced memory "
         f"{_f(report['peak_traced_mib_max'], '.0f')} MiB, process peak RSS {report['peak_rss_mib']:.0f} MiB",
@@ -916,6 +984,15 @@ def format_table(report: dict[str, Any]) -> str:
                 f"{ec['torch_threads']} torch threads); raw-pixel baseline {ec['raw_pixel']:.3f} ms"
             ]
             if (ec := report.get("embed_ms_per_patch"))
+            else []
+        ),
+        *(
+            [
+                "stages (median s): "
+                + ", ".join(f"{k.removesuffix('_s')} {v:.2f}" for k, v in st.items())
+                + f"; wider second search on {report['time_per_section_s'].get('retried_wider', 0)} sections"
+            ]
+            if (st := report["time_per_section_s"].get("stages_median"))
             else []
         ),
         "",
@@ -970,20 +1047,7 @@ def format_table(report: dict[str, Any]) -> str:
                 + ", ".join(f"{name} {_f(m['median_mm_held_out'], '.1f')} mm" for name, m in held.items())
                 + f" (n {next(iter(held.values()))['n_held_out']})"
             )
-    cal = report["calibration"]
-    lines += [
-        "",
-        f"confidence: mean {_f(cal['mean_confidence_success'], '.2f')} on successes, "
-        f"{_f(cal['mean_confidence_failure'], '.2f')} on failures; {cal['failures_with_confidence_ge_0.5']} "
-        f"failures with confidence >= 0.5, {cal['successes_with_confidence_lt_0.5']} successes below 0.5; "
-        f"Spearman(confidence, error) {_f(cal['spearman_confidence_vs_error'], '.2f')}",
-        f"{'confidence bin':<16}{'n':>4}{'median mm':>11}{'fail':>7}",
-    ]
-    for b in cal["bins"]:
-        lines.append(
-            f"{b['lo']:.2f}-{b['hi']:.2f}{'':<7}{b['n']:>4}{_f(b['median_mm'], '.2f'):>11}"
-            f"{_f(b['failure_rate'], '.0%'):>7}"
-        )
+    lines += ["", *calibration_lines(report["calibration"])]
     dens = report.get("density")
     if dens:
         lines += ["", f"reference density (sections along the test section's axis; {len(dens['cases'])} sections):"]
