@@ -101,6 +101,29 @@ class AnchoringResult:
         self.mask = mask
         self.image = image
 
+    @classmethod
+    def unplaced(cls, section: Any, reason: str, space: str = "mni152") -> AnchoringResult:
+        """The result for a section that could not be placed: :attr:`placed` is False, the confidence 0,
+        ``diagnostics["unplaced"]`` says why, and the affine is only the section's pixel grid at the origin
+        (no placement: do not use it as one)."""
+        sr, sc = (float(v) for v in section.spacing_mm)
+        aff = np.diag([sr, sc, float(np.mean(section.spacing_mm)), 1.0])
+        info = {"name": section.name, "shape": list(section.shape), "spacing_mm": [sr, sc]}
+        return cls(
+            aff,
+            space,
+            0.0,
+            section={**info, "modality": section.modality},
+            diagnostics={"unplaced": reason, "flags": ["failed", "unplaced"]},
+            mask=section.mask,
+            image=section.image,
+        )
+
+    @property
+    def placed(self) -> bool:
+        """False for a section that could not be placed (see :meth:`unplaced`)."""
+        return "unplaced" not in self.diagnostics
+
     # -- geometry ---------------------------------------------------------------------------------
     @property
     def matches(self):
@@ -157,6 +180,11 @@ class AnchoringResult:
         c = self.center_mm
         n = self.normal
         sp = self.pixel_spacing_mm
+        if not self.placed:
+            return (
+                f"section     {self.section.get('name', '?')}  {tuple(self.section.get('shape', ()))} px\n"
+                f"UNPLACED    {self.diagnostics['unplaced']}"
+            )
         lines = [
             f"section     {self.section.get('name', '?')}  {tuple(self.section.get('shape', ()))} px",
             f"space       {self.space}",
@@ -166,6 +194,13 @@ class AnchoringResult:
             f"in-plane    rotation {self.in_plane_rotation_deg:.1f} deg, fitted spacing "
             f"{sp[0]:.4g} x {sp[1]:.4g} mm/px (stated {self.section.get('spacing_mm')})",
         ]
+        stated = np.asarray(self.section.get("spacing_mm") or [np.nan, np.nan], float).reshape(-1)
+        if stated.size in (1, 2) and np.all(stated > 0):
+            f = np.asarray(sp, float) / np.broadcast_to(stated, (2,))
+            lines.append(
+                f"scale       {f[0]:.3f} (rows) x {f[1]:.3f} (columns) true / stated spacing, anisotropy "
+                f"{max(f) / min(f):.3f} (histology shrinks unevenly; see docs/method.md)"
+            )
         if self.alternatives:
             lines.append(
                 "alternatives " + "; ".join(f"{a['label']} (score {a['score']:.3f})" for a in self.alternatives[:3])

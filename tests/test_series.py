@@ -342,3 +342,17 @@ def test_series_cli_writes_results_and_reports_typed_errors(mni_reference, small
     html = (out / "report.html").read_text()  # the QC report of the series, self-contained
     assert all(name in html for name in ("s8", "s9", "s10"))
     assert html.count("data:image/png;base64,") >= 3 and "http://" not in html and "https://" not in html
+
+
+def test_a_section_that_cannot_be_placed_does_not_fail_the_series(mni_reference, small_series, tmp_path):
+    sims, _, _, kw = small_series
+    tiny = np.zeros((20, 20))
+    tiny[4:16, 4:16] = 1.0  # 6 mm of tissue: too small to anchor (ImageTooSmallError inside the series)
+    secs = [sims[0].section, sims[1].section, sa.Section(tiny, spacing_mm=0.5, name="tiny")]
+    res = sa.anchor_series(secs, reference=mni_reference, **kw)  # 2 placed: too few for a joint fit
+    assert len(res) == 3 and [r.placed for r in res] == [True, True, False]
+    bad = res[2]
+    assert bad.confidence == 0.0 and "ImageTooSmallError" in bad.diagnostics["unplaced"]
+    assert {"failed", "unplaced"} <= set(bad.diagnostics["flags"]) and "UNPLACED" in bad.summary()
+    assert sa.AnchoringResult.load(bad.save(tmp_path / "tiny.json")).placed is False
+    assert section_error(res[0].affine, sims[0].true_affine, sims[0].section.mask) < 5.0

@@ -49,6 +49,9 @@ class AnchorParams:
     ransac_threshold_mm: float = 7.5
     n_hypotheses: int = 6
     scale_range: tuple[float, float] = (0.7, 1.4)
+    #: largest ratio of the two fitted in-plane scales the intensity refinement may reach (histology shrinks
+    #: anisotropically: BigBrain's coronal sections differ by about 1.29 between their axes)
+    max_anisotropy: float = 1.15
     guided_radii_mm: tuple[float, ...] = (16.0, 10.0, 7.0)
     inlier_mm: float = 5.0
     max_guided_iterations: int = 4
@@ -84,6 +87,8 @@ class AnchorParams:
             v = getattr(self, name)
             if not _is_num(v) or v <= 0:
                 raise _bad(name, v, "a positive number")
+        if not _is_num(self.max_anisotropy) or self.max_anisotropy < 1.0:
+            raise _bad("max_anisotropy", self.max_anisotropy, "a number >= 1")
         if not _is_num(self.retry_below) or not 0.0 <= self.retry_below <= 1.0:
             raise _bad("retry_below", self.retry_below, "a number in [0, 1]")
         sr = self.scale_range

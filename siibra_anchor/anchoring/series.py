@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..errors import AnchorError, AnchoringFailedError, InvalidParameterError, InvalidSectionError
+from ..errors import AnchorError, InvalidParameterError, InvalidSectionError
 from ..planes import plane_basis
 from ..result import AnchoringResult
 from ..section import Section
@@ -710,7 +710,7 @@ def _independent_series(
     the model is fitted only to report how many disagree."""
     done = [_fill_failed(r, s) for r, s in zip(first, sections, strict=True)]
     for r, f, k in zip(done, flags, numbers, strict=True):
-        r.diagnostics["flags"] = f + ([] if joint else ["independent"])
+        r.diagnostics["flags"] = f + ([] if r.placed else ["unplaced"]) + ([] if joint else ["independent"])
         r.diagnostics["series"] = {
             "number": float(k),
             "own_confidence": r.confidence,
@@ -964,11 +964,12 @@ def _fit(
 
 
 def _fill_failed(r: Any, section: Section) -> AnchoringResult:
+    """``r`` itself when it is a result; for a section that could not be anchored and that no series model
+    can place (fewer than 3 placed sections, or independent anchoring), an unplaced result that says why
+    (:attr:`AnchoringResult.placed` False, confidence 0) instead of failing the whole series."""
     if isinstance(r, AnchoringResult):
         return r
-    raise AnchoringFailedError(
-        f"section {section.name!r} could not be anchored ({r}) and the series is too short to place it"
-    )
+    return AnchoringResult.unplaced(section, reason=f"{type(r).__name__}: {r}")
 
 
 def _placed_by_series(

@@ -314,7 +314,7 @@ def _refined(r: Run, c: Candidate, smoothed: dict, sigmas: tuple, evals: int) ->
         smooth_sigmas=sigmas,
         max_evals=evals,
     )
-    gm = SectionMap(constrain_affine(lin, r.spacing, r.params.scale_range), t, score=m.score)
+    gm = SectionMap(constrain_affine(lin, r.spacing, r.params.scale_range, r.params.max_anisotropy), t, score=m.score)
     return replace(c, placement=gm, score=_gain(r, gm))
 
 

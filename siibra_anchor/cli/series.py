@@ -39,7 +39,7 @@ def series_cmd(ns: argparse.Namespace) -> int:
     import siibra_anchor as sa
 
     from ..cache import atomic_write_text
-    from ..errors import InvalidParameterError
+    from ..errors import AnchorError, InvalidParameterError, SectionFileNotFoundError
     from ..io.folders import image_stem, series_images
 
     files = series_images(ns.folder)
@@ -50,9 +50,20 @@ def series_cmd(ns: argparse.Namespace) -> int:
             bad = [p.name for p, n in zip(files, nums, strict=True) if not n]
             raise InvalidParameterError(f"--numbers-from-names: no number in {bad[:3]}; rename or drop the option")
         order = [int(n[-1]) for n in nums]
-    sections = [
-        sa.Section.from_file(p, spacing_mm=ns.spacing_mm, modality=ns.modality, name=image_stem(p)) for p in files
-    ]
+    sections, kept, numbers = [], [], []  # numbers keep the gap an unreadable section leaves
+    for k, p in enumerate(files):
+        try:  # one unreadable image does not stop the series: it is reported and left out
+            sections.append(sa.Section.from_file(p, spacing_mm=ns.spacing_mm, modality=ns.modality, name=image_stem(p)))
+        except AnchorError as exc:
+            emit(f"{image_stem(p):<24} not read: {' '.join(str(exc).split())}")
+            continue
+        kept.append(p)
+        numbers.append(k if order is None else order[k])
+    if not sections:
+        raise SectionFileNotFoundError(f"no section image of {ns.folder} could be read (see the lines above)")
+    if order is not None or len(kept) < len(files):
+        order = numbers
+    files = kept
     scheduler = None if ns.in_process else (ns.scheduler or "local")
     if scheduler is not None:
         quiet_dask(ns)
@@ -76,6 +87,9 @@ def series_cmd(ns: argparse.Namespace) -> int:
     atomic_write_text(out / "series.json", json.dumps(res.to_dict(), indent=1))
     for r in res:
         flags = ",".join(r.diagnostics.get("flags", [])) or "-"
+        if not r.placed:
+            emit(f"{r.section.get('name', '?'):<24} unplaced: {r.diagnostics['unplaced']}")
+            continue
         emit(f"{r.section.get('name', '?'):<24} confidence {r.confidence:.2f}  {r.plane_name:<9} {flags}")
     emit(f"series      {len(res)} sections, series confidence {res.confidence:.2f}")
     emit(f"results     {out}/*.anchor.json, {out / 'series.json'}")

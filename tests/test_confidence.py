@@ -1,0 +1,88 @@
+"""The calibrated confidence (siibra_anchor.confidence), its fit (evaluation.calibrate) and the calibration
+report of the benchmark (ECE, false alarms, confident failures)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from siibra_anchor.confidence import FEATURES, ConfidenceModel, confidence_model, feature_vector
+from siibra_anchor.errors import CorruptFileError, InvalidParameterError
+from siibra_anchor.evaluation.benchmark import calibration_report
+from siibra_anchor.evaluation.calibrate import NO_VOLUME_FEATURES, VOLUME_FEATURES, fit_models
+
+
+def _rows(n=400, seed=0):
+    """Rows whose correctness follows a known logistic law of two features (the others are noise)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        f = {k: float(rng.normal()) for k in VOLUME_FEATURES}
+        z = 3.0 * f["nmi_gain"] + 2.0 * f["consistency"] - 0.5
+        correct = bool(rng.random() < 1 / (1 + np.exp(-z)))
+        for p in ("first", "novol"):
+            rows.append({"key": f"s-{i}-{p}", "kind": "sections", "pass": p, "features": f, "correct": correct})
+    return rows
+
+
+def test_fitted_model_reproduces_sklearn_and_finds_the_law():
+    from sklearn.linear_model import LogisticRegression
+
+    rows = _rows()
+    out = fit_models(rows, {"what": "test"})
+    m = ConfidenceModel.from_dict(out["models"]["volume"])
+    use = [r for r in rows if r["pass"] == "first"]
+    x = np.array([[r["features"][k] for k in VOLUME_FEATURES] for r in use])
+    y = np.array([r["correct"] for r in use], int)
+    mean, sd = x.mean(0), x.std(0)
+    ref = LogisticRegression(C=1.0, max_iter=2000).fit((x - mean) / sd, y).predict_proba((x - mean) / sd)[:, 1]
+    got = np.array([m(r["features"]) for r in use])
+    np.testing.assert_allclose(got, ref, atol=1e-6)
+    coef = dict(zip(m.names, m.coef, strict=True))
+    assert coef["nmi_gain"] > 1.0 and coef["consistency"] > 0.7 and abs(coef["log_scale"]) < 0.6
+    nv = ConfidenceModel.from_dict(out["models"]["no-volume"])
+    assert nv.names == NO_VOLUME_FEATURES and "nmi_gain" not in nv.names
+    assert m.provenance["n_rows"] == len(use) and json.dumps(out)  # serialisable
+
+
+def test_shipped_models_load_and_give_probabilities():
+    for kind in ("volume", "no-volume"):
+        m = confidence_model(kind)
+        assert set(m.names) <= set(FEATURES) and m.provenance["n_rows"] > 50
+        assert "disjoint_from" in m.provenance and m.provenance["calibration_seeds"]
+        mid = dict(zip(m.names, m.mean, strict=True))
+        assert 0.0 < m(mid) < 1.0
+    vol = confidence_model("volume")
+    good = dict(zip(vol.names, vol.mean, strict=True))
+    bad = dict(good)
+    good.update(nmi_gain=0.25, consistency=0.6, inlier_share=0.7)
+    bad.update(nmi_gain=0.0, consistency=0.02, inlier_share=0.05)
+    assert vol(good) > 0.5 > vol(bad)
+
+
+def test_bad_models_and_features_raise_typed_errors():
+    with pytest.raises(CorruptFileError):
+        ConfidenceModel.from_dict({"kind": "volume", "features": ["consistency"]})
+    with pytest.raises(CorruptFileError):
+        ConfidenceModel.from_dict(
+            {"kind": "v", "features": ["no-such"], "mean": [0], "scale": [1], "coef": [1], "intercept": 0}
+        )
+    with pytest.raises(InvalidParameterError, match="nmi_gain"):
+        feature_vector({"consistency": 0.5, "nmi_gain": float("nan")}, ("consistency", "nmi_gain"))
+    with pytest.raises(InvalidParameterError):
+        confidence_model("sometimes")
+
+
+def test_calibration_report_against_a_hand_computation():
+    conf = [0.05, 0.15, 0.45, 0.55, 0.95, 0.95, 0.95, 0.95]
+    err = [20.0, 1.0, 2.0, 30.0, 1.0, 2.0, 1.5, 15.0]
+    cal = calibration_report(conf, err)
+    # tenths: [0,.1): 1 wrong; [.1,.2): 1 right; [.4,.5): 1 right; [.5,.6): 1 wrong; [.9,1]: 3 of 4 right
+    ece = (abs(0.05 - 0) + abs(0.15 - 1) + abs(0.45 - 1) + abs(0.55 - 0) + 4 * abs(0.95 - 0.75)) / 8
+    assert cal["ece"] == pytest.approx(ece)
+    assert cal["successes_with_confidence_lt_0.5"] == 2 and cal["false_alarm_rate"] == pytest.approx(2 / 5)
+    assert cal["failures_with_confidence_ge_0.5"] == 2
+    top = cal["reliability_diagram"][9]
+    assert top["n"] == 4 and top["observed_correct"] == pytest.approx(0.75)
