@@ -147,6 +147,7 @@ def _wider(first: Run, result: AnchoringResult, t_start: float) -> AnchoringResu
         first.plane_prior,
         first.n_patches,
         first.device,
+        reuse_views=first.emb,
     )
     t_again = time.perf_counter()
     again_run.timings["reference_s"] = 0.0

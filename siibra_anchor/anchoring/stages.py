@@ -76,6 +76,9 @@ class Run:
     plane_prior: PlanePrior | None = None
     n_patches: int | None = None
     device: Any = None
+    #: the patch embeddings of an earlier pass over the same section (the wider search reuses the views
+    #: it already encoded when its patches are the same)
+    reuse_views: Any = None
     rng: np.random.Generator = field(init=False)
     timings: dict[str, float] = field(default_factory=dict)
     img: NDArray = field(init=False)
@@ -166,7 +169,11 @@ def sample(r: Run) -> None:
         )
     angles = rotation_angles(p.n_rotations)
     r.mirrors = [False, True] if r.flipped is None else [bool(r.flipped)]
-    r.emb = PatchViews(r.imgn, r.cen, spec.size_px, angles, r.mirrors, r.encoder, device=r.device)
+    old = r.reuse_views
+    if old is not None and old.mirrors == r.mirrors and np.array_equal(old.centres, r.cen):
+        r.emb = old  # same patches of the same image: its encoded views stay valid
+    else:
+        r.emb = PatchViews(r.imgn, r.cen, spec.size_px, angles, r.mirrors, r.encoder, device=r.device)
     r.coarse = np.sort(r.rng.choice(r.emb.n, min(r.emb.n, p.n_coarse), replace=False))
     r.emb_coarse = r.emb.all_views(r.coarse)
     r.tissue_rc = np.argwhere(r.msk)[:: max(1, int(r.msk.sum()) // 2000)].astype(float)
