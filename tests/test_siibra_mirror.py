@@ -1,0 +1,117 @@
+"""siibra-anchor against the local EBRAINS mirror (tests/ebrains_mirror): siibra's real configuration JSON,
+stand-in data in the real formats, a real HTTP server on 127.0.0.1. Every online path: Colin27 through its
+``zip/nii`` archive, typed errors for 404s and stalls, anchoring in Colin27, Julich-Brain 3.1 regions in both
+spaces, points warped MNI152 -> Colin27 through the transformation service's protocol."""
+
+from __future__ import annotations
+
+import time
+
+import nibabel as nib
+import numpy as np
+import pytest
+from ebrains_mirror.mirror import COLIN27_AFFINE, COLIN27_FROM_MNI152, COLIN27_MEMBER, COLIN27_ZIP
+
+import siibra_anchor as sa
+from siibra_anchor.errors import SpaceUnavailableError
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    """An empty siibra-anchor cache (templates are fetched again); siibra's own download of the zip forgotten."""
+    monkeypatch.setenv("SIIBRA_ANCHOR_CACHE", str(tmp_path / "cache"))
+    yield tmp_path / "cache"
+
+
+def _forget_zip(mirror) -> None:
+    from pathlib import Path
+
+    from siibra.retrieval.requests import ZipfileRequest
+
+    Path(ZipfileRequest(f"{mirror.url}/{COLIN27_ZIP}", COLIN27_MEMBER).cachefile).unlink(missing_ok=True)
+
+
+def test_a_404_on_the_colin27_archive_is_a_typed_error_saying_what_to_do(ebrains_mirror, siibra_mirror, fresh_cache):
+    from siibra_anchor.adapters.siibra_spaces import fetch_template
+
+    _forget_zip(ebrains_mirror)
+    ebrains_mirror.fail(COLIN27_ZIP, "404")
+    with pytest.raises(SpaceUnavailableError, match="from_volume") as info:
+        fetch_template("colin27", timeout_s=30)
+    assert "colin27" in str(info.value)
+    assert ebrains_mirror.count(COLIN27_ZIP) >= 1  # it did ask the server
+
+
+def test_a_stalled_server_is_a_typed_error_within_the_timeout(ebrains_mirror, siibra_mirror, fresh_cache):
+    from siibra_anchor.adapters.siibra_spaces import fetch_template
+
+    _forget_zip(ebrains_mirror)
+    ebrains_mirror.fail(COLIN27_ZIP, "stall")
+    t = time.perf_counter()
+    with pytest.raises(SpaceUnavailableError, match="did not finish within"):
+        fetch_template("colin27", timeout_s=1.0)
+    assert time.perf_counter() - t < 15  # 3 attempts of 1 s, 1 s + 2 s backoff
+
+
+def test_a_pyramid_that_is_not_served_is_a_typed_error_not_an_attribute_error(siibra_mirror, fresh_cache):
+    from siibra_anchor.adapters.siibra_spaces import fetch_template
+
+    # the real BigBrain space declares only neuroglancer/precomputed; the mirror has no BigBrain pyramid
+    with pytest.raises(SpaceUnavailableError, match="bigbrain"):
+        fetch_template("bigbrain", timeout_s=30)
+
+
+def test_precomputed_resolution_is_one_the_pyramid_has(siibra_mirror):
+    from siibra_anchor.adapters.siibra_spaces import feasible_resolution
+
+    tpl = siibra_mirror.spaces.get("colin27").get_template()  # its precomputed info: one 1 mm scale
+    assert feasible_resolution(tpl, 0.32) == pytest.approx(1.0)  # 0.32 mm is not feasible: the finest is
+    assert feasible_resolution(tpl, 2.0) == pytest.approx(2.0)
+
+
+def test_colin27_template_comes_from_the_zip_archive_brain_masked_and_cached(ebrains_mirror, siibra_mirror):
+    from siibra_anchor.adapters.siibra_spaces import fetch_template
+
+    path = fetch_template("MNI Colin 27", timeout_s=120)
+    assert path.name.startswith("colin27-") and path.is_file()
+    assert ebrains_mirror.count(COLIN27_ZIP) >= 1 and ebrains_mirror.count("colin27_seg/1mm") == 0  # no chunks
+    img = nib.load(str(path))
+    assert img.shape == (181, 217, 181) and np.allclose(img.affine, COLIN27_AFFINE)
+    head, brain = ebrains_mirror.truth["colin27_head"]()
+    got = np.asarray(img.dataobj) > 0
+    dice = 2 * (got & brain).sum() / (got.sum() + brain.sum())
+    assert dice > 0.95, dice
+    from scipy import ndimage
+
+    dist = ndimage.distance_transform_edt(~brain)
+    scalp = (dist > 7.5) & (dist < 11.5)
+    assert head[scalp].mean() > 50 and not got[scalp].any()  # the scalp was there and is gone
+    n = len(ebrains_mirror.requests)
+    assert fetch_template("colin27") == path and len(ebrains_mirror.requests) == n  # cached: no request
+    mask = nib.load(str(path).replace(".nii.gz", "-mask.nii.gz"))
+    assert np.asarray(mask.dataobj)[got].all()  # the template is zero outside its stored brain mask
+
+
+@pytest.mark.slow
+def test_anchor_in_colin27_places_a_section_cut_from_the_mni152_family(siibra_mirror):
+    from siibra_anchor.simulate import section_error, simulate_section
+
+    ref = sa.Reference.from_space("colin27", n_sections=12, axis="coronal")
+    assert ref.space == "colin27" and ref.n_patches > 1000
+    sim = simulate_section("fsl-mni152-t1", orientation="coronal", seed=2, spacing_mm=0.4)
+    res = sa.anchor(sim.section, space="colin27", reference=ref, seed=0)
+    assert res.space == "colin27"
+    truth = COLIN27_FROM_MNI152 @ sim.true_affine  # where the section lies in (stand-in) Colin27
+    err = section_error(res.affine, truth, sim.section.mask)
+    assert err < 4.0, err
+    # the same affine read as MNI152 would be off by the MNI152 -> Colin27 difference
+    assert section_error(res.affine, sim.true_affine, sim.section.mask) > err
+
+
+def test_points_are_warped_mni152_to_colin27_through_the_transformation_service(ebrains_mirror, siibra_mirror):
+    pc = siibra_mirror.PointCloud([(-10.0, -80.0, 5.0), (30.0, 10.0, 40.0)], space="mni152")
+    before = ebrains_mirror.count("transform-points")
+    out = pc.warp("colin27")
+    assert ebrains_mirror.count("transform-points") == before + 1
+    expected = np.c_[np.asarray(pc.coordinates), np.ones(2)] @ COLIN27_FROM_MNI152.T
+    assert np.allclose(np.asarray(out.coordinates), expected[:, :3])
