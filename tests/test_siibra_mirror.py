@@ -115,3 +115,45 @@ def test_points_are_warped_mni152_to_colin27_through_the_transformation_service(
     assert ebrains_mirror.count("transform-points") == before + 1
     expected = np.c_[np.asarray(pc.coordinates), np.ones(2)] @ COLIN27_FROM_MNI152.T
     assert np.allclose(np.asarray(out.coordinates), expected[:, :3])
+
+
+def _coronal_result(shape=(60, 80)):
+    from siibra_anchor.planes import CANONICAL_PLANES, plane_affine
+
+    r, c = CANONICAL_PLANES["coronal"]
+    mask = np.zeros(shape, bool)
+    mask[10:50, 10:70] = True
+    return sa.AnchoringResult(
+        plane_affine((0, -20, 10), r, c, 1.0, shape),
+        "mni152",
+        1.0,
+        section={"name": "s", "shape": list(shape)},
+        mask=mask,
+    )
+
+
+def test_transform_to_colin27_fits_the_warped_section_points(ebrains_mirror, siibra_mirror):
+    res = _coronal_result()
+    before = ebrains_mirror.count("transform-points")
+    tr = res.transform.to_space("colin27")
+    assert ebrains_mirror.count("transform-points") > before  # went through the service's protocol
+    assert tr.space == "colin27" and tr.shape == (60, 80)
+    assert tr.fit_residual_mm["rms"] < 1e-6  # the stand-in warp is affine, so the fit is exact
+    rows, cols = np.array([0.0, 59.0, 30.0]), np.array([0.0, 79.0, 40.0])
+    expected = np.c_[res.to_points(rows, cols), np.ones(3)] @ COLIN27_FROM_MNI152.T
+    assert np.allclose(tr.apply(rows, cols), expected[:, :3], atol=1e-6)
+    r2, c2, d = tr.inverse(expected[:, :3])
+    assert np.allclose(r2, rows, atol=1e-6) and np.allclose(d, 0, atol=1e-6)
+
+
+def test_to_siibra_in_another_space_gives_objects_all_in_that_space(siibra_mirror):
+    res = _coronal_result()
+    obj = res.to_siibra(space="colin27")
+    names = {obj.space.name, obj.outline.space.name, obj.volume.space.name}
+    assert names == {"MNI Colin 27"}
+    img = obj.volume.fetch()
+    # the volume's affine is the fitted Colin27 transform: its corner pixel lands where the warped corner is
+    corner = COLIN27_FROM_MNI152 @ np.r_[res.to_points([0], [0])[0], 1.0]
+    assert np.allclose(np.asarray(img.affine)[:3, 3], corner[:3], atol=1e-5)
+    here = res.to_siibra()
+    assert here.volume.space.name == here.outline.space.name == "MNI 152 ICBM 2009c Nonlinear Asymmetric"
