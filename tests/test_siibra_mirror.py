@@ -157,3 +157,37 @@ def test_to_siibra_in_another_space_gives_objects_all_in_that_space(siibra_mirro
     assert np.allclose(np.asarray(img.affine)[:3, 3], corner[:3], atol=1e-5)
     here = res.to_siibra()
     assert here.volume.space.name == here.outline.space.name == "MNI 152 ICBM 2009c Nonlinear Asymmetric"
+
+
+@pytest.mark.parametrize("space", ["mni152", "colin27"])
+def test_julich_brain_3_1_regions_through_siibra_in_both_spaces(ebrains_mirror, siibra_mirror, space, monkeypatch):
+    from siibra_anchor.adapters import siibra_config
+    from siibra_anchor.adapters.regions import load_table, section_region_labels
+
+    from siibra_anchor.planes import CANONICAL_PLANES, pixel_to_world, plane_affine, sample_volume
+
+    r, c = CANONICAL_PLANES["coronal"]
+    shape = (120, 160)
+    aff = plane_affine((0, -88, 5), r, c, 1.0, shape)  # through the occipital pole in MNI152
+    if space == "colin27":
+        aff = COLIN27_FROM_MNI152 @ aff  # the same tissue, in (stand-in) Colin27 mm
+    res = sa.AnchoringResult(aff, space, 1.0, section={"shape": list(shape)})
+    lab, names, source = section_region_labels(res, parcellation="julich", threshold=0.2)
+    assert source == "siibra: Julich-Brain Cytoarchitectonic Atlas (v3.1)"
+    assert {"Area hOc1 (V1, 17, CalcS) left", "Area hOc2 (V2, 18) right"} <= set(names.values())  # siibra's keys
+    # reference: trilinear sampling of the maps the mirror serves for this space, argmax, threshold
+    maps = ebrains_mirror.truth[f"{space}_maps"]()
+    rr, cc = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+    pts = pixel_to_world(aff, rr.ravel(), cc.ravel())
+    region_names = [n.replace(" - ", " ").replace(" hemisphere", "") for n in maps["by_region"]]
+    probs = np.stack([sample_volume(a, maps["affine"], pts) for a in maps["by_region"].values()])
+    best = probs.argmax(axis=0)
+    want = np.where(probs.max(axis=0) >= 0.2, best, -1).reshape(shape)
+    got_names = np.vectorize(lambda v: names.get(int(v), ""))(lab)
+    want_names = np.where(want >= 0, np.array(region_names, dtype=object)[np.maximum(want, 0)], "")
+    assert np.mean(got_names == want_names) > 0.99
+    # the table is cached: offline, the same name gives the same Julich-Brain maps (not the FSL atlas)
+    siibra_config.reset()
+    monkeypatch.setenv("SIIBRA_ANCHOR_OFFLINE", "1")
+    t = load_table("julich", space, online=False)
+    assert t.source == source
