@@ -164,7 +164,10 @@ def feasible_resolution(volume: Any, wanted_mm: float) -> float:
         return float(wanted_mm)
     res: list[float] = []
     for frag in getattr(prov, "_fragments", {}).values():
-        res.extend(float(np.max(s.res_mm)) for s in frag.scales)
+        thin = frag.determine_section() if len(frag.scales) > 1 else None  # a section's axis: siibra ignores it
+        for sc in frag.scales:
+            r = np.asarray(sc.res_mm, float).ravel()
+            res.append(float(np.max(np.delete(r, thin) if thin is not None else r)))
     if not res or min(res) <= wanted_mm:
         return float(wanted_mm)
     log.info("no scale of %s resolves %.3g mm; using its finest, %.3g mm", volume, wanted_mm, min(res))

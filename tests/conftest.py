@@ -41,15 +41,20 @@ def ebrains_mirror(tmp_path_factory):
     from ebrains_mirror import start_mirror
 
     mirror = start_mirror(tmp_path_factory.mktemp("ebrains-mirror"))
+    mirror.cache = tmp_path_factory.mktemp("ebrains-mirror-cache")
     yield mirror
     mirror.stop()
 
 
 @pytest.fixture
 def siibra_mirror(ebrains_mirror, monkeypatch):
-    """siibra configured from the mirror (mode "local"), its service URLs pointed at it; undone afterwards."""
+    """siibra configured from the mirror (mode "local"), its service URLs pointed at it; undone afterwards.
+
+    siibra-anchor's cache points at the mirror's own folder: stand-in templates and tables never reach the
+    session's cache (where an offline test would find them)."""
     from siibra_anchor.adapters import siibra_config
 
+    monkeypatch.setenv("SIIBRA_ANCHOR_CACHE", str(ebrains_mirror.cache))
     siibra_config.reset()
     siibra = siibra_config.use_local(ebrains_mirror.config)
     from siibra.locations.location import Location

@@ -191,3 +191,54 @@ def test_julich_brain_3_1_regions_through_siibra_in_both_spaces(ebrains_mirror, 
     monkeypatch.setenv("SIIBRA_ANCHOR_OFFLINE", "1")
     t = load_table("julich", space, online=False)
     assert t.source == source
+
+
+def test_bigbrain_sections_come_as_sections_with_their_affine(ebrains_mirror, siibra_mirror):
+    from ebrains_mirror.mirror import BIGBRAIN_SECTION, BIGBRAIN_SECTION_Y_MM
+    from siibra_anchor.adapters.siibra_sections import bigbrain_sections
+
+    from siibra_anchor.planes import cut_plane
+    from siibra_anchor.templates import load_volume
+
+    pairs = bigbrain_sections(limit=2, resolution_mm=0.32, timeout_s=120)
+    assert len(pairs) == 1  # the configuration here declares one section
+    sec, aff = pairs[0]
+    assert sec.name.startswith("#1001") and sec.modality == "cell body staining"
+    assert ebrains_mirror.count(BIGBRAIN_SECTION + "/320um/") > 0 and ebrains_mirror.count("/160um/") == 0
+    assert np.allclose(sec.spacing_mm, 0.32)
+    # every pixel sits on the plane y = const where the stand-in was cut, and shows what is there
+    corners = np.array([[0, 0, 0, 1], [sec.shape[0] - 1, sec.shape[1] - 1, 0, 1]], float) @ aff.T
+    # (siibra shifts precomputed voxels by half a voxel of the finest scale: 0.08 mm here)
+    assert np.allclose(corners[:, 1], corners[0, 1]) and abs(corners[0, 1] - BIGBRAIN_SECTION_Y_MM) < 0.1
+    data, vaff = load_volume("mni152")
+    cut = cut_plane(data, vaff, aff, sec.shape[:2], order=1)
+    cut = cut / cut.max() * 255.0
+    inner = (slice(5, -5), slice(5, -5))
+    assert np.corrcoef(cut[inner].ravel(), sec.image[inner].ravel())[0, 1] > 0.98
+    assert aff[2, 0] < 0 and aff[0, 1] > 0  # rows run superior -> inferior, columns towards +x
+    ref = sa.Reference.from_sections(pairs, space="bigbrain", stride_px=8)
+    assert ref.space == "bigbrain" and ref.n_patches > 10
+    # a resolution finer than the pyramid has is asked at its finest scale, not refused
+    finer = bigbrain_sections(limit=1, resolution_mm=0.05, timeout_s=120)
+    assert np.allclose(finer[0][0].spacing_mm, 0.16) and ebrains_mirror.count("/160um/") > 0
+
+
+def test_sections_from_volume_orient_rows_down_and_columns_right():
+    """(offline) slabs of any orientation become Sections whose affine reproduces them from the volume."""
+    from siibra_anchor.adapters.siibra_sections import section_from_volume
+
+    from siibra_anchor.planes import cut_plane
+    from siibra_anchor.templates import load_volume, volume_path
+
+    img = nib.load(str(volume_path("mni152")))
+    data, vaff = load_volume("mni152")
+    for sl, normal in (
+        ((slice(None), slice(100, 101)), 1),
+        ((slice(80, 81),), 0),
+        ((slice(None), slice(None), slice(90, 91)), 2),
+    ):
+        sec, aff = section_from_volume(img.slicer[sl])
+        assert np.array_equal(cut_plane(data, vaff, aff, sec.shape[:2], order=1), sec.image)
+        assert np.allclose(np.abs(aff[:3, 2]), np.eye(3)[normal]) and np.linalg.det(aff) > 0
+        down = 1 if normal == 2 else 2
+        assert aff[down, 0] < 0  # rows run superior -> inferior (anterior -> posterior for axial)

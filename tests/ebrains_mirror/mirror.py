@@ -22,6 +22,11 @@ Stand-ins, each in the layout the real service has:
 * siibra's precomputed sparse indices (``data-proxy.ebrains.eu/api/v1/buckets/reference-atlas-data/
   sparse-indices/sparse-indices-siibra_python_v1.0/<map key>.sparseindex_v1.*``) of those maps, in the
   format of siibra's ``SparseIndex.save``; areas without a stand-in have an empty bounding box.
+* ``1um.brainatlas.eu/registered_sections/bigbrain/B20_1001/precomputed`` -- the BigBrain cell-body section
+  the configuration declares, as a neuroglancer precomputed pyramid (``info``, ``transform.json``, raw
+  64 x 1 x 64 chunks at 0.16, 0.32 and 0.64 mm in-plane, 20 um thick); its content is the MNI152 2009c
+  template on a coronal plane (no BigBrain data ships with any package). The BigBrain template pyramid
+  itself is not served (404).
 * ``siibra-spatial-backend.apps.ebrains.eu/v1/transform-points`` (POST) and ``/transform-point`` (GET):
   the spatial transformation service's protocol, answered with the affine :data:`COLIN27_FROM_MNI152`
   (the real service applies a nonlinear warp).
@@ -211,6 +216,69 @@ def _pmap_bytes(maps: dict[str, Any], volume: int) -> bytes:
     return _nii_bytes(maps["by_volume"][volume], maps["affine"])
 
 
+#: stand-in BigBrain section (feature "#1001"): a coronal plane at this world y (mm) of the stand-in volume
+BIGBRAIN_SECTION_Y_MM = -20.0
+BIGBRAIN_SECTION = "1um.brainatlas.eu/registered_sections/bigbrain/B20_1001/precomputed"
+#: in-plane resolutions (nm) of the stand-in section's pyramid; the section axis (y) is 20 um at every scale
+BIGBRAIN_SECTION_RES_NM = (160000, 320000, 640000)
+BIGBRAIN_SECTION_ORIGIN_NM = np.array([-75e6, BIGBRAIN_SECTION_Y_MM * 1e6, -65e6])
+BIGBRAIN_SECTION_EXTENT_MM = (150.0, 145.0)  # x, z
+
+
+def _bigbrain_section_routes(routes: dict[str, Callable[[], bytes]]) -> None:
+    """A BigBrain section in neuroglancer precomputed (``info``, ``transform.json``, raw chunks of 64 x 1 x 64
+    per scale), read by siibra as the real ``B20_xxxx/precomputed`` sections are. Its content is the MNI152
+    2009c template on the plane y = :data:`BIGBRAIN_SECTION_Y_MM` (the stand-in "BigBrain" is that template),
+    sampled where siibra's reading of the pyramid puts each voxel (``shift_ng_transfrom``)."""
+    res0 = np.array([BIGBRAIN_SECTION_RES_NM[0], 20000, BIGBRAIN_SECTION_RES_NM[0]], float)
+    tf = np.eye(4)
+    tf[:3, 3] = BIGBRAIN_SECTION_ORIGIN_NM
+    scales = []
+    for r in BIGBRAIN_SECTION_RES_NM:
+        size = [int(BIGBRAIN_SECTION_EXTENT_MM[0] * 1e6 // r), 1, int(BIGBRAIN_SECTION_EXTENT_MM[1] * 1e6 // r)]
+        scales.append(
+            {
+                "key": f"{r // 1000}um",
+                "resolution": [r, 20000, r],
+                "size": size,
+                "voxel_offset": [0, 0, 0],
+                "chunk_sizes": [[64, 1, 64]],
+                "encoding": "raw",
+            }
+        )
+    info = {"@type": "neuroglancer_multiscale_volume", "type": "image", "data_type": "uint8", "num_channels": 1}
+    info["scales"] = scales
+    routes[BIGBRAIN_SECTION + "/info"] = lambda: json.dumps(info).encode()
+    routes[BIGBRAIN_SECTION + "/transform.json"] = lambda: json.dumps(tf.tolist()).encode()
+
+    @functools.cache
+    def level(i: int) -> np.ndarray:
+        import nibabel as nib
+
+        from siibra_anchor.planes import sample_volume
+        from siibra_anchor.templates import volume_path
+
+        sc = scales[i]
+        res = np.array(sc["resolution"], float)
+        ii, kk = np.meshgrid(np.arange(sc["size"][0]), np.arange(sc["size"][2]), indexing="ij")
+        vox = np.stack([ii.ravel(), np.zeros(ii.size), kk.ravel()], 1)
+        world = (vox * res + tf[:3, 3] + res0 * 0.5) / 1e6  # siibra: transform @ diag(res), + finest res / 2
+        mni = nib.load(str(volume_path("mni152")))
+        vals = sample_volume(np.asarray(mni.dataobj, np.float32), mni.affine, world)
+        img = np.clip(vals / max(float(vals.max()), 1.0) * 255.0, 0, 255).astype(np.uint8)
+        return img.reshape(sc["size"][0], 1, sc["size"][2])
+
+    for i, sc in enumerate(scales):
+        nx, _, nz = sc["size"]
+        for x0 in range(0, nx, 64):
+            for z0 in range(0, nz, 64):
+                x1, z1 = min(x0 + 64, nx), min(z0 + 64, nz)
+                name = f"{BIGBRAIN_SECTION}/{sc['key']}/{x0}-{x1}_0-1_{z0}-{z1}"
+                routes[name] = lambda i=i, x0=x0, x1=x1, z0=z0, z1=z1: np.ascontiguousarray(
+                    level(i)[x0:x1, :, z0:z1]
+                ).tobytes(order="F")
+
+
 def _jba_volumes(map_json: dict[str, Any]) -> dict[str, int]:
     """JBA region name -> volume index of a sparse map's ``indices``."""
     return {name: int(ix[0]["volume"]) for name, ix in map_json["indices"].items()}
@@ -266,6 +334,7 @@ class Mirror:
     truth: dict[str, Any] = field(default_factory=dict)
     release: threading.Event = field(default_factory=threading.Event)
     server: Any = None
+    cache: Path | None = None
 
     @property
     def warp_url(self) -> str:
@@ -432,6 +501,8 @@ def start_mirror(workdir: Path) -> Mirror:
     tf = (COLIN27_AFFINE @ np.diag([1e6, 1e6, 1e6, 1])).tolist()  # voxel nm -> world nm, as the real file
     routes[ng + "info"] = lambda: json.dumps(info).encode()
     routes[ng + "transform.json"] = lambda: json.dumps(tf).encode()
+
+    _bigbrain_section_routes(routes)
 
     # --- Julich-Brain 3.1 probability maps and their sparse indices (built on first request) -----------
     from siibra.commons import create_key
