@@ -189,7 +189,18 @@ def test_regions_of_an_anchored_section_match_those_of_its_true_placement(mni_re
     got, _, _ = section_region_labels(res, parcellation="fsl-juelich", online=False)
     want, _, _ = section_region_labels(truth, parcellation="fsl-juelich", online=False)
     assert np.mean(got[res.mask] == want[res.mask]) > 0.75
-    a, b = res.assign_regions(parcellation="fsl-juelich", online=False), truth.assign_regions(parcellation="fsl-juelich", online=False)
+    a, b = (
+        res.assign_regions(parcellation="fsl-juelich", online=False),
+        truth.assign_regions(parcellation="fsl-juelich", online=False),
+    )
     assert a.attrs["tissue_area_mm2"] == pytest.approx(res.mask.sum() * float(np.prod(res.pixel_spacing_mm)), rel=0.05)
     assert a["region"].iloc[0] == b["region"].iloc[0]
     assert len(set(a["region"][:5]) & set(b["region"][:5])) >= 3
+
+
+def test_the_viewer_layer_names_its_atlas_as_region_queries_do():
+    from siibra_anchor.viewer.serve import parcellation_precomputed
+
+    for name in ("julich", "Julich-Brain"):
+        with pytest.raises(UnknownParcellationError, match="fsl-juelich"):
+            parcellation_precomputed(name)
