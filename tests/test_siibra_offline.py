@@ -154,7 +154,7 @@ def test_without_network_the_probe_answers_in_seconds(monkeypatch):
 
 def test_region_labels_through_the_result_api(siibra_offline):
     res = _result()
-    lab, names, src = section_region_labels(res, online=False)
-    df = res.assign_regions(online=False)
+    lab, names, src = section_region_labels(res, parcellation="fsl-juelich", online=False)
+    df = res.assign_regions(parcellation="fsl-juelich", online=False)
     assert set(df["region"]) == set(names.values())
     assert df.attrs["source"] == src == siibra_config.OFFLINE_SOURCE
