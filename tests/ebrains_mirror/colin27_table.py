@@ -30,16 +30,17 @@ def main(args: list[str] | None = None) -> int:
     ns = ap.parse_args(args)
     work = Path(tempfile.mkdtemp(prefix="colin27-table-"))
     os.environ.setdefault("SIIBRA_ANCHOR_CACHE", str(work / "cache"))  # stand-in templates stay out of yours
-    from siibra.locations.location import Location
+    from siibra_anchor.adapters import siibra_config
 
     import siibra_anchor as sa
-    from siibra_anchor.adapters import siibra_config
     from siibra_anchor.simulate import section_error, simulate_section
 
     from .mirror import COLIN27_FROM_MNI152, start_mirror
 
     mirror = start_mirror(work)
-    siibra_config.use_local(mirror.config)
+    siibra_config.use_local(mirror.config)  # imports siibra with its cache inside SIIBRA_ANCHOR_CACHE
+    from siibra.locations.location import Location
+
     Location.SPACEWARP_SERVER = mirror.warp_url
     rng = np.random.default_rng(ns.seed)
     sims = [
@@ -67,7 +68,8 @@ def main(args: list[str] | None = None) -> int:
             errs.append(section_error(res.affine, warp @ sim.true_affine, sim.section.mask))
         e = np.asarray(errs)
         rows.append((space, ref.n_patches, t_ref, float(np.median(e)), float(np.percentile(e, 90)), e, secs))
-    print(f"{ns.n} sections from FSL's MNI152 T1 (seed {ns.seed}); error = mean over tissue pixels, mm\n")
+    kinds = " ".join(f"{sim.params.get('orientation', '?')[:3]}" for sim in sims)
+    print(f"{ns.n} sections from FSL's MNI152 T1 (seed {ns.seed}: {kinds}); error = mean over tissue px, mm\n")
     print("| space | reference patches | median mm | p90 mm | failures (> 10 mm) | s / section | per-section mm |")
     print("|---|---|---|---|---|---|---|")
     for space, n_p, _t_ref, med, p90, e, secs in rows:

@@ -9,7 +9,7 @@ Stand-ins, each in the layout the real service has:
 
 * ``packages.bic.mni.mcgill.ca/mni-models/colin27/mni_colin27_1998_nifti.zip`` -- a zip archive with the
   member ``colin27_t1_tal_lin.nii`` (what the real space declares): a *whole-head* 1 mm T1 on Colin27's
-  181 x 217 x 181 grid (origin -90, -126, -72 mm). Its brain is nilearn's MNI152 2009a T1 moved by
+  181 x 217 x 181 grid (origin -90, -126, -72 mm). Its brain is the MNI152 2009c T1 moved by
   :data:`COLIN27_FROM_MNI152`; around it lie a dark CSF/skull band (1-7 mm out) and a bright scalp
   (7-12 mm out), so the template must be skull-stripped like the real one.
 * ``neuroglancer.humanbrainproject.eu/precomputed/JuBrain/v2.2c/colin27_seg/{info,transform.json}`` -- a
@@ -159,9 +159,10 @@ def colin27_head() -> tuple[np.ndarray, np.ndarray]:
 
     from siibra_anchor.templates import volume_path
 
-    src = nib.load(str(volume_path("mni152-2009a-t1")))
+    src = nib.load(str(volume_path("mni152")))  # asymmetric, as a real brain (2009a in nilearn is symmetric)
     t1 = _resample(np.asarray(src.dataobj, np.float32), src.affine, COLIN27_FROM_MNI152, COLIN27_SHAPE, COLIN27_AFFINE)
-    brain = t1 > 20
+    t1 = t1 * (230.0 / max(float(t1.max()), 1e-6))  # 8-bit range, white matter brightest as in a T1 scan
+    brain = t1 > 40
     brain = ndimage.binary_fill_holes(ndimage.binary_opening(brain, iterations=1))
     dist = ndimage.distance_transform_edt(~brain)
     rng = np.random.default_rng(27)
