@@ -506,6 +506,9 @@ def start_mirror(workdir: Path) -> Mirror:
     _bigbrain_section_routes(routes)
 
     # --- Julich-Brain 3.1 probability maps and their sparse indices (built on first request) -----------
+    from siibra_anchor.adapters.siibra_config import import_siibra
+
+    import_siibra()  # siibra's cache inside siibra-anchor's (SIIBRA_CACHEDIR is read once, at import)
     from siibra.commons import create_key
 
     for stem, mjson in maps.items():
