@@ -135,6 +135,7 @@ def test_bad_inputs_raise_typed_errors(mni_reference):
 
 def test_non_embedded_spaces_say_how_to_supply_a_template(monkeypatch):
     from siibra_anchor.adapters import siibra_config
+
     from siibra_anchor.errors import SpaceUnavailableError, UnknownSpaceError
 
     # offline on purpose (a networked CI would otherwise start a download): forced, not assumed
