@@ -109,3 +109,23 @@ def test_regions_of_a_loaded_result_count_only_its_tissue(tmp_path):
     df_all = full.assign_regions(parcellation="fsl-juelich", online=False)
     assert df.attrs["tissue_area_mm2"] == pytest.approx(mask.sum() * 1.0)
     assert df["pixels"].sum() < df_all["pixels"].sum()
+
+
+def test_cli_regions_counts_only_the_tissue_saved_with_the_result(tmp_path):
+    import subprocess
+    import sys
+
+    r, c = CANONICAL_PLANES["coronal"]
+    shape = (120, 160)
+    mask = np.zeros(shape, bool)
+    mask[20:100, 10:70] = True
+    res = sa.AnchoringResult(
+        plane_affine((0, -88, 5), r, c, 1.0, shape), "mni152", 1.0, section={"shape": list(shape)}, mask=mask
+    )
+    path = res.save(tmp_path / "r.json")
+    run = [sys.executable, "-m", "siibra_anchor.cli", "regions", str(path), "--offline", "--parcellation"]
+    p = subprocess.run([*run, "fsl-juelich", "--json"], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["tissue_area_mm2"] == pytest.approx(float(mask.sum()))  # 1 mm pixels: tissue only
+    assert all(not reg["region"].endswith("right") for reg in out["regions"][:3])  # tissue is the left half
