@@ -32,6 +32,7 @@ __all__ = [
     "feasible_resolution",
     "fetch_volume",
     "fetch_template",
+    "template_cache_path",
     "reference_for_space",
 ]
 
@@ -192,6 +193,12 @@ def fetch_volume(volume: Any, what: str, resolution_mm: float = PYRAMID_RESOLUTI
     return img
 
 
+def template_cache_path(key: str) -> Path:
+    """Where :func:`fetch_template` keeps the template of canonical space ``key`` (``<cache>/templates/``)."""
+    ident = {"space": SPACE_IDS.get(key, key), "res": PYRAMID_RESOLUTION_MM, "prep": TEMPLATE_PREP}
+    return cache_dir("templates") / f"{key}-{cache_key(ident)}.nii.gz"
+
+
 def fetch_template(space: Any, online: bool | None = None, timeout_s: float = 300.0) -> Path:
     """Path of the space's template as a NIfTI file (world mm of the space), fetched through siibra once.
 
@@ -210,8 +217,7 @@ def fetch_template(space: Any, online: bool | None = None, timeout_s: float = 30
         from siibra_anchor.templates import volume_path
 
         return volume_path(key)
-    ident = {"space": SPACE_IDS.get(key, key), "res": PYRAMID_RESOLUTION_MM, "prep": TEMPLATE_PREP}
-    target = cache_dir("templates") / f"{key}-{cache_key(ident)}.nii.gz"
+    target = template_cache_path(key)
     if target.is_file():
         return target
     sp = siibra_space(key, online=online, timeout_s=min(timeout_s, 60.0))
