@@ -315,7 +315,10 @@ def load_table(
                 _tables[key] = _offline_table()
             return _tables[key]
     mode = siibra_mode() if siibra_mode() == "local" else "default"
-    key = (f"siibra:{mode}:{getattr(parcellation, 'id', parcellation)}", space)
+    from siibra_anchor.cache import cache_dir
+
+    # keyed by the cache folder too: a table read from one cache is not an answer for another
+    key = (f"siibra:{mode}:{cache_dir()}:{getattr(parcellation, 'id', parcellation)}", space)
     if key in _tables:
         return _tables[key]
     table = None if online or mode == "local" else _cached_table(parcellation, space)
