@@ -242,3 +242,13 @@ def test_sections_from_volume_orient_rows_down_and_columns_right():
         assert np.allclose(np.abs(aff[:3, 2]), np.eye(3)[normal]) and np.linalg.det(aff) > 0
         down = 1 if normal == 2 else 2
         assert aff[down, 0] < 0  # rows run superior -> inferior (anterior -> posterior for axial)
+
+
+def test_a_warp_the_service_refuses_is_a_typed_error(ebrains_mirror, siibra_mirror):
+    res = _coronal_result()
+    # the stand-in service links MNI152 and Colin27 only: BigBrain answers HTTP 400
+    with pytest.raises(SpaceUnavailableError, match="bigbrain"):
+        res.transform.to_space("bigbrain", timeout_s=30)
+    ebrains_mirror.fail("siibra-spatial-backend.apps.ebrains.eu/v1/transform-points", "404")
+    with pytest.raises(SpaceUnavailableError, match="colin27"):
+        res.to_siibra(space="colin27", timeout_s=30)
