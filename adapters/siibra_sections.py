@@ -119,6 +119,8 @@ def bigbrain_sections(
     """
     from siibra_anchor.net import call_with_timeout, retry
 
+    from .siibra_spaces import fetch_volume
+
     feats = bigbrain_section_features(online=online, timeout_s=min(timeout_s, 120.0))
     if names:
         feats = [f for f in feats if any(n in str(f.name) for n in names)]
@@ -128,15 +130,27 @@ def bigbrain_sections(
     for f in feats:
 
         def fetch(f: Any = f) -> Any:
-            formats = set(getattr(f, "formats", ()) or ())
-            if "neuroglancer/precomputed" in formats:
-                return f.fetch(format="neuroglancer/precomputed", resolution_mm=resolution_mm)
-            return f.fetch()
+            try:
+                return fetch_volume(f, f"BigBrain section {f.name!r}", resolution_mm=resolution_mm)
+            except (SpaceUnavailableError, NetworkError):
+                raise
+            except Exception as exc:  # siibra's HTTP errors (404, 5xx), unreadable chunks, ...
+                raise SpaceUnavailableError(f"siibra failed to fetch BigBrain section {f.name!r}: {exc}") from exc
 
         try:
-            img = retry(call_with_timeout, fetch, timeout_s=timeout_s, what=f"fetching {f.name}", attempts=2)
-        except (NetworkError, ConnectionError, OSError) as exc:
-            raise SpaceUnavailableError(f"could not fetch BigBrain section {f.name!r} through siibra ({exc})") from exc
+            img = retry(
+                call_with_timeout,
+                fetch,
+                timeout_s=timeout_s,
+                what=f"fetching {f.name}",
+                attempts=2,
+                retry_on=(NetworkError,),
+            )
+        except (NetworkError, SpaceUnavailableError) as exc:
+            raise SpaceUnavailableError(
+                f"could not fetch BigBrain section {f.name!r} through siibra ({exc}); connect to the network, "
+                "or register your own sections with sa.Reference.from_sections([(section, affine), ...], space=...)"
+            ) from exc
         out.append(section_from_volume(img, name=str(f.name)))
     log.info("fetched %d BigBrain sections through siibra", len(out))
     return out

@@ -24,7 +24,17 @@ from siibra_anchor.cache import atomic_file, cache_dir, cache_key
 from siibra_anchor.errors import NetworkError, SpaceUnavailableError, UnknownSpaceError
 from siibra_anchor.spaces import EMBEDDED_SPACES, SPACE_IDS, SPACE_NAMES, canonical_space
 
-__all__ = ["SPACE_IDS", "resolve_space", "siibra_space", "fetch_template", "reference_for_space"]
+__all__ = [
+    "SPACE_IDS",
+    "WHOLE_HEAD_SPACES",
+    "resolve_space",
+    "siibra_space",
+    "feasible_resolution",
+    "fetch_volume",
+    "fetch_template",
+    "template_cache_path",
+    "reference_for_space",
+]
 
 log = logging.getLogger(__name__)
 
@@ -135,13 +145,70 @@ def siibra_space(space: Any, online: bool | None = None, timeout_s: float = 30.0
         raise UnknownSpaceError(f"siibra knows no space {space!r}: {str(exc).splitlines()[0]}") from exc
 
 
+#: spaces whose siibra template is a whole-head T1 (skull-stripped with :func:`siibra_anchor.brain_mask.skull_strip`
+#: before use: siibra 1.0.1a25's configuration declares no brain mask for them)
+WHOLE_HEAD_SPACES = ("colin27",)
+#: template formats in the order they are fetched: single NIfTI files first, image pyramids last
+TEMPLATE_FORMATS = ("nii", "zip/nii", "neuroglancer/precomputed")
+#: version of the template-preparation step, part of the cache key
+TEMPLATE_PREP = "skullstrip-v1"
+
+
+def feasible_resolution(volume: Any, wanted_mm: float) -> float:
+    """Resolution (mm) to ask a siibra neuroglancer/precomputed volume for: ``wanted_mm`` when one of its
+    scales resolves it (a scale at least that fine exists), else its finest scale (never an infeasible one).
+
+    ``volume`` is a siibra ``Volume`` (or a feature with ``_providers``); reads the pyramid's ``info``.
+    """
+    prov = getattr(volume, "_providers", {}).get("neuroglancer/precomputed")
+    if prov is None:
+        return float(wanted_mm)
+    res: list[float] = []
+    for frag in getattr(prov, "_fragments", {}).values():
+        thin = frag.determine_section() if len(frag.scales) > 1 else None  # a section's axis: siibra ignores it
+        for sc in frag.scales:
+            r = np.asarray(sc.res_mm, float).ravel()
+            res.append(float(np.max(np.delete(r, thin) if thin is not None else r)))
+    if not res or min(res) <= wanted_mm:
+        return float(wanted_mm)
+    log.info("no scale of %s resolves %.3g mm; using its finest, %.3g mm", volume, wanted_mm, min(res))
+    return min(res)
+
+
+def fetch_volume(volume: Any, what: str, resolution_mm: float = PYRAMID_RESOLUTION_MM) -> Any:
+    """``volume.fetch(...)`` in the first of :data:`TEMPLATE_FORMATS` it offers; raises
+    :class:`SpaceUnavailableError` when siibra returns nothing (siibra logs and swallows many failures)."""
+    formats = set(getattr(volume, "formats", ()) or ())
+    fmt = next((f for f in TEMPLATE_FORMATS if f in formats), None)
+    if fmt is None:
+        raise SpaceUnavailableError(
+            f"siibra offers {what} only as {sorted(formats)}; no volume format siibra-anchor reads"
+        )
+    if fmt == "neuroglancer/precomputed":
+        img = volume.fetch(format=fmt, resolution_mm=feasible_resolution(volume, resolution_mm))
+    else:
+        img = volume.fetch(format=fmt)
+    if img is None or not hasattr(img, "dataobj"):
+        raise SpaceUnavailableError(f"siibra returned no image for {what} (format {fmt!r}, got {type(img).__name__})")
+    return img
+
+
+def template_cache_path(key: str) -> Path:
+    """Where :func:`fetch_template` keeps the template of canonical space ``key`` (``<cache>/templates/``)."""
+    ident = {"space": SPACE_IDS.get(key, key), "res": PYRAMID_RESOLUTION_MM, "prep": TEMPLATE_PREP}
+    return cache_dir("templates") / f"{key}-{cache_key(ident)}.nii.gz"
+
+
 def fetch_template(space: Any, online: bool | None = None, timeout_s: float = 300.0) -> Path:
     """Path of the space's template as a NIfTI file (world mm of the space), fetched through siibra once.
 
     "mni152" returns the embedded file. Other spaces are fetched through siibra within ``timeout_s``
-    (retried twice with backoff) and written atomically to ``<cache>/templates/<key>-<hash>.nii.gz``;
-    later calls reuse the file without any network access. Offline this raises
-    :class:`SpaceUnavailableError` within seconds.
+    (retried twice with backoff) in the first format of :data:`TEMPLATE_FORMATS` the space declares
+    (Colin27: the ``zip/nii`` archive; BigBrain: its image pyramid at a feasible resolution). Whole-head
+    templates (:data:`WHOLE_HEAD_SPACES`) are brain-masked with :func:`siibra_anchor.brain_mask.skull_strip`.
+    The result is written atomically to ``<cache>/templates/<key>-<hash>.nii.gz`` (its brain mask beside it,
+    ``...-mask.nii.gz``); later calls reuse it without any network access. Offline, an HTTP error, a stall
+    or an empty answer from siibra raise :class:`SpaceUnavailableError` saying how to supply a template.
     """
     from siibra_anchor.net import call_with_timeout, retry
 
@@ -150,20 +217,18 @@ def fetch_template(space: Any, online: bool | None = None, timeout_s: float = 30
         from siibra_anchor.templates import volume_path
 
         return volume_path(key)
-    target = (
-        cache_dir("templates")
-        / f"{key}-{cache_key({'space': SPACE_IDS.get(key, key), 'res': PYRAMID_RESOLUTION_MM})}.nii.gz"
-    )
+    target = template_cache_path(key)
     if target.is_file():
         return target
     sp = siibra_space(key, online=online, timeout_s=min(timeout_s, 60.0))
 
     def fetch() -> Any:
-        tpl = sp.get_template()
-        formats = set(getattr(tpl, "formats", ()) or ())
-        if "nii" not in formats and "neuroglancer/precomputed" in formats:
-            return tpl.fetch(format="neuroglancer/precomputed", resolution_mm=PYRAMID_RESOLUTION_MM)
-        return tpl.fetch()
+        try:
+            return fetch_volume(sp.get_template(), f"the template of {key!r}")
+        except (SpaceUnavailableError, NetworkError):
+            raise
+        except Exception as exc:  # siibra's HTTP errors (404, 5xx), broken archives, ...
+            raise SpaceUnavailableError(f"siibra failed to fetch the template of {key!r}: {exc}") from exc
 
     try:
         img = retry(
@@ -173,8 +238,9 @@ def fetch_template(space: Any, online: bool | None = None, timeout_s: float = 30
             what=f"fetching the {key} template",
             attempts=3,
             backoff_s=1.0,
+            retry_on=(NetworkError,),
         )
-    except (NetworkError, ConnectionError, OSError) as exc:
+    except (NetworkError, SpaceUnavailableError) as exc:
         raise SpaceUnavailableError(
             f"could not fetch the template of {key!r} through siibra ({exc}); {_how_to_supply(key)}"
         ) from exc
@@ -185,8 +251,17 @@ def fetch_template(space: Any, online: bool | None = None, timeout_s: float = 30
         data = data[..., 0]
     if data.ndim != 3:
         raise SpaceUnavailableError(f"siibra's template of {key!r} has shape {data.shape}; {_how_to_supply(key)}")
+    affine = np.asarray(img.affine, float)
+    if key in WHOLE_HEAD_SPACES:
+        from siibra_anchor.brain_mask import skull_strip
+
+        mask = skull_strip(data, affine)
+        data = np.where(mask, data, 0).astype(data.dtype)
+        mask_path = target.with_name(target.name.replace(".nii.gz", "-mask.nii.gz"))
+        with atomic_file(mask_path, suffix=".nii.gz") as tmp:
+            nib.Nifti1Image(mask.astype(np.uint8), affine).to_filename(str(tmp))
     with atomic_file(target, suffix=".nii.gz") as tmp:
-        nib.Nifti1Image(data, np.asarray(img.affine, float)).to_filename(str(tmp))
+        nib.Nifti1Image(data, affine).to_filename(str(tmp))
     log.info("stored the %s template (%s) in %s", key, SPACE_NAMES.get(key, key), target)
     return target
 

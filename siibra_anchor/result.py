@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import CorruptFileError, SchemaVersionError, SectionFileNotFoundError
 
-__all__ = ["AnchoringResult", "RESULT_SCHEMA_VERSION", "MATCH_COLUMNS"]
+__all__ = ["AnchoringResult", "RESULT_SCHEMA_VERSION", "MATCH_COLUMNS", "encode_mask", "decode_mask", "pixel_grid_of"]
 
 RESULT_SCHEMA_VERSION = 1
 MATCH_COLUMNS = ("row", "col", "x", "y", "z", "similarity", "residual_mm", "inlier")
@@ -48,6 +48,48 @@ class _ResultModel(BaseModel):
     diagnostics: dict[str, Any] = {}
     encoder_hash: str = ""
     reference: dict[str, Any] = {}
+    # added in 0.x without a schema bump: older files lack them and load with no mask / an unknown grid
+    tissue_mask: dict[str, Any] | None = None
+    pixel_grid: dict[str, Any] = {}
+
+
+def encode_mask(mask: NDArray) -> dict[str, Any]:
+    """JSON-able compressed (H, W) bool mask: ``{"shape", "encoding": "packbits+zlib+base64", "data"}``."""
+    import base64
+    import zlib
+
+    m = np.asarray(mask, bool)
+    if m.ndim != 2:
+        raise CorruptFileError(f"a tissue mask must be 2D (H, W), got shape {m.shape}")
+    data = base64.b64encode(zlib.compress(np.packbits(m.ravel()).tobytes(), 6)).decode("ascii")
+    return {"shape": [int(m.shape[0]), int(m.shape[1])], "encoding": "packbits+zlib+base64", "data": data}
+
+
+def decode_mask(d: dict[str, Any]) -> NDArray:
+    """(H, W) bool mask of :func:`encode_mask`'s dict."""
+    import base64
+    import binascii
+    import zlib
+
+    try:
+        if d.get("encoding") != "packbits+zlib+base64":
+            raise ValueError(f"unknown mask encoding {d.get('encoding')!r}")
+        h, w = (int(v) for v in d["shape"])
+        bits = np.frombuffer(zlib.decompress(base64.b64decode(d["data"])), np.uint8)
+        return np.unpackbits(bits, count=h * w).astype(bool).reshape(h, w)
+    except (KeyError, TypeError, ValueError, zlib.error, binascii.Error) as exc:
+        raise CorruptFileError(f"not a valid tissue mask in the result: {exc}") from exc
+
+
+def pixel_grid_of(section: Any) -> dict[str, Any]:
+    """The pixel grid an affine of ``section`` refers to: ``{"file": path or None, "reduction": [fr, fc]}``.
+
+    ``reduction`` is full-resolution file pixels per section pixel (block means: section pixel (i, j) is
+    centred on file pixel ``(i * fr + (fr - 1) / 2, j * fc + (fc - 1) / 2)``), see ``Section.downsample``.
+    """
+    src = getattr(section, "source", None)
+    fr, fc = getattr(section, "downsample", (1.0, 1.0))
+    return {"file": str(Path(src).resolve()) if src else None, "reduction": [float(fr), float(fc)]}
 
 
 AMBIGUOUS_MARGIN = 0.04
@@ -69,6 +111,10 @@ class AnchoringResult:
     section : dict with name, shape, spacing_mm, modality (and the tissue mask is kept in memory when the
         result comes from :func:`anchor`, as ``mask``, for region queries and viewers).
     diagnostics : timings, scores and parameters that explain the result.
+    mask : (H, W) bool tissue mask or None; saved (compressed) with the result and loaded back.
+    pixel_grid : ``{"file": ..., "reduction": [fr, fc]}``, the pixel grid ``affine`` refers to (see
+        :func:`pixel_grid_of`); empty when unknown.
+    transform : the anchoring as a :class:`~siibra_anchor.transform.SectionTransform`.
     """
 
     def __init__(
@@ -84,6 +130,7 @@ class AnchoringResult:
         reference: dict[str, Any] | None = None,
         mask: NDArray | None = None,
         image: NDArray | None = None,
+        pixel_grid: dict[str, Any] | None = None,
     ) -> None:
         a = np.asarray(affine, dtype=np.float64)
         if a.shape != (4, 4) or not np.all(np.isfinite(a)):
@@ -100,6 +147,7 @@ class AnchoringResult:
         self.reference = dict(reference or {})
         self.mask = mask
         self.image = image
+        self.pixel_grid: dict[str, Any] = dict(pixel_grid or {})
 
     @classmethod
     def unplaced(cls, section: Any, reason: str, space: str = "mni152") -> AnchoringResult:
@@ -137,6 +185,16 @@ class AnchoringResult:
         from .planes import pixel_to_world
 
         return pixel_to_world(self.affine, rows, cols)
+
+    @property
+    def transform(self):
+        """The anchoring as a :class:`~siibra_anchor.transform.SectionTransform` (pixel <-> space mm):
+        ``apply(rows, cols)``, ``inverse(points)``, ``to_space(name)``."""
+        from .transform import SectionTransform
+
+        sh = self.section.get("shape")
+        shape = (int(sh[0]), int(sh[1])) if sh and len(sh) >= 2 else None
+        return SectionTransform(self.affine, self.space, shape, dict(self.pixel_grid))
 
     @property
     def center_mm(self) -> NDArray:
@@ -311,6 +369,8 @@ class AnchoringResult:
             diagnostics=_jsonable(self.diagnostics),
             encoder_hash=self.encoder_hash,
             reference=_jsonable(self.reference),
+            tissue_mask=encode_mask(self.mask) if self.mask is not None else None,
+            pixel_grid=_jsonable(self.pixel_grid),
         )
         return model.model_dump(mode="json")
 
@@ -344,6 +404,10 @@ class AnchoringResult:
         if len(set(lengths.values())) > 1:
             raise CorruptFileError(f"not a valid anchoring result: match columns differ in length {lengths}")
         n = next(iter(lengths.values()), 0)
+        mask = decode_mask(m.tissue_mask) if m.tissue_mask is not None else None
+        sh = m.section.get("shape")
+        if mask is not None and sh and tuple(mask.shape) != tuple(int(v) for v in sh[:2]):
+            raise CorruptFileError(f"not a valid anchoring result: tissue mask {mask.shape} vs section shape {sh}")
         matches = {c: m.matches.get(c, [False if c == "inlier" else float("nan")] * n) for c in MATCH_COLUMNS}
         try:
             return cls(
@@ -356,6 +420,8 @@ class AnchoringResult:
                 diagnostics=m.diagnostics,
                 encoder_hash=m.encoder_hash,
                 reference=m.reference,
+                mask=mask,
+                pixel_grid=m.pixel_grid,
             )
         except (ValueError, TypeError) as exc:  # e.g. a ragged affine
             raise CorruptFileError(f"not a valid anchoring result: {exc}") from exc

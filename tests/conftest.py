@@ -33,3 +33,35 @@ def chromium_missing() -> str | None:
     except ImportError:
         return "selenium is not installed"
     return None
+
+
+@pytest.fixture(scope="session")
+def ebrains_mirror(tmp_path_factory):
+    """The local EBRAINS mirror (tests/ebrains_mirror): real siibra configuration JSON, stand-in data."""
+    from ebrains_mirror import start_mirror
+
+    mirror = start_mirror(tmp_path_factory.mktemp("ebrains-mirror"))
+    mirror.cache = tmp_path_factory.mktemp("ebrains-mirror-cache")
+    yield mirror
+    mirror.stop()
+
+
+@pytest.fixture
+def siibra_mirror(ebrains_mirror, monkeypatch):
+    """siibra configured from the mirror (mode "local"), its service URLs pointed at it; undone afterwards.
+
+    siibra-anchor's cache points at the mirror's own folder: stand-in templates and tables never reach the
+    session's cache (where an offline test would find them)."""
+    from siibra_anchor.adapters import siibra_config
+
+    monkeypatch.setenv("SIIBRA_ANCHOR_CACHE", str(ebrains_mirror.cache))
+    siibra_config.reset()
+    siibra = siibra_config.use_local(ebrains_mirror.config)
+    from siibra.locations.location import Location
+    from siibra.volumes.sparsemap import SparseIndex
+
+    monkeypatch.setattr(Location, "SPACEWARP_SERVER", ebrains_mirror.warp_url)
+    monkeypatch.setattr(SparseIndex, "_DATAPROXY_BASEURL", ebrains_mirror.sparse_url)
+    yield siibra
+    ebrains_mirror.clear_failures()
+    siibra_config.reset()

@@ -143,9 +143,14 @@ def test_bad_inputs_raise_typed_errors(mni_reference):
         sa.anchor(sim.section, reference=mni_reference, encoder=RawPixelEncoder(pool=4))
 
 
-def test_non_embedded_spaces_say_how_to_supply_a_template():
+def test_non_embedded_spaces_say_how_to_supply_a_template(monkeypatch):
+    from siibra_anchor.adapters import siibra_config
+
     from siibra_anchor.errors import SpaceUnavailableError, UnknownSpaceError
 
+    # offline on purpose (a networked CI would otherwise start a download): forced, not assumed
+    monkeypatch.setenv("SIIBRA_ANCHOR_OFFLINE", "1")
+    siibra_config.reset()
     with pytest.raises(SpaceUnavailableError, match="from_volume"):
         sa.Reference.from_space("colin27")
     with pytest.raises(ConnectionError):  # SpaceUnavailableError is also the builtin

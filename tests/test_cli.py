@@ -51,6 +51,9 @@ def test_cli_anchor_writes_result_and_prints_summary(tmp_path, mni_reference):
     err = section_error(res.affine, sim.true_affine, sim.section.mask)
     assert np.isfinite(err)
     assert json.loads(out.read_text())["schema_version"] == 1
+    # what later steps need: the pixel grid of the affine (this file, not reduced) and the tissue mask
+    assert res.pixel_grid == {"file": str(png.resolve()), "reduction": [1.0, 1.0]}
+    assert res.mask is not None and res.mask.shape == tuple(sim.section.shape) and res.mask.any()
 
 
 def test_cli_errors_are_one_line_and_nonzero(tmp_path):

@@ -166,7 +166,7 @@ def test_region_outlines_panel(anchored):
     """Panel (5): labels from adapters.regions.section_region_labels, inside the tissue, largest labelled."""
     pytest.importorskip("siibra_anchor.adapters.regions", reason="adapters.regions (feat-siibra) not merged yet")
     sim, res = anchored
-    p = qc.qc_panels(res)
+    p = qc.qc_panels(res, parcellation="fsl-juelich")  # the bundled maps: offline
     assert p.labels is not None and p.labels.shape == p.section.shape
     assert p.labels.any() and not p.labels[~p.mask].any()
     present = set(np.unique(p.labels[p.labels > 0]).tolist())

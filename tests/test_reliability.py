@@ -174,14 +174,10 @@ def test_cli_unexpected_error_is_one_line_with_a_hint(capsys):
 
 
 def test_damaged_downloaded_template_is_dropped_and_fetched_again(tmp_path, monkeypatch):
-    from siibra_anchor.adapters.siibra_spaces import PYRAMID_RESOLUTION_MM, SPACE_IDS
-
-    from siibra_anchor.cache import cache_dir, cache_key
+    from siibra_anchor.adapters.siibra_spaces import template_cache_path
 
     monkeypatch.setenv("SIIBRA_ANCHOR_CACHE", str(tmp_path))
-    target = cache_dir("templates") / (
-        f"colin27-{cache_key({'space': SPACE_IDS.get('colin27', 'colin27'), 'res': PYRAMID_RESOLUTION_MM})}.nii.gz"
-    )
+    target = template_cache_path("colin27")
     target.write_bytes(b"\x1f\x8b" + b"\x00" * 100)  # a download cut short
     with no_network(), pytest.raises(SpaceUnavailableError):  # fetching again needs the network
         sa.Reference.from_space("colin27")

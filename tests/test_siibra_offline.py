@@ -65,7 +65,7 @@ def test_siibra_spaces_templates_and_maps_work_offline(siibra_offline):
     pts = np.array([(-10.0, -90.0, 5.0), (12.0, -90.0, 5.0), (-40.0, -10.0, 50.0), (-50.0, 20.0, 10.0)])
     df = lmap.assign(siibra.PointCloud(pts, space="mni152"))
     got = {int(r["input structure"]): str(r["region"]) for _, r in df.iterrows()}
-    t = load_table("julich", "mni152", online=False)
+    t = load_table("fsl-juelich", "mni152", online=False)
     idx, _ = t.sample(pts, interpolation="nearest")
     assert got == {i: t.names[j] for i, j in enumerate(idx) if j >= 0}
     assert got[0] == "GM Visual cortex V1 BA17 left" and got[1] == "GM Visual cortex V1 BA17 right"
@@ -105,7 +105,7 @@ def test_result_to_siibra_offline(siibra_offline):
     # siibra's maps take the outline, and find there what our own look-up finds
     lmap = siibra.get_map(parcellation="julich", space="mni152", maptype="labelled")
     regions = {str(r) for r in lmap.assign(out.outline)["region"]}
-    t = load_table("julich", "mni152", online=False)
+    t = load_table("fsl-juelich", "mni152", online=False)
     idx, _ = t.sample(np.asarray(out.outline.coordinates), interpolation="nearest")
     assert regions and regions == {t.names[i] for i in idx if i >= 0}
     # warping to another space needs siibra's online transformation service
@@ -154,7 +154,7 @@ def test_without_network_the_probe_answers_in_seconds(monkeypatch):
 
 def test_region_labels_through_the_result_api(siibra_offline):
     res = _result()
-    lab, names, src = section_region_labels(res, online=False)
-    df = res.assign_regions(online=False)
+    lab, names, src = section_region_labels(res, parcellation="fsl-juelich", online=False)
+    df = res.assign_regions(parcellation="fsl-juelich", online=False)
     assert set(df["region"]) == set(names.values())
     assert df.attrs["source"] == src == siibra_config.OFFLINE_SOURCE

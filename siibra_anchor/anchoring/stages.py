@@ -27,7 +27,7 @@ from ..matching import best_in_neighbourhood, search_topk
 from ..patches import grid_centres, normalize_intensity, rotation_angles
 from ..planes import section_affine
 from ..refine import SamplePoints, nmi_gain, refine_map, sample_points
-from ..result import AnchoringResult
+from ..result import AnchoringResult, pixel_grid_of
 from ..section import Section
 from ..views import PatchViews
 from .hypotheses import Candidate, canonical_hypotheses, mounting_mirrored, plane_views, prior_hypotheses
@@ -533,6 +533,7 @@ def assemble(r: Run) -> AnchoringResult:
         reference={"space": ref.space, "n_sections": ref.n_sections, "n_patches": ref.n_patches, "params": ref.params},
         mask=section.mask,
         image=section.image,
+        pixel_grid=pixel_grid_of(section),
     )
 
 

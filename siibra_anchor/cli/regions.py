@@ -14,10 +14,19 @@ __all__ = ["register", "main"]
 def register(sub: Any) -> None:
     p = sub.add_parser("regions", help="brain regions an anchored section touches (Julich-Brain via siibra or offline)")
     p.add_argument("result", help="RESULT.json written by 'siibra-anchor anchor'")
-    p.add_argument("--parcellation", default="julich", help="'julich' (default), 'fsl-juelich' or a siibra name")
+    p.add_argument(
+        "--parcellation",
+        default="julich",
+        help="'julich' (default: Julich-Brain 3.x through siibra, online or cached), 'fsl-juelich' "
+        "(bundled FSL Juelich maps, offline, MNI152 only) or a siibra name",
+    )
     p.add_argument("--threshold", type=float, default=0.2, help="minimum probability 0..1 (default 0.2)")
     p.add_argument("--image", default=None, help="the section image: count only its tissue (default: all pixels)")
-    p.add_argument("--offline", action="store_true", help="never use the network (the offline Jülich maps)")
+    p.add_argument(
+        "--offline",
+        action="store_true",
+        help="never use the network (Julich-Brain from the cache only; --parcellation fsl-juelich is offline)",
+    )
     p.add_argument("--step", type=int, default=1, help="look up every STEP-th pixel (faster on large sections)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--csv", default=None, metavar="OUT", help="also write the table as CSV to OUT")
