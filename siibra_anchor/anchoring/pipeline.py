@@ -34,6 +34,7 @@ __all__ = [
     "mounting_mirrored",
     "plane_views",
     "peak_memory_of",
+    "wider_params",
 ]
 
 log = logging.getLogger(__name__)
@@ -126,16 +127,7 @@ def _wider(first: Run, result: AnchoringResult, t_start: float) -> AnchoringResu
     but not among the few RANSAC hypotheses. Search again with ``retry_widen`` times more coarse patches,
     matches per patch, RANSAC trials and hypotheses, and votes on the canonical planes; keep the placement
     with the higher NMI gain."""
-    p, w = first.params, first.params.retry_widen
-    wide = replace(
-        p,
-        k=int(round(p.k * w)),
-        n_coarse=int(round(p.n_coarse * w)),
-        ransac_trials=int(round(p.ransac_trials * w)),
-        n_hypotheses=int(round(p.n_hypotheses * w)),
-        retry_below=0.0,
-        canonical_votes=True,
-    )
+    wide = wider_params(first.params)
     again_run = Run(
         first.section,
         first.ref,
@@ -160,6 +152,21 @@ def _wider(first: Run, result: AnchoringResult, t_start: float) -> AnchoringResu
     }
     kept.diagnostics["timings"]["total_s"] = time.perf_counter() - t_start
     return kept
+
+
+def wider_params(p: AnchorParams) -> AnchorParams:
+    """The wider second search's parameters: ``retry_widen`` times more coarse patches, matches per patch,
+    RANSAC trials and hypotheses, votes on the canonical planes, and no third search."""
+    w = p.retry_widen
+    return replace(
+        p,
+        k=int(round(p.k * w)),
+        n_coarse=int(round(p.n_coarse * w)),
+        ransac_trials=int(round(p.ransac_trials * w)),
+        n_hypotheses=int(round(p.n_hypotheses * w)),
+        retry_below=0.0,
+        canonical_votes=True,
+    )
 
 
 def peak_memory_of(fn, *args: Any, **kwargs: Any) -> tuple[Any, float]:

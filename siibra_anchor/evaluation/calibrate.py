@@ -29,7 +29,8 @@ import numpy as np
 
 import siibra_anchor as sa
 
-from ..anchoring.stages import STAGES, Run
+from ..anchoring.pipeline import wider_params
+from ..anchoring.stages import STAGES, Run, assemble
 from ..cache import atomic_write_text
 from ..confidence import FEATURES, WITHIN_MM, ConfidenceModel
 from ..encoders import encoder_hash, load_default_encoder
@@ -37,7 +38,7 @@ from ..errors import AnchorError
 from .benchmark import ambiguity_set, make_section, simulated_set, user_hints
 from .simulate import section_error
 
-__all__ = ["CALIBRATION_SEEDS", "calibration_cases", "collect", "fit_models", "main"]
+__all__ = ["run_pass", "CALIBRATION_SEEDS", "calibration_cases", "collect", "fit_models", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -81,19 +82,6 @@ def _non_brain(n: int) -> list[sa.Section]:
     return out
 
 
-def _wide(p: sa.AnchorParams) -> sa.AnchorParams:
-    w = p.retry_widen
-    return replace(
-        p,
-        k=int(round(p.k * w)),
-        n_coarse=int(round(p.n_coarse * w)),
-        ransac_trials=int(round(p.ransac_trials * w)),
-        n_hypotheses=int(round(p.n_hypotheses * w)),
-        retry_below=0.0,
-        canonical_votes=True,
-    )
-
-
 def collect(n: int, rows_path: str | Path, progress: bool = True) -> list[dict[str, Any]]:
     """Anchor the calibration set (both passes, with and without the template volume) and append one row
     per pass to ``rows_path`` (JSON lines); rows already there are kept and their sections skipped."""
@@ -118,7 +106,7 @@ def collect(n: int, rows_path: str | Path, progress: bool = True) -> list[dict[s
                 section, truth, hints = sim.section, sim, user_hints(item, sim)
             for pass_name, reference, params in (
                 ("first", ref, base),
-                ("wide", ref, _wide(base)),
+                ("wide", ref, wider_params(base)),
                 ("novol", novol, base),
             ):
                 row = _row(key, kind, pass_name, section, truth, reference, enc, params, hints)
@@ -130,20 +118,24 @@ def collect(n: int, rows_path: str | Path, progress: bool = True) -> list[dict[s
     return rows
 
 
-def _row(key, kind, pass_name, section, truth, reference, enc, params, hints) -> dict[str, Any]:
-    from ..anchoring.stages import assemble
+def run_pass(section: Any, ref: Any, enc: Any, params: AnchorParams, hints: dict[str, Any], reuse: Any = None):
+    """One pass of the stages (without the confidence): (Run, affine, seconds)."""
+    t0 = time.perf_counter()
+    r = Run(section, ref, enc, params, 0, hints.get("hemisphere"), hints.get("flipped"), reuse_views=reuse)
+    for stage in STAGES[:-1]:
+        stage(r)
+    r.confidence = float("nan")
+    return r, assemble(r).affine, time.perf_counter() - t0
 
+
+def _row(key, kind, pass_name, section, truth, reference, enc, params, hints) -> dict[str, Any]:
     row: dict[str, Any] = {"key": f"{key}-{pass_name}", "kind": kind, "pass": pass_name}
-    r = Run(section, reference, enc, params, 0, hints.get("hemisphere"), hints.get("flipped"))
     try:
-        for stage in STAGES[:-1]:
-            stage(r)
-        r.confidence = float("nan")
-        res = assemble(r)
+        r, affine, _ = run_pass(section, reference, enc, params, hints)
     except AnchorError as exc:  # refused: no row of features (the pipeline raises, it reports no confidence)
         row.update(refused=type(exc).__name__)
         return row
-    err = float("inf") if truth is None else section_error(res.affine, truth.true_affine, truth.section.mask)
+    err = float("inf") if truth is None else section_error(affine, truth.true_affine, truth.section.mask)
     row.update(features=r.features, error_mm=err if np.isfinite(err) else None, correct=bool(err <= WITHIN_MM))
     return row
 
