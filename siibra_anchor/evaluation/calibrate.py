@@ -118,7 +118,7 @@ def collect(n: int, rows_path: str | Path, progress: bool = True) -> list[dict[s
     return rows
 
 
-def run_pass(section: Any, ref: Any, enc: Any, params: AnchorParams, hints: dict[str, Any], reuse: Any = None):
+def run_pass(section: Any, ref: Any, enc: Any, params: sa.AnchorParams, hints: dict[str, Any], reuse: Any = None):
     """One pass of the stages (without the confidence): (Run, affine, seconds)."""
     t0 = time.perf_counter()
     r = Run(section, ref, enc, params, 0, hints.get("hemisphere"), hints.get("flipped"), reuse_views=reuse)
