@@ -13,6 +13,7 @@ import siibra_anchor as sa
 from siibra_anchor.anchoring import stages
 from siibra_anchor.anchoring.hypotheses import Candidate
 from siibra_anchor.anchoring.stages import Run
+from siibra_anchor.confidence import FEATURES, confidence_model
 from siibra_anchor.encoders import load_default_encoder
 from siibra_anchor.errors import AnchoringFailedError, ImageTooSmallError, InvalidParameterError
 from siibra_anchor.evaluation.simulate import section_error, simulate_section
@@ -124,17 +125,25 @@ def test_score_without_a_volume_ranks_by_consistency(after, mni_reference):
         assert c.score == pytest.approx(r.coarse_consistency(c.placement))
 
 
-def test_disambiguate_sets_the_confidence_from_the_scores(after):
+def test_disambiguate_picks_the_best_and_describes_it(after):
     r = after["disambiguate"]
     assert r.best is r.candidates[0]
-    base = stages.confidence_from_scores(r.consistency, r.best.score)
-    factor = 1.0 if not np.isfinite(r.margin) else 0.5 + 0.5 * np.tanh(max(r.margin, 0.0) / 0.08)
-    assert r.confidence == pytest.approx(base * factor)
-    assert 0.0 <= r.confidence <= 1.0 and r.consistency > 0.3
+    f = r.features
+    assert set(f) == set(FEATURES)  # a reference with a volume: every feature
+    assert f["nmi_gain"] == r.best.score and f["consistency"] == r.consistency > 0.3
+    assert 0.0 <= f["margin"] <= 0.3 and 0.0 <= f["mirror_margin"] <= 0.3
+    assert 0.0 < f["inlier_share"] <= 1.0 and f["log_patches"] == pytest.approx(np.log10(r.emb.n))
+    assert f["log_scale"] < np.log(1.3) and f["anisotropy"] < 0.2  # the simulated section is near-isotropic
+
+
+def test_confide_is_the_calibrated_model_of_the_features(after):
+    r = after["confide"]
+    assert r.confidence == pytest.approx(confidence_model("volume")(r.features))
+    assert 0.5 < r.confidence <= 1.0  # an easy, correct placement
 
 
 def test_assemble_gives_the_result_anchor_gives(after, sim, mni_reference):
-    r = after["disambiguate"]
+    r = after["confide"]
     res = stages.assemble(r)
     assert section_error(res.affine, sim.true_affine, sim.section.mask) < 3.0
     assert len(res.matches["row"]) == r.emb.n
