@@ -43,7 +43,13 @@ __all__ = ["run_pass", "CALIBRATION_SEEDS", "calibration_cases", "collect", "fit
 log = logging.getLogger(__name__)
 
 #: seeds of the calibration draws (the benchmark uses 2026, its ambiguity set and compare's fresh set 2027)
-CALIBRATION_SEEDS = {"sections": 5150, "ambiguity": 5151, "wrong_spacing": 5152, "non_brain": 5153}
+CALIBRATION_SEEDS = {
+    "sections": 5150,
+    "ambiguity": 5151,
+    "wrong_spacing": 5152,
+    "non_brain": 5153,
+    "ambiguity_nohint": 5154,
+}
 
 VOLUME_FEATURES = (
     "consistency", "inlier_share", "match_similarity", "nmi_gain", "margin", "mirror_margin",
@@ -93,6 +99,10 @@ def collect(n: int, rows_path: str | Path, progress: bool = True) -> list[dict[s
     novol = replace(ref, volume=None)
     base = sa.AnchorParams()
     items: list[tuple[str, Any]] = calibration_cases(n) + [("non_brain", s) for s in _non_brain(max(2, n // 8))]
+    # ambiguous sections anchored without hints, as users often do (added last: earlier keys stay valid)
+    items += [
+        ("ambiguity_nohint", c) for c in ambiguity_set(max(1, n // 8), seed=CALIBRATION_SEEDS["ambiguity_nohint"])
+    ]
     with rows_path.open("a") as fh:
         for i, (kind, item) in enumerate(items):
             key = f"{kind}-{i}"
@@ -103,7 +113,8 @@ def collect(n: int, rows_path: str | Path, progress: bool = True) -> list[dict[s
                 section, truth, hints = item, None, {}
             else:
                 sim = make_section(item)
-                section, truth, hints = sim.section, sim, user_hints(item, sim)
+                hints = {} if kind == "ambiguity_nohint" else user_hints(item, sim)
+                section, truth = sim.section, sim
             for pass_name, reference, params in (
                 ("first", ref, base),
                 ("wide", ref, wider_params(base)),
