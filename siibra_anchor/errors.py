@@ -34,6 +34,8 @@ __all__ = [
     "LowConfidenceWarning",
     "CorruptCacheWarning",
     "MissingDependencyError",
+    "RealDataMissingError",
+    "RealDataChecksumError",
 ]
 
 
@@ -129,6 +131,14 @@ class InvalidPointsError(AnchorError, ValueError):
 
 class MissingDependencyError(AnchorError, ImportError):
     """An optional part needs a package that is not installed (the message names the pip extra)."""
+
+
+class RealDataMissingError(AnchorError, FileNotFoundError):
+    """A volume of the real-anatomy benchmark tier is not in the data folder (the message says how to get it)."""
+
+
+class RealDataChecksumError(AnchorError, ValueError):
+    """A volume of the real-anatomy tier does not match the sha256 its manifest records."""
 
 
 class AnchorWarning(UserWarning):
