@@ -132,7 +132,7 @@ def border_texture(features: NDArray) -> float:
     noise (removed first by a Gaussian of 2 px) and a slow illumination gradient. So a plane (in row,
     column) is fitted to the channel mean on the border frame, robustly (refitted three times on the 60 %
     of pixels closest to it); a border pixel is textured when it lies further than
-    :data:`TEXTURE_THRESHOLD` of the image's robust (0.5-99.5 percentile) range from that plane (or five
+    :data:`TEXTURE_THRESHOLD` of the image's robust (0.5-99.5 percentile) range from that plane (or 3.5
     times the pixel noise left after the Gaussian, if more: pure noise is not texture).
     Returns 0.0 for images smaller than 8 px or constant.
     """
@@ -150,7 +150,7 @@ def border_texture(features: NDArray) -> float:
     v = ndimage.gaussian_filter(raw, sigma=2.0, mode="nearest")
     # pixel noise left after the Gaussian (white noise: sigma / (2 sqrt(pi) * 2)), from row differences
     noise = 1.4826 * float(np.median(np.abs(np.diff(raw, axis=1)))) / np.sqrt(2.0) / (4.0 * np.sqrt(np.pi))
-    threshold = max(TEXTURE_THRESHOLD, 5.0 * noise)
+    threshold = max(TEXTURE_THRESHOLD, 3.5 * noise)
     ring = np.zeros((h, w), bool)
     ring[0, :] = ring[-1, :] = ring[:, 0] = ring[:, -1] = True
     rr, cc = np.nonzero(ring)

@@ -273,10 +273,12 @@ def _summary(errors: list[float], refused: list[bool], times: list[float]) -> di
     if e.size == 0:
         return {"n": 0}
     fin = e[np.isfinite(e)]
+    # refused sections (inf) rank last; a percentile that falls among them is inf, not NaN
+    big = np.where(np.isfinite(e), e, 1e12)
     return {
         "n": int(e.size),
-        "median_mm": float(np.median(e)),
-        "p90_mm": float(np.percentile(e, 90)),
+        "median_mm": _inf_above(float(np.median(big))),
+        "p90_mm": _inf_above(float(np.percentile(big, 90))),
         "median_placed_mm": float(np.median(fin)) if fin.size else float("nan"),
         "failures": int(np.sum(~(e <= FAIL_MM))),
         "failure_rate": float(np.mean(~(e <= FAIL_MM))),
@@ -384,6 +386,10 @@ def run_real_tier(
         {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in r.items()} for r in rows
     ]
     return report
+
+
+def _inf_above(x: float, limit: float = 1e11) -> float:
+    return float("inf") if x >= limit else x
 
 
 def _median(x: list[float]) -> float:
