@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -314,7 +315,7 @@ def run_real_tier(
     import siibra_anchor as sa
 
     from ..encoders import RawPixelEncoder, load_default_encoder
-    from ..errors import AnchorError
+    from ..errors import AnchorError, LowConfidenceWarning
     from ..reference import Reference
     from ..simulate import section_error
 
@@ -345,7 +346,9 @@ def run_real_tier(
         for key, (r, e) in methods.items():
             t0 = time.perf_counter()
             try:
-                res = sa.anchor(rs.section, reference=r, encoder=e, seed=0, hemisphere=rs.hemisphere)
+                with warnings.catch_warnings():  # the confidence is recorded; no warning per section
+                    warnings.simplefilter("ignore", LowConfidenceWarning)
+                    res = sa.anchor(rs.section, reference=r, encoder=e, seed=0, hemisphere=rs.hemisphere)
                 err, conf, why = section_error(res.affine, rs.true_affine, mask), float(res.confidence), None
             except AnchorError as exc:
                 err, conf, why = float("inf"), 0.0, f"{type(exc).__name__}: {exc}"

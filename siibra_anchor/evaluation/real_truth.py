@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["RegistrationRun", "RUNS", "register_to_template", "real_truth", "affine_spread_mm"]
+__all__ = ["RegistrationRun", "RUNS", "register_to_template", "real_truth", "affine_spread_mm", "registration_figure"]
 
 log = logging.getLogger(__name__)
 
@@ -221,3 +221,47 @@ def real_truth(path: str | Path, fixed: str = "mni152", cache: bool = True) -> d
         doc["spread"]["mean_mm"],
     )
     return doc
+
+
+def registration_figure(paths: dict[str, str | Path], out_png: str | Path, fixed: str = "mni152") -> Path:
+    """QC figure: each volume resampled into ``fixed`` by its truth (grey), the template's outline (red).
+
+    paths : {label: volume path}; one row per volume, an axial and a coronal plane through the template.
+    Needs matplotlib; writes ``out_png`` atomically and returns its path.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..cache import atomic_file
+    from ..planes import sample_volume
+    from ..templates import load_volume
+
+    td, ta = load_volume(fixed)
+    ta = np.asarray(ta, float)
+    fig, axs = plt.subplots(len(paths), 2, figsize=(4.0, 2.0 * len(paths)), squeeze=False)
+    for i, (label, p) in enumerate(paths.items()):
+        inv = np.linalg.inv(np.asarray(real_truth(p, fixed)["moving_to_fixed"], float))
+        data, aff = load_volume(p)
+        for j, (axis, k) in enumerate(((2, td.shape[2] * 3 // 8), (1, td.shape[1] // 2))):
+            idx: list[Any] = [slice(None)] * 3
+            idx[axis] = k
+            tsl = np.asarray(td[tuple(idx)], float)
+            rest = [q for q in range(3) if q != axis]
+            ii, jj = np.meshgrid(np.arange(tsl.shape[0]), np.arange(tsl.shape[1]), indexing="ij")
+            vox = np.zeros(ii.shape + (3,))
+            vox[..., rest[0]], vox[..., rest[1]], vox[..., axis] = ii, jj, k
+            world = vox @ ta[:3, :3].T + ta[:3, 3]
+            img = sample_volume(data, aff, world @ inv[:3, :3].T + inv[:3, 3])
+            ax = axs[i, j]
+            ax.imshow(np.rot90(img), cmap="gray")
+            ax.contour(np.rot90(tsl), [0.35 * float(tsl.max())], colors="r", linewidths=0.4)
+            ax.set_axis_off()
+            ax.set_title(label, fontsize=7)
+    fig.tight_layout()
+    out = Path(out_png)
+    with atomic_file(out, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=70)
+    plt.close(fig)
+    return out
