@@ -60,3 +60,14 @@ def test_frame_filling_blocks_touch_every_border():
         assert m[0].any() and m[-1].any() and m[:, 0].any() and m[:, -1].any()
         assert m.mean() > 0.95
         assert s.params["histology"]["drawn"]["frame_fill"]
+
+
+def test_histology_block_sections_are_seeded_and_shrunk_within_the_block_range():
+    from siibra_anchor.evaluation.histology_block import histology_sections
+
+    a, b = histology_sections(3, seed=4), histology_sections(3, seed=4)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x.section.image, y.section.image)
+        drawn = x.params["histology"]["drawn"]
+        assert all(0.75 <= v <= 1.0 for v in drawn["shrink"])
+        assert x.true_points is not None and x.true_points.shape[:2] == x.section.shape
