@@ -34,8 +34,11 @@ def test_manifest_has_subjects_contrasts_and_a_disjoint_calibration_split():
     assert len({v.subject for v in test}) >= 4
     assert len({v.contrast for v in test if not v.contrast.startswith("t1")}) >= 3
     assert cal and not ({v.subject for v in test} & {v.subject for v in cal})
+    by_name = {v.name: v for v in real_volumes()}
     for v in real_volumes():
         assert len(v.sha256) == 64 and v.size > 0 and v.source["commit"] and v.licence
+        if v.register_via:  # registered through another volume of the same person
+            assert by_name[v.register_via].subject == v.subject and not by_name[v.register_via].register_via
 
 
 def test_committed_volumes_are_found_and_checked():

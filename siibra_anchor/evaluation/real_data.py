@@ -31,7 +31,11 @@ _REPO_ROOT = Path(__file__).resolve().parents[2]
 
 @dataclass(frozen=True)
 class RealVolume:
-    """One manifest entry: a single-subject brain volume (NIfTI or MGH, world mm in RAS+)."""
+    """One manifest entry: a single-subject brain volume (NIfTI or MGH, world mm in RAS+).
+
+    register_via : name of another entry of the same subject through which the volume is registered to the
+    template (see :func:`~siibra_anchor.evaluation.real_truth.real_truth`); None: registered directly.
+    """
 
     name: str
     subject: str
@@ -44,6 +48,7 @@ class RealVolume:
     split: str
     repo_path: str | None = None
     notes: str = ""
+    register_via: str | None = None
 
     def how_to_get(self, folder: str | Path | None = None) -> str:
         """A sentence that says where to download the file and where to put it."""
@@ -72,6 +77,7 @@ def _entry(d: dict[str, Any]) -> RealVolume:
         split=split,
         repo_path=d.get("repo_path"),
         notes=str(d.get("notes", "")),
+        register_via=d.get("register_via"),
     )
 
 

@@ -38,6 +38,7 @@ __all__ = [
     "cut_real_section",
     "real_sections",
     "run_real_tier",
+    "summarise_real_tier",
     "format_real_tier",
 ]
 
@@ -223,6 +224,7 @@ def real_sections(
     n_per_volume: int = 3,
     seed: int = 2026,
     require_all: bool = False,
+    volumes: list[str] | None = None,
 ) -> tuple[list[RealSection], dict[str, Any]]:
     """Cut ``n_per_volume`` sections from every volume of ``split`` that is available.
 
@@ -230,13 +232,15 @@ def real_sections(
     info (``require_all=True`` raises :class:`~siibra_anchor.errors.RealDataMissingError` instead); a
     file whose sha256 differs from the manifest always raises. Planes with almost no brain are redrawn.
 
+    volumes : names of the volumes to use (default: all of the split).
+
     Returns (sections, info) with info ``{"volumes": {name: registration figures}, "missing": {name: how}}``.
     """
     from ..errors import InvalidParameterError, RealDataMissingError
     from .real_data import real_volume_path, real_volumes
     from .real_truth import real_truth
 
-    vols = real_volumes(split)
+    vols = [v for v in real_volumes(split) if volumes is None or v.name in volumes]
     info: dict[str, Any] = {"volumes": {}, "missing": {}}
     out: list[RealSection] = []
     for v in vols:
@@ -247,12 +251,19 @@ def real_sections(
                 raise
             info["missing"][v.name] = str(exc)
             continue
-        truth = real_truth(path)
+        via = None
+        if v.register_via:
+            try:
+                via = real_volume_path(v.register_via, real_data_dir)
+            except RealDataMissingError:
+                log.warning("%s: %s is missing, registering %s directly", v.name, v.register_via, v.name)
+        truth = real_truth(path, via=via)
         info["volumes"][v.name] = {
             "subject": v.subject,
             "contrast": v.contrast,
             "split": v.split,
             "file": str(path),
+            "registered_via": truth.get("via"),
             "registration_metric": truth["metric"],
             "registration_spread": truth["spread"],
             "scale": float(abs(np.linalg.det(np.asarray(truth["moving_to_fixed"], float)[:3, :3])) ** (1 / 3)),
@@ -297,6 +308,7 @@ def run_real_tier(
     progress: bool = False,
     reference: Any = None,
     require_all: bool = False,
+    volumes: list[str] | None = None,
 ) -> dict[str, Any]:
     """Anchor the real-anatomy sections with the default encoder and the raw-pixel baseline.
 
@@ -306,6 +318,7 @@ def run_real_tier(
     quick : 3 sections per volume instead of 12 (``n_per_volume`` overrides both).
     split : "test" (the scored tier) or "calibration" (the disjoint set kept for fitting the confidence).
     reference : a prebuilt default-encoder ``Reference.from_space("mni152")`` to reuse.
+    volumes : names of the manifest volumes to use (default: all of the split).
 
     Returns a JSON-safe dict: ``{"split", "n_per_volume", "seed", "volumes", "missing", "default",
     "raw_pixel", "by_contrast": {contrast: {"default", "raw_pixel", "truth_uncertainty_mm"}},
@@ -320,7 +333,9 @@ def run_real_tier(
     from ..simulate import section_error
 
     n = n_per_volume if n_per_volume is not None else (3 if quick else 12)
-    sections, info = real_sections(real_data_dir, split=split, n_per_volume=n, seed=seed, require_all=require_all)
+    sections, info = real_sections(
+        real_data_dir, split=split, n_per_volume=n, seed=seed, require_all=require_all, volumes=volumes
+    )
     enc = load_default_encoder()
     ref = reference if reference is not None else Reference.from_space("mni152", encoder=enc)
     raw = RawPixelEncoder()
@@ -358,6 +373,16 @@ def run_real_tier(
             row[f"{key}_time_s"] = time.perf_counter() - t0
         rows.append(row)
 
+    return summarise_real_tier(rows, info, split=split, n_per_volume=n, seed=seed)
+
+
+def summarise_real_tier(
+    rows: list[dict[str, Any]], info: dict[str, Any], split: str, n_per_volume: int, seed: int
+) -> dict[str, Any]:
+    """The report of :func:`run_real_tier` from its per-section rows (``report["cases"]`` of one or more
+    runs: refused sections may carry ``None`` errors) and the volumes' info."""
+    rows = [{k: (float("inf") if k.endswith("_error_mm") and v is None else v) for k, v in r.items()} for r in rows]
+
     def stats(sel: list[dict[str, Any]], key: str) -> dict[str, Any]:
         return _summary(
             [r[f"{key}_error_mm"] for r in sel],
@@ -367,7 +392,7 @@ def run_real_tier(
 
     report: dict[str, Any] = {
         "split": split,
-        "n_per_volume": n,
+        "n_per_volume": n_per_volume,
         "seed": seed,
         "fail_mm": FAIL_MM,
         "encoder_name": _default_name(),

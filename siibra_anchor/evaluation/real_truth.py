@@ -25,7 +25,15 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["RegistrationRun", "RUNS", "register_to_template", "real_truth", "affine_spread_mm", "registration_figure"]
+__all__ = [
+    "RegistrationRun",
+    "RUNS",
+    "register_to_template",
+    "register_rigid",
+    "real_truth",
+    "affine_spread_mm",
+    "registration_figure",
+]
 
 log = logging.getLogger(__name__)
 
@@ -180,18 +188,71 @@ def affine_spread_mm(a: NDArray, b: NDArray, fixed: str = "mni152", step: int = 
     return {"mean_mm": float(d.mean()), "p90_mm": float(np.percentile(d, 90)), "max_mm": float(d.max())}
 
 
-def real_truth(path: str | Path, fixed: str = "mni152", cache: bool = True) -> dict[str, Any]:
+def register_rigid(moving: str | Path, fixed: str | Path, run: RegistrationRun | None = None) -> dict[str, Any]:
+    """6-dof (rigid) Mattes mutual-information registration of two volumes of the *same* subject.
+
+    Returns ``{"moving_to_fixed": (4, 4) list, "metric": float, "time_s": float, "run": dict}`` as
+    :func:`register_to_template` does; the whole of ``fixed`` is sampled (both are heads or both brains).
+    """
+    from ..baselines.sitk import _sitk, _volume_image
+    from ..templates import load_volume
+
+    r = run or RUNS[0]
+    sitk = _sitk()
+    t0 = time.perf_counter()
+    fd, fa = load_volume(fixed)
+    md, ma = load_volume(moving)
+    fimg = _volume_image(sitk, _normalised(fd), np.asarray(fa, float))
+    mimg = _volume_image(sitk, _normalised(md), np.asarray(ma, float))
+    if r.init == "moments":
+        start = sitk.CenteredTransformInitializer(
+            fimg, mimg, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS
+        )
+    else:
+        start = sitk.Euler3DTransform()
+        cf = _foreground_centre(fd, np.asarray(fa, float))
+        start.SetCenter(tuple(float(v) for v in cf))
+        start.SetTranslation(tuple(float(v) for v in _foreground_centre(md, np.asarray(ma, float)) - cf))
+    reg = sitk.ImageRegistrationMethod()
+    reg.SetMetricAsMattesMutualInformation(r.bins)
+    reg.SetMetricSamplingStrategy(reg.RANDOM)
+    reg.SetMetricSamplingPercentage(r.sampling, r.seed)
+    reg.SetInterpolator(sitk.sitkLinear)
+    reg.SetOptimizerAsRegularStepGradientDescent(1.0, 1e-4, r.iterations, relaxationFactor=0.6)
+    reg.SetOptimizerScalesFromPhysicalShift()
+    reg.SetShrinkFactorsPerLevel(list(r.levels))
+    reg.SetSmoothingSigmasPerLevel([max(0.0, lv / 2.0) for lv in r.levels])
+    reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+    reg.SetInitialTransform(start, inPlace=False)
+    tx = reg.Execute(fimg, mimg)
+    return {
+        "moving_to_fixed": np.linalg.inv(_to_matrix(tx)).tolist(),
+        "metric": float(reg.GetMetricValue()),
+        "time_s": time.perf_counter() - t0,
+        "run": asdict(r),
+    }
+
+
+def real_truth(
+    path: str | Path, fixed: str = "mni152", cache: bool = True, via: str | Path | None = None
+) -> dict[str, Any]:
     """The registered truth of one volume, with its own uncertainty (cached on disk).
+
+    via : a volume of the same subject whose registration to the template is more reliable (a whole-brain
+        T1 for a PD or T2 volume with a short field of view): the truth is then the rigid registration of
+        ``path`` onto ``via`` followed by ``via``'s truth, run A after A and run B after B.
 
     Returns ``{"moving_to_fixed": (4, 4) list (run A, the truth), "second": (4, 4) list (run B),
     "metric": [A, B], "spread": {"mean_mm", "p90_mm", "max_mm"} (A vs B over the template's brain),
-    "time_s": [A, B], "runs": [...]}``.
+    "time_s": [A, B], "runs": [...], "via": file name or None}``.
     """
     from ..cache import atomic_write_text, cache_dir, cache_key, file_sha256
 
     p = Path(path)
-    key = cache_key({"sha256": file_sha256(p), "fixed": fixed, "runs": [asdict(r) for r in RUNS], "v": 1})
-    entry = cache_dir("real-truth") / f"{key}.json"
+    params = {"sha256": file_sha256(p), "fixed": fixed, "runs": [asdict(r) for r in RUNS], "v": 1}
+    if via is not None:
+        params["via"] = file_sha256(via)
+    entry = cache_dir("real-truth") / f"{cache_key(params)}.json"
     if cache and entry.is_file():
         try:
             doc = json.loads(entry.read_text())
@@ -199,11 +260,19 @@ def real_truth(path: str | Path, fixed: str = "mni152", cache: bool = True) -> d
             return dict(doc)
         except (ValueError, KeyError):  # a damaged entry is recomputed and rewritten
             log.warning("ignoring damaged cache entry %s", entry)
-    a = register_to_template(p, fixed, RUNS[0])
-    b = register_to_template(p, fixed, RUNS[1])
+    if via is None:
+        a = register_to_template(p, fixed, RUNS[0])
+        b = register_to_template(p, fixed, RUNS[1])
+    else:
+        base = real_truth(via, fixed, cache)
+        a = register_rigid(p, via, RUNS[0])
+        b = register_rigid(p, via, RUNS[1])
+        a["moving_to_fixed"] = (np.asarray(base["moving_to_fixed"]) @ np.asarray(a["moving_to_fixed"])).tolist()
+        b["moving_to_fixed"] = (np.asarray(base["second"]) @ np.asarray(b["moving_to_fixed"])).tolist()
     doc = {
         "volume": p.name,
         "fixed": fixed,
+        "via": None if via is None else Path(via).name,
         "moving_to_fixed": a["moving_to_fixed"],
         "second": b["moving_to_fixed"],
         "metric": [a["metric"], b["metric"]],
