@@ -138,3 +138,21 @@ def test_format_real_tier_lists_every_contrast_and_both_methods():
     }
     text = format_real_tier(rep)
     assert "| flair | 3 |" in text and "1/3" in text and "1/2" in text and "chris-t1" in text
+
+
+def test_failure_kind_names_the_turned_and_mirrored_placements():
+    from siibra_anchor.evaluation.real_tier import failure_kind
+    from siibra_anchor.planes import plane_affine
+
+    mask = np.zeros((80, 60), bool)
+    mask[10:70, 8:50] = True
+    t = plane_affine([30.0, -10.0, 5.0], [0, 0, -1], [1, 0, 0], 1.0, mask.shape)
+    h, w = mask.shape
+    turn = np.diag([-1.0, -1.0, 1.0, 1.0])
+    turn[:2, 3] = (h - 1, w - 1)
+    assert failure_kind(t, t, mask) == "correct"
+    assert failure_kind(t @ turn, t, mask) == "turned-180"
+    assert failure_kind(np.diag([-1.0, 1.0, 1.0, 1.0]) @ t, t, mask) == "mirrored-midline"
+    far = t.copy()
+    far[:3, 3] += [0.0, 40.0, 0.0]
+    assert failure_kind(far, t, mask) == "wrong-plane"

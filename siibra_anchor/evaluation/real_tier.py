@@ -39,6 +39,7 @@ __all__ = [
     "real_sections",
     "run_real_tier",
     "summarise_real_tier",
+    "failure_kind",
     "format_real_tier",
 ]
 
@@ -365,8 +366,12 @@ def run_real_tier(
                     warnings.simplefilter("ignore", LowConfidenceWarning)
                     res = sa.anchor(rs.section, reference=r, encoder=e, seed=0, hemisphere=rs.hemisphere)
                 err, conf, why = section_error(res.affine, rs.true_affine, mask), float(res.confidence), None
+                row[f"{key}_affine"] = np.asarray(res.affine, float).tolist()
+                row[f"{key}_outcome"] = failure_kind(res.affine, rs.true_affine, mask)
             except AnchorError as exc:
                 err, conf, why = float("inf"), 0.0, f"{type(exc).__name__}: {exc}"
+                row[f"{key}_affine"] = None
+                row[f"{key}_outcome"] = "refused"
             row[f"{key}_error_mm"] = err
             row[f"{key}_confidence"] = conf
             row[f"{key}_refused"] = why
@@ -401,6 +406,13 @@ def summarise_real_tier(
         "default": stats(rows, "default"),
         "raw_pixel": stats(rows, "raw_pixel"),
         "truth_uncertainty_mm": _median([r["truth_uncertainty_mm"] for r in rows]),
+        "outcomes": {
+            key: {
+                o: sum(r.get(f"{key}_outcome") == o for r in rows)
+                for o in sorted({str(r.get(f"{key}_outcome")) for r in rows})
+            }
+            for key in ("default", "raw_pixel")
+        },
         "by_contrast": {},
     }
     for c in sorted({r["contrast"] for r in rows}):
@@ -414,6 +426,30 @@ def summarise_real_tier(
         {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in r.items()} for r in rows
     ]
     return report
+
+
+def failure_kind(affine: NDArray, true_affine: NDArray, mask: NDArray) -> str:
+    """What a placement got wrong: "correct" (<= FAIL_MM), else the nearest of "turned-180" (the plane right,
+    the image rotated by 180 degrees in it), "mirrored-midline" (across x = 0), "mirrored-mounting"
+    (the image flipped left-right) when within FAIL_MM of it, else "wrong-plane"."""
+    from ..simulate import section_error
+
+    if section_error(affine, true_affine, mask) <= FAIL_MM:
+        return "correct"
+    h, w = mask.shape
+    turn = np.diag([-1.0, -1.0, 1.0, 1.0])
+    turn[:2, 3] = (h - 1, w - 1)
+    flip = np.eye(4)
+    flip[1, 1], flip[1, 3] = -1.0, w - 1.0
+    t = np.asarray(true_affine, float)
+    alts = {
+        "turned-180": t @ turn,
+        "mirrored-midline": np.diag([-1.0, 1.0, 1.0, 1.0]) @ t,
+        "mirrored-mounting": t @ flip,
+    }
+    errs = {k: section_error(affine, a, mask) for k, a in alts.items()}
+    best = min(errs, key=lambda k: errs[k])
+    return best if errs[best] <= FAIL_MM else "wrong-plane"
 
 
 def _inf_above(x: float, limit: float = 1e11) -> float:
@@ -473,6 +509,10 @@ def format_real_tier(report: dict[str, Any]) -> str:
                 f"| {name} | {v['subject']} | {v['contrast']} | {m[0]:.3f} / {m[1]:.3f} | "
                 f"{sp['mean_mm']:.2f} / {sp['max_mm']:.2f} | {v['scale']:.3f} |"
             )
+    for key, counts in report.get("outcomes", {}).items():
+        known = {o: n for o, n in counts.items() if o != "None"}
+        if known:
+            lines += ["", f"Outcomes ({key}): " + ", ".join(f"{o} {n}" for o, n in known.items())]
     if report["missing"]:
         lines += ["", "Missing volumes (not scored): " + ", ".join(sorted(report["missing"]))]
     return "\n".join(lines)
