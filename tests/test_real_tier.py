@@ -156,3 +156,29 @@ def test_failure_kind_names_the_turned_and_mirrored_placements():
     far = t.copy()
     far[:3, 3] += [0.0, 40.0, 0.0]
     assert failure_kind(far, t, mask) == "wrong-plane"
+
+
+@pytest.mark.slow
+def test_quick_tier_on_the_committed_volumes(tmp_path):
+    """The tier as CI runs it: no data folder, so only the committed volumes; the others are listed."""
+    from siibra_anchor.evaluation.real_tier import format_real_tier, run_real_tier
+
+    rep = run_real_tier(None, n_per_volume=1, seed=5)
+    committed = {v.name for v in real_volumes("test") if v.repo_path}
+    assert set(rep["volumes"]) == committed
+    assert set(rep["missing"]) == {v.name for v in real_volumes("test")} - committed
+    assert rep["default"]["n"] == rep["raw_pixel"]["n"] == len(committed)
+    for case in rep["cases"]:
+        assert case["truth_uncertainty_mm"] < 5.0
+        for key in ("default", "raw_pixel"):
+            assert (case[f"{key}_error_mm"] is None) == (case[f"{key}_refused"] is not None)
+            assert case[f"{key}_outcome"] in (
+                "correct",
+                "turned-180",
+                "mirrored-midline",
+                "mirrored-mounting",
+                "wrong-plane",
+                "refused",
+            )
+    text = format_real_tier(rep)
+    assert "**all**" in text and all(name in text for name in committed)
