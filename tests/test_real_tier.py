@@ -182,3 +182,25 @@ def test_quick_tier_on_the_committed_volumes(tmp_path):
             )
     text = format_real_tier(rep)
     assert "**all**" in text and all(name in text for name in committed)
+
+
+@pytest.mark.slow
+def test_truth_through_a_same_subject_volume_composes_in_the_right_order(tmp_path):
+    """moving --rigid--> via --12-dof--> template: the composed truth is the known map."""
+    from scipy.spatial.transform import Rotation
+
+    from siibra_anchor.evaluation.real_truth import affine_spread_mm, real_truth
+
+    data, aff = load_volume("mni152")
+    k1 = _known_affine()
+    rigid = np.eye(4)
+    rigid[:3, :3] = Rotation.from_rotvec(np.deg2rad(8.0) * np.array([1.0, 0.0, 0.0])).as_matrix()
+    rigid[:3, 3] = [-5.0, 7.0, 2.0]
+    via, moving = tmp_path / "via.nii", tmp_path / "moving.nii"
+    nib.save(nib.Nifti1Image(np.asarray(data, np.float32), k1 @ aff), via)
+    nib.save(nib.Nifti1Image(np.asarray(data, np.float32), rigid @ k1 @ aff), moving)
+    doc = real_truth(moving, via=via)
+    expected = np.linalg.inv(k1) @ np.linalg.inv(rigid)
+    assert doc["via"] == "via.nii"
+    assert affine_spread_mm(np.asarray(doc["moving_to_fixed"]), expected)["mean_mm"] < 0.8
+    assert affine_spread_mm(np.asarray(doc["moving_to_fixed"]), np.linalg.inv(k1))["mean_mm"] > 5.0
