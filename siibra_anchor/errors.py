@@ -34,6 +34,8 @@ __all__ = [
     "LowConfidenceWarning",
     "CorruptCacheWarning",
     "MissingDependencyError",
+    "RealDataMissingError",
+    "RealDataChecksumError",
 ]
 
 
@@ -133,6 +135,14 @@ class MissingDependencyError(AnchorError, ImportError):
 
 class SitkUnavailableError(MissingDependencyError):
     """SimpleITK (the classical registration baseline of the benchmarks) is not installed."""
+
+
+class RealDataMissingError(AnchorError, FileNotFoundError):
+    """A volume of the real-anatomy benchmark tier is not in the data folder (the message says how to get it)."""
+
+
+class RealDataChecksumError(AnchorError, ValueError):
+    """A volume of the real-anatomy tier does not match the sha256 its manifest records."""
 
 
 class AnchorWarning(UserWarning):

@@ -121,3 +121,30 @@ def test_background_distance_against_plain_formula():
     expected = np.abs(img[..., 0] - 0.25) / (hi - lo)
     np.testing.assert_allclose(d, expected, rtol=1e-5, atol=1e-6)
     assert noise == 0.0
+
+
+@pytest.mark.parametrize("polarity", ["bright", "dark"])
+@pytest.mark.parametrize("noise", [0.0, 0.1])
+def test_tissue_that_fills_the_frame_is_all_tissue(polarity, noise):
+    """A block cropped inside the brain: its border is tissue, so the whole image is (no EmptyMaskError)."""
+    from siibra_anchor.section import Section
+    from siibra_anchor.tissue import border_is_tissue
+
+    x = _slice("axial")[60:130, 70:150]
+    assert (x > 0).all()
+    img = (x if polarity == "bright" else 0.95 - 0.8 * x) + noise * np.random.default_rng(1).standard_normal(x.shape)
+    if noise == 0.0:
+        assert border_is_tissue(img[..., None])
+    assert tissue_mask(img).all()  # noisy: nothing stands out from a partly textured border either
+    assert Section(img, spacing_mm=1.0).mask.all()
+
+
+def test_blank_glass_and_a_framed_section_are_not_taken_for_frame_filling_tissue():
+    from siibra_anchor.tissue import border_texture
+
+    rng = np.random.default_rng(0)
+    blank = 0.9 + 0.05 * rng.standard_normal((100, 100))
+    assert border_texture(blank) < 0.1 and not tissue_mask(blank).any()
+    x = _slice("axial")
+    assert border_texture(x) == 0.0
+    assert _dice(tissue_mask(x), x > 0) > 0.95  # as before: glass around the tissue is background

@@ -19,6 +19,13 @@ def register(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=2026)
     p.add_argument("--sections", default=None, help="measure the section set saved in this folder by --out")
     p.add_argument("--doc", default=None, help="also write the report as Markdown (e.g. docs/benchmarks.md)")
+    p.add_argument(
+        "--real-data",
+        default=None,
+        metavar="DIR",
+        help="also run the real-anatomy tier on the volumes in DIR, checked against the manifest "
+        "(docs/real-anatomy.md; the committed volumes are used when DIR lacks them)",
+    )
     p.set_defaults(run=benchmark_cmd)
 
     p = sub.add_parser("benchmark-scaling", help="time and peak memory vs sections, section size, reference size")
@@ -62,7 +69,9 @@ def register(sub: Any) -> None:
 def benchmark_cmd(ns: argparse.Namespace) -> int:
     from ..evaluation.benchmark import format_table, run_benchmark
 
-    rep = run_benchmark(quick=ns.quick, out=ns.out, seed=ns.seed, progress=not ns.quiet, sections=ns.sections)
+    rep = run_benchmark(
+        quick=ns.quick, out=ns.out, seed=ns.seed, progress=not ns.quiet, sections=ns.sections, real_data=ns.real_data
+    )
     emit(format_table(rep))
     if ns.doc:
         import shutil

@@ -501,8 +501,12 @@ def run_benchmark(
     config: BenchConfig | None = None,
     reference: Any = None,
     sections: str | Path | None = None,
+    real_data: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run the benchmark; returns (and writes to ``out``) every figure.
+
+    ``real_data``: also run the real-anatomy tier (:func:`~siibra_anchor.evaluation.real_tier.run_real_tier`)
+    on the volumes of that folder, checked against the manifest (docs/real-anatomy.md).
 
     Parameters
     ----------
@@ -732,6 +736,10 @@ def run_benchmark(
                 }
             )
     report["ambiguity"] = {"summary": _ambiguity_summary(amb_rows), "cases": amb_rows}
+    if real_data is not None:
+        from .real_tier import run_real_tier
+
+        report["real_anatomy"] = run_real_tier(real_data, quick=cfg.name == "quick", seed=seed, reference=ref)
     report["targets"] = _targets(report)
     report["total_s"] = time.perf_counter() - t_run
     report["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -1088,6 +1096,11 @@ def format_table(report: dict[str, Any]) -> str:
                 f"{r['kind']:<22}{r['condition']:<21}{_f(r['median_mm'], '.2f'):>10}{_f(r['failure_rate'], '.0%'):>6}"
                 f"{r['mirrored_midline']:>6.0%}{r['mirrored_mounting']:>6.0%}{r['mirrored_both']:>6.0%}{r['n']:>4}"
             )
+    if report.get("real_anatomy"):
+        from .real_tier import format_real_tier
+
+        lines += ["", "real-anatomy tier (individual brains, truth by registration; docs/real-anatomy.md):"]
+        lines.append(format_real_tier(report["real_anatomy"]))
     return "\n".join(lines)
 
 

@@ -128,11 +128,19 @@ def _template_items(n: int) -> list[tuple[str, Any, Any, dict[str, Any]]]:
     return out
 
 
-def _real_items(real_dir: str) -> list[tuple[str, Any, Any, dict[str, Any]]]:
+def _real_items(real_dir: str, n_per_volume: int) -> list[tuple[str, Any, Any, dict[str, Any]]]:
     from .real_tier import real_sections
 
-    secs, _ = real_sections(real_dir, split="test")
-    return [(s.name, s.section, s.true_affine, {"hemisphere": s.hemisphere, "flipped": False}) for s in secs]
+    secs, _ = real_sections(real_dir, split="test", n_per_volume=n_per_volume)
+    return [
+        (
+            f"{s.subject}-{s.contrast}-{s.section.name}",
+            s.section,
+            s.true_affine,
+            {"hemisphere": s.hemisphere, "flipped": False},
+        )
+        for s in secs
+    ]
 
 
 def main(args: list[str] | None = None) -> int:
@@ -141,6 +149,7 @@ def main(args: list[str] | None = None) -> int:
     )
     ap.add_argument("--n", type=int, default=48, help="template-family test sections (the benchmark's first n)")
     ap.add_argument("--real-data", default=None, help="folder of the real-anatomy volumes (docs/real-anatomy.md)")
+    ap.add_argument("--real-per-volume", type=int, default=3, help="sections cut from each real test volume")
     ap.add_argument("--out", default=None, help="write confidence_eval.json here")
     ns = ap.parse_args(args)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -151,7 +160,7 @@ def main(args: list[str] | None = None) -> int:
     }
     tiers = [("template-family", _template_items(ns.n))]
     if ns.real_data:
-        tiers.append(("real-anatomy", _real_items(ns.real_data)))
+        tiers.append(("real-anatomy", _real_items(ns.real_data, ns.real_per_volume)))
     for name, items in tiers:
         rows = evaluate_sections(items)
         report[name] = {"rows": rows, "summary": summarise(rows)}

@@ -1,0 +1,527 @@
+"""The real-anatomy tier of the benchmark: sections of individual brains, in contrasts other than T1.
+
+Sections are cut from the manifest's single-subject volumes (:mod:`.real_data`) at random planes: a
+canonical orientation of the *template* tilted by up to 12 degrees about a random in-plane axis, any
+in-plane rotation, 0.5-1.0 mm/px, whole sections, hemisections and blocks. The plane is chosen in template
+space and carried into the subject by the inverse of its registration (:mod:`.real_truth`), where it is
+cut rigidly at the stated spacing; the truth of every pixel is the registration applied to its place in
+the subject, so the true (4, 4) section affine is ``T @ A_subject``. The section keeps only the brain:
+the template's brain mask carried by the same registration (eroded by 1 mm), within the volume's field
+of view (and, for brain-extracted volumes, where the volume is not zero).
+
+Each section is anchored with :func:`siibra_anchor.anchor` (hemisphere hint passed for hemisections and
+one-sided sagittal sections) by the default encoder and, in the same run, by the raw-pixel baseline. A
+section that raises an :class:`~siibra_anchor.errors.AnchorError` is refused, and counts as a failure.
+Beside each error the truth's own uncertainty is given: the distance between the placements of the two
+independent registrations over the section's tissue.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy import ndimage
+from scipy.spatial.transform import Rotation
+
+__all__ = [
+    "RealCase",
+    "RealSection",
+    "FAIL_MM",
+    "real_cases",
+    "cut_real_section",
+    "real_sections",
+    "run_real_tier",
+    "summarise_real_tier",
+    "failure_kind",
+    "format_real_tier",
+]
+
+log = logging.getLogger(__name__)
+
+#: A section placed further than this (mean over its tissue, mm) from the truth is a failure.
+FAIL_MM = 10.0
+#: Kinds of section and how often each is drawn (sagittal sections are never hemisections).
+PARTIALS = (None, None, "left", "right", "block")
+ORIENTATIONS = ("coronal", "sagittal", "axial")
+
+
+@dataclass(frozen=True)
+class RealCase:
+    """How one real-anatomy section is cut (all angles in degrees, offsets in template mm)."""
+
+    volume: str
+    orientation: str
+    offset_mm: float
+    tilt_deg: float
+    tilt_axis_deg: float
+    rotation_deg: float
+    spacing_mm: float
+    partial: str | None
+    seed: int
+
+
+@dataclass
+class RealSection:
+    """A section cut from a real volume and its truth.
+
+    true_affine : (4, 4) pixel (row, col, 0, 1) -> template mm by the truth registration (run A);
+    second_affine : the same by the second, independent registration (run B);
+    subject_affine : (4, 4) pixel -> the subject volume's own world mm.
+    """
+
+    section: Any
+    true_affine: NDArray
+    second_affine: NDArray
+    subject_affine: NDArray
+    case: RealCase
+    contrast: str
+    subject: str
+    hemisphere: str | None
+
+
+def real_cases(volumes: list[str], n_per_volume: int, seed: int = 2026) -> list[RealCase]:
+    """``n_per_volume`` random cases per volume name (seeded; the same names and seed give the same cases)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for vol in volumes:
+        for k in range(n_per_volume):
+            orientation = ORIENTATIONS[(k + int(rng.integers(3))) % 3]
+            partial = PARTIALS[int(rng.integers(len(PARTIALS)))]
+            if orientation == "sagittal" and partial in ("left", "right"):
+                partial = None
+            out.append(
+                RealCase(
+                    volume=vol,
+                    orientation=orientation,
+                    offset_mm=float(rng.uniform(-0.3, 0.3)),
+                    tilt_deg=float(rng.uniform(0.0, 12.0)),
+                    tilt_axis_deg=float(rng.uniform(0.0, 360.0)),
+                    rotation_deg=float(rng.uniform(0.0, 360.0)),
+                    spacing_mm=float(rng.uniform(0.5, 1.0)),
+                    partial=partial,
+                    seed=int(rng.integers(2**31)),
+                )
+            )
+    return out
+
+
+def _template() -> tuple[NDArray, NDArray, NDArray, NDArray]:
+    """The reference template's brain mask (float32), its affine, and the bounding box (lo, hi) in mm."""
+    from ..planes import world_bbox
+    from ..reference import volume_brain_mask
+    from ..templates import load_volume
+
+    data, aff = load_volume("mni152")
+    m = volume_brain_mask(data)
+    lo, hi = world_bbox(m, np.asarray(aff, float))
+    return m.astype(np.float32), np.asarray(aff, float), lo, hi
+
+
+def _is_brain_extracted(data: NDArray) -> bool:
+    """True when more than 35 % of the volume is exactly zero (a skull-stripped or masked volume)."""
+    return float(np.mean(np.asarray(data) == 0)) > 0.35
+
+
+def cut_real_section(
+    volume_path: str | Path,
+    truth: dict[str, Any],
+    case: RealCase,
+    contrast: str = "unknown",
+    subject: str = "unknown",
+) -> RealSection:
+    """Cut the section ``case`` describes from a real volume (see the module docstring).
+
+    truth : :func:`~siibra_anchor.evaluation.real_truth.real_truth` of the volume.
+
+    Raises :class:`~siibra_anchor.errors.InvalidParameterError` when the plane holds almost no brain.
+    """
+    from ..errors import InvalidParameterError
+    from ..planes import AXIS_OF_PLANE, CANONICAL_PLANES, cut_plane, plane_affine
+    from ..section import Section
+    from ..templates import load_volume
+
+    rng = np.random.default_rng(case.seed)
+    data, vaff = load_volume(volume_path)
+    vaff = np.asarray(vaff, float)
+    t_a = np.asarray(truth["moving_to_fixed"], float)
+    t_b = np.asarray(truth["second"], float)
+    tmask, taff, lo, hi = _template()
+    centre = (lo + hi) / 2.0
+    ax = AXIS_OF_PLANE[case.orientation]
+    centre[ax] += case.offset_mm * (hi[ax] - lo[ax])
+    row_dir, col_dir = (v.copy() for v in CANONICAL_PLANES[case.orientation])
+    normal = np.cross(row_dir, col_dir)
+    phi = np.deg2rad(case.tilt_axis_deg)
+    rot = Rotation.from_rotvec(np.deg2rad(case.tilt_deg) * (np.cos(phi) * row_dir + np.sin(phi) * col_dir))
+    row_dir, col_dir, normal = rot.apply(row_dir), rot.apply(col_dir), rot.apply(normal)
+    rot = Rotation.from_rotvec(np.deg2rad(case.rotation_deg) * normal)
+    row_dir, col_dir = rot.apply(row_dir), rot.apply(col_dir)
+    # the template plane carried into the subject, cut there rigidly (Gram-Schmidt in plane_affine)
+    inv = np.linalg.inv(t_a)
+    c_s = inv[:3, :3] @ centre + inv[:3, 3]
+    r_s, k_s = inv[:3, :3] @ row_dir, inv[:3, :3] @ col_dir
+    extent = float(np.linalg.norm(hi - lo)) * 0.8 / float(abs(np.linalg.det(t_a[:3, :3])) ** (1 / 3))
+    n = int(np.ceil(extent / case.spacing_mm))
+    a_s = plane_affine(c_s, r_s, k_s, case.spacing_mm, (n, n), thickness_mm=case.spacing_mm)
+    truth_a = t_a @ a_s
+    img = cut_plane(data, vaff, a_s, (n, n))
+    fov = cut_plane(np.ones(data.shape, np.float32), vaff, a_s, (n, n)) > 0.99
+    msk = (cut_plane(tmask, taff, truth_a, (n, n)) > 0.5) & fov
+    if _is_brain_extracted(data):
+        msk &= img > 0
+    msk = ndimage.binary_erosion(msk, iterations=max(1, int(round(1.0 / case.spacing_mm))))
+    rr, cc = np.nonzero(msk)
+    if len(rr) < 400:
+        raise InvalidParameterError(f"case {case} holds almost no brain ({len(rr)} px); choose another plane")
+    hemisphere = None
+    if case.partial in ("left", "right"):
+        xw = truth_a[0, 0] * rr + truth_a[0, 1] * cc + truth_a[0, 3]
+        keep = xw < 0 if case.partial == "left" else xw > 0
+        m2 = np.zeros_like(msk)
+        m2[rr[keep], cc[keep]] = True
+        msk, hemisphere = m2, case.partial
+    elif case.partial == "block":
+        r0, r1, c0, c1 = rr.min(), rr.max(), cc.min(), cc.max()
+        fh, fw = rng.uniform(0.35, 0.6, size=2)
+        bh, bw = int((r1 - r0) * fh), int((c1 - c0) * fw)
+        br = int(rng.integers(r0, max(r0 + 1, r1 - bh)))
+        bc = int(rng.integers(c0, max(c0 + 1, c1 - bw)))
+        m2 = np.zeros_like(msk)
+        m2[br : br + bh, bc : bc + bw] = msk[br : br + bh, bc : bc + bw]
+        msk = m2
+    msk = ndimage.binary_opening(msk, iterations=1)
+    rr, cc = np.nonzero(msk)
+    if len(rr) < 400:
+        raise InvalidParameterError(f"case {case} holds almost no brain after cutting; choose another plane")
+    if hemisphere is None and case.orientation == "sagittal":
+        xs = truth_a[0, 0] * rr + truth_a[0, 1] * cc + truth_a[0, 3]
+        if np.all(xs < -2.0) or np.all(xs > 2.0):
+            hemisphere = "left" if xs.mean() < 0 else "right"
+    pad = max(4, int(0.05 * max(np.ptp(rr), np.ptp(cc))))
+    r0, c0 = max(int(rr.min()) - pad, 0), max(int(cc.min()) - pad, 0)
+    r1, c1 = min(int(rr.max()) + pad + 1, n), min(int(cc.max()) + pad + 1, n)
+    img, msk = img[r0:r1, c0:c1], msk[r0:r1, c0:c1]
+    shift = np.eye(4)
+    shift[:2, 3] = (r0, c0)
+    a_s = a_s @ shift
+    lo_v, hi_v = np.percentile(img[msk], [1, 99])
+    img = np.clip((img - lo_v) / max(hi_v - lo_v, 1e-6), 0, 1)
+    img[~msk] = 0.0
+    name = f"{case.volume}-{case.orientation}-{case.partial or 'whole'}-{case.seed % 10000}"
+    sec = Section(img.astype(np.float32), spacing_mm=case.spacing_mm, mask=msk, modality=contrast, name=name)
+    return RealSection(sec, t_a @ a_s, t_b @ a_s, a_s, case, contrast, subject, hemisphere)
+
+
+def real_sections(
+    real_data_dir: str | Path | None,
+    split: str = "test",
+    n_per_volume: int = 3,
+    seed: int = 2026,
+    require_all: bool = False,
+    volumes: list[str] | None = None,
+) -> tuple[list[RealSection], dict[str, Any]]:
+    """Cut ``n_per_volume`` sections from every volume of ``split`` that is available.
+
+    Volumes missing from ``real_data_dir`` (and not committed) are skipped and listed in the returned
+    info (``require_all=True`` raises :class:`~siibra_anchor.errors.RealDataMissingError` instead); a
+    file whose sha256 differs from the manifest always raises. Planes with almost no brain are redrawn.
+
+    volumes : names of the volumes to use (default: all of the split).
+
+    Returns (sections, info) with info ``{"volumes": {name: registration figures}, "missing": {name: how}}``.
+    """
+    from ..errors import InvalidParameterError, RealDataMissingError
+    from .real_data import real_volume_path, real_volumes
+    from .real_truth import real_truth
+
+    vols = [v for v in real_volumes(split) if volumes is None or v.name in volumes]
+    info: dict[str, Any] = {"volumes": {}, "missing": {}}
+    out: list[RealSection] = []
+    for v in vols:
+        try:
+            path = real_volume_path(v, real_data_dir)
+        except RealDataMissingError as exc:
+            if require_all:
+                raise
+            info["missing"][v.name] = str(exc)
+            continue
+        via = None
+        if v.register_via:
+            try:
+                via = real_volume_path(v.register_via, real_data_dir)
+            except RealDataMissingError:
+                log.warning("%s: %s is missing, registering %s directly", v.name, v.register_via, v.name)
+        truth = real_truth(path, via=via)
+        info["volumes"][v.name] = {
+            "subject": v.subject,
+            "contrast": v.contrast,
+            "split": v.split,
+            "file": str(path),
+            "registered_via": truth.get("via"),
+            "registration_metric": truth["metric"],
+            "registration_spread": truth["spread"],
+            "scale": float(abs(np.linalg.det(np.asarray(truth["moving_to_fixed"], float)[:3, :3])) ** (1 / 3)),
+        }
+        k = 0
+        for case in real_cases([v.name], 4 * n_per_volume, seed=seed + sum(map(ord, v.name))):
+            if k == n_per_volume:
+                break
+            try:
+                out.append(cut_real_section(path, truth, case, v.contrast, v.subject))
+                k += 1
+            except InvalidParameterError as exc:
+                log.info("%s", exc)
+    return out, info
+
+
+def _summary(errors: list[float], refused: list[bool], times: list[float]) -> dict[str, Any]:
+    e = np.asarray(errors, float)
+    if e.size == 0:
+        return {"n": 0}
+    fin = e[np.isfinite(e)]
+    # refused sections (inf) rank last; a percentile that falls among them is inf, not NaN
+    big = np.where(np.isfinite(e), e, 1e12)
+    return {
+        "n": int(e.size),
+        "median_mm": _inf_above(float(np.median(big))),
+        "p90_mm": _inf_above(float(np.percentile(big, 90))),
+        "median_placed_mm": float(np.median(fin)) if fin.size else float("nan"),
+        "failures": int(np.sum(~(e <= FAIL_MM))),
+        "failure_rate": float(np.mean(~(e <= FAIL_MM))),
+        "refusals": int(np.sum(refused)),
+        "time_median_s": float(np.median(times)),
+    }
+
+
+def run_real_tier(
+    real_data_dir: str | Path | None,
+    quick: bool = False,
+    seed: int = 2026,
+    split: str = "test",
+    n_per_volume: int | None = None,
+    progress: bool = False,
+    reference: Any = None,
+    require_all: bool = False,
+    volumes: list[str] | None = None,
+) -> dict[str, Any]:
+    """Anchor the real-anatomy sections with the default encoder and the raw-pixel baseline.
+
+    Parameters
+    ----------
+    real_data_dir : folder holding the manifest's files (None: only the committed ones).
+    quick : 3 sections per volume instead of 12 (``n_per_volume`` overrides both).
+    split : "test" (the scored tier) or "calibration" (the disjoint set kept for fitting the confidence).
+    reference : a prebuilt default-encoder ``Reference.from_space("mni152")`` to reuse.
+    volumes : names of the manifest volumes to use (default: all of the split).
+
+    Returns a JSON-safe dict: ``{"split", "n_per_volume", "seed", "volumes", "missing", "default",
+    "raw_pixel", "by_contrast": {contrast: {"default", "raw_pixel", "truth_uncertainty_mm"}},
+    "truth_uncertainty_mm", "cases": [...]}``; errors of refused sections are ``inf`` in the summaries
+    and ``None`` in the cases.
+    """
+    import siibra_anchor as sa
+
+    from ..encoders import RawPixelEncoder, load_default_encoder
+    from ..errors import AnchorError, LowConfidenceWarning
+    from ..reference import Reference
+    from .simulate import section_error
+
+    n = n_per_volume if n_per_volume is not None else (3 if quick else 12)
+    sections, info = real_sections(
+        real_data_dir, split=split, n_per_volume=n, seed=seed, require_all=require_all, volumes=volumes
+    )
+    enc = load_default_encoder()
+    ref = reference if reference is not None else Reference.from_space("mni152", encoder=enc)
+    raw = RawPixelEncoder()
+    ref_raw = Reference.from_space("mni152", encoder=raw)
+    methods = {"default": (ref, enc), "raw_pixel": (ref_raw, raw)}
+    items: Any = sections
+    if progress:
+        from tqdm.auto import tqdm
+
+        items = tqdm(sections, desc="real-anatomy sections", unit="section")
+    rows = []
+    for rs in items:
+        mask = rs.section.mask
+        row: dict[str, Any] = {
+            **asdict(rs.case),
+            "name": rs.section.name,
+            "contrast": rs.contrast,
+            "subject": rs.subject,
+            "hemisphere_hint": rs.hemisphere,
+            "shape": list(rs.section.shape),
+            "truth_uncertainty_mm": section_error(rs.second_affine, rs.true_affine, mask),
+        }
+        for key, (r, e) in methods.items():
+            t0 = time.perf_counter()
+            try:
+                with warnings.catch_warnings():  # the confidence is recorded; no warning per section
+                    warnings.simplefilter("ignore", LowConfidenceWarning)
+                    res = sa.anchor(rs.section, reference=r, encoder=e, seed=0, hemisphere=rs.hemisphere)
+                err, conf, why = section_error(res.affine, rs.true_affine, mask), float(res.confidence), None
+                row[f"{key}_affine"] = np.asarray(res.affine, float).tolist()
+                row[f"{key}_outcome"] = failure_kind(res.affine, rs.true_affine, mask)
+            except AnchorError as exc:
+                err, conf, why = float("inf"), 0.0, f"{type(exc).__name__}: {exc}"
+                row[f"{key}_affine"] = None
+                row[f"{key}_outcome"] = "refused"
+            row[f"{key}_error_mm"] = err
+            row[f"{key}_confidence"] = conf
+            row[f"{key}_refused"] = why
+            row[f"{key}_time_s"] = time.perf_counter() - t0
+        rows.append(row)
+
+    return summarise_real_tier(rows, info, split=split, n_per_volume=n, seed=seed)
+
+
+def summarise_real_tier(
+    rows: list[dict[str, Any]], info: dict[str, Any], split: str, n_per_volume: int, seed: int
+) -> dict[str, Any]:
+    """The report of :func:`run_real_tier` from its per-section rows (``report["cases"]`` of one or more
+    runs: refused sections may carry ``None`` errors) and the volumes' info."""
+    rows = [{k: (float("inf") if k.endswith("_error_mm") and v is None else v) for k, v in r.items()} for r in rows]
+
+    def stats(sel: list[dict[str, Any]], key: str) -> dict[str, Any]:
+        return _summary(
+            [r[f"{key}_error_mm"] for r in sel],
+            [r[f"{key}_refused"] is not None for r in sel],
+            [r[f"{key}_time_s"] for r in sel],
+        )
+
+    report: dict[str, Any] = {
+        "split": split,
+        "n_per_volume": n_per_volume,
+        "seed": seed,
+        "fail_mm": FAIL_MM,
+        "encoder_name": _default_name(),
+        "volumes": info["volumes"],
+        "missing": info["missing"],
+        "default": stats(rows, "default"),
+        "raw_pixel": stats(rows, "raw_pixel"),
+        "truth_uncertainty_mm": _median([r["truth_uncertainty_mm"] for r in rows]),
+        "outcomes": {
+            key: {
+                o: sum(r.get(f"{key}_outcome") == o for r in rows)
+                for o in sorted({str(r.get(f"{key}_outcome")) for r in rows})
+            }
+            for key in ("default", "raw_pixel")
+        },
+        "by_contrast": {},
+    }
+    for c in sorted({r["contrast"] for r in rows}):
+        sel = [r for r in rows if r["contrast"] == c]
+        report["by_contrast"][c] = {
+            "default": stats(sel, "default"),
+            "raw_pixel": stats(sel, "raw_pixel"),
+            "truth_uncertainty_mm": _median([r["truth_uncertainty_mm"] for r in sel]),
+        }
+    from .benchmark import calibration_report
+
+    report["calibration"] = calibration_report(
+        [r["default_confidence"] for r in rows], [r["default_error_mm"] for r in rows]
+    )
+    report["cases"] = [
+        {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in r.items()} for r in rows
+    ]
+    return report
+
+
+def failure_kind(affine: NDArray, true_affine: NDArray, mask: NDArray) -> str:
+    """What a placement got wrong: "correct" (<= FAIL_MM), else the nearest of "turned-180" (the plane right,
+    the image rotated by 180 degrees in it), "mirrored-midline" (across x = 0), "mirrored-mounting"
+    (the image flipped left-right) when within FAIL_MM of it, else "wrong-plane"."""
+    from .simulate import section_error
+
+    if section_error(affine, true_affine, mask) <= FAIL_MM:
+        return "correct"
+    h, w = mask.shape
+    turn = np.diag([-1.0, -1.0, 1.0, 1.0])
+    turn[:2, 3] = (h - 1, w - 1)
+    flip = np.eye(4)
+    flip[1, 1], flip[1, 3] = -1.0, w - 1.0
+    t = np.asarray(true_affine, float)
+    alts = {
+        "turned-180": t @ turn,
+        "mirrored-midline": np.diag([-1.0, 1.0, 1.0, 1.0]) @ t,
+        "mirrored-mounting": t @ flip,
+    }
+    errs = {k: section_error(affine, a, mask) for k, a in alts.items()}
+    best = min(errs, key=lambda k: errs[k])
+    return best if errs[best] <= FAIL_MM else "wrong-plane"
+
+
+def _inf_above(x: float, limit: float = 1e11) -> float:
+    return float("inf") if x >= limit else x
+
+
+def _median(x: list[float]) -> float:
+    return float(np.median(x)) if len(x) else float("nan")
+
+
+def _default_name() -> str:
+    from ..encoders import default_manifest
+
+    return str(default_manifest()["default"])
+
+
+def format_real_tier(report: dict[str, Any]) -> str:
+    """A markdown table of :func:`run_real_tier`'s figures: per contrast and overall, default beside raw pixels."""
+
+    def cell(s: dict[str, Any]) -> str:
+        if not s.get("n"):
+            return "- | - | - | - | -"
+        return (
+            f"{s['median_mm']:.1f} | {s['p90_mm']:.1f} | {s['failures']}/{s['n']} | {s['refusals']} | "
+            f"{s['time_median_s']:.1f}"
+        )
+
+    lines = [
+        f"Real-anatomy tier ({report['split']} split, {report['n_per_volume']} sections per volume, seed "
+        f"{report['seed']}; encoder {report['encoder_name']}). Errors in mm against the registered truth; "
+        f"failures: > {report['fail_mm']:g} mm or refused; truth unc.: median distance between two "
+        "independent registrations over the section.",
+        "",
+        "| contrast | n | truth unc. | default median | p90 | failures | refusals | s/section "
+        "| raw-pixel median | p90 | failures | refusals | s/section |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    groups = [
+        *report["by_contrast"].items(),
+        ("**all**", {**report, "truth_uncertainty_mm": report["truth_uncertainty_mm"]}),
+    ]
+    for name, g in groups:
+        n = g["default"].get("n", 0)
+        lines.append(
+            f"| {name} | {n} | {g['truth_uncertainty_mm']:.2f} | {cell(g['default'])} | {cell(g['raw_pixel'])} |"
+        )
+    if report["volumes"]:
+        lines += [
+            "",
+            "| volume | subject | contrast | registration metric (A / B) | spread A-B mean / max mm | scale |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, v in report["volumes"].items():
+            m = v["registration_metric"]
+            sp = v["registration_spread"]
+            lines.append(
+                f"| {name} | {v['subject']} | {v['contrast']} | {m[0]:.3f} / {m[1]:.3f} | "
+                f"{sp['mean_mm']:.2f} / {sp['max_mm']:.2f} | {v['scale']:.3f} |"
+            )
+    for key, counts in report.get("outcomes", {}).items():
+        known = {o: n for o, n in counts.items() if o != "None"}
+        if known:
+            lines += ["", f"Outcomes ({key}): " + ", ".join(f"{o} {n}" for o, n in known.items())]
+    if report.get("calibration"):
+        from .benchmark import calibration_lines
+
+        lines += ["", "```", *calibration_lines(report["calibration"]), "```"]
+    if report["missing"]:
+        lines += ["", "Missing volumes (not scored): " + ", ".join(sorted(report["missing"]))]
+    return "\n".join(lines)

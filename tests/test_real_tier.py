@@ -1,0 +1,206 @@
+"""Real-anatomy tier: the manifest and its checked loader, the registration truth, cutting sections."""
+
+from __future__ import annotations
+
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from siibra_anchor.errors import RealDataChecksumError, RealDataMissingError
+from siibra_anchor.evaluation.real_data import real_volume_path, real_volumes
+from siibra_anchor.evaluation.simulate import section_error
+from siibra_anchor.planes import cut_plane
+from siibra_anchor.templates import load_volume
+
+pytest.importorskip("SimpleITK")
+
+
+def _known_affine() -> np.ndarray:
+    """A 12-dof map (rotation of 6 degrees, anisotropic scale, shear, shift) standing in for a subject."""
+    from scipy.spatial.transform import Rotation
+
+    a = np.eye(4)
+    a[:3, :3] = Rotation.from_rotvec(np.deg2rad(6.0) * np.array([0.3, 0.2, 0.93])).as_matrix() @ np.array(
+        [[0.92, 0.03, 0.0], [0.0, 0.88, 0.0], [0.0, 0.02, 0.95]]
+    )
+    a[:3, 3] = [4.0, -6.0, 3.0]
+    return a
+
+
+def test_manifest_has_subjects_contrasts_and_a_disjoint_calibration_split():
+    test, cal = real_volumes("test"), real_volumes("calibration")
+    assert len({v.subject for v in test}) >= 4
+    assert len({v.contrast for v in test if not v.contrast.startswith("t1")}) >= 3
+    assert cal and not ({v.subject for v in test} & {v.subject for v in cal})
+    by_name = {v.name: v for v in real_volumes()}
+    for v in real_volumes():
+        assert len(v.sha256) == 64 and v.size > 0 and v.source["commit"] and v.licence
+        if v.register_via:  # registered through another volume of the same person
+            assert by_name[v.register_via].subject == v.subject and not by_name[v.register_via].register_via
+
+
+def test_committed_volumes_are_found_and_checked():
+    committed = [v for v in real_volumes() if v.repo_path]
+    assert committed
+    for v in committed:
+        p = real_volume_path(v, None)
+        assert p.stat().st_size == v.size
+        assert load_volume(p)[0].ndim == 3
+
+
+def test_missing_and_corrupt_files_raise_typed_errors_that_say_how_to_get_them(tmp_path):
+    remote = next(v for v in real_volumes() if not v.repo_path)
+    with pytest.raises(RealDataMissingError, match="raw.githubusercontent.com") as info:
+        real_volume_path(remote, tmp_path)
+    assert isinstance(info.value, FileNotFoundError)
+    committed = next(v for v in real_volumes() if v.repo_path)
+    src = real_volume_path(committed, None)
+    bad = tmp_path / committed.file
+    data = bytearray(src.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    with pytest.raises(RealDataChecksumError, match=committed.sha256) as info2:
+        real_volume_path(committed, tmp_path)  # the folder's copy is used first, and it is wrong
+    assert isinstance(info2.value, ValueError)
+    shutil.copyfile(src, bad)
+    assert real_volume_path(committed, tmp_path) == bad
+
+
+@pytest.mark.slow
+def test_registration_recovers_a_known_affine():
+    from siibra_anchor.evaluation.real_truth import RegistrationRun, affine_spread_mm, register_to_template
+
+    data, aff = load_volume("mni152")
+    known = _known_affine()
+    # the template's voxels placed elsewhere: the anatomy at y in "moving" is at known^-1 y in the template
+    out = register_to_template((data, known @ aff), run=RegistrationRun(levels=(4, 2), iterations=150))
+    got = np.asarray(out["moving_to_fixed"])
+    assert affine_spread_mm(got, np.linalg.inv(known))["mean_mm"] < 0.6
+    assert affine_spread_mm(np.eye(4), np.linalg.inv(known))["mean_mm"] > 5.0  # the test can fail
+
+
+def test_real_section_truth_puts_each_pixel_on_its_template_anatomy(tmp_path):
+    from siibra_anchor.evaluation.real_tier import cut_real_section, real_cases
+
+    data, aff = load_volume("mni152")
+    known = _known_affine()
+    path = tmp_path / "subject.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(data, np.float32), known @ aff), path)
+    inv = np.linalg.inv(known)
+    truth = {"moving_to_fixed": inv.tolist(), "second": inv.tolist()}
+    for case in real_cases(["subject"], 4, seed=3):
+        rs = cut_real_section(path, truth, case, "t1", "template")
+        m = rs.section.mask
+        assert m.any() and rs.section.spacing_mm == (case.spacing_mm, case.spacing_mm)
+        expected = cut_plane(data, aff, rs.true_affine, m.shape)
+        r = np.corrcoef(expected[m], rs.section.image[m])[0, 1]
+        assert r > 0.99, (case, r)
+        # a plane 3 mm off along its normal is visibly elsewhere: the check can fail
+        off = rs.true_affine.copy()
+        off[:3, 3] += 3.0 * off[:3, 2] / np.linalg.norm(off[:3, 2])
+        assert np.corrcoef(cut_plane(data, aff, off, m.shape)[m], rs.section.image[m])[0, 1] < r
+        assert section_error(rs.second_affine, rs.true_affine, m) == pytest.approx(0.0, abs=1e-9)
+        # tissue is inside the template's brain under the truth
+        if case.partial in ("left", "right"):
+            assert rs.hemisphere == case.partial
+
+
+def test_real_cases_are_seeded_and_in_range():
+    from siibra_anchor.evaluation.real_tier import real_cases
+
+    a, b = real_cases(["x", "y"], 5, seed=1), real_cases(["x", "y"], 5, seed=1)
+    assert a == b and a != real_cases(["x", "y"], 5, seed=2)
+    for c in a:
+        assert 0.0 <= c.tilt_deg <= 12.0 and 0.5 <= c.spacing_mm <= 1.0
+        assert not (c.orientation == "sagittal" and c.partial in ("left", "right"))
+
+
+def test_format_real_tier_lists_every_contrast_and_both_methods():
+    from siibra_anchor.evaluation.real_tier import _summary, format_real_tier
+
+    s1 = _summary([1.0, 2.0, float("inf")], [False, False, True], [3.0, 4.0, 5.0])
+    assert s1["failures"] == 1 and s1["refusals"] == 1 and s1["median_mm"] == 2.0
+    s2 = _summary([12.0, 2.0], [False, False], [1.0, 1.0])
+    rep = {
+        "split": "test",
+        "n_per_volume": 3,
+        "seed": 1,
+        "fail_mm": 10.0,
+        "encoder_name": "enc",
+        "volumes": {},
+        "missing": {"chris-t1": "..."},
+        "default": s1,
+        "raw_pixel": s2,
+        "truth_uncertainty_mm": 0.2,
+        "by_contrast": {"flair": {"default": s1, "raw_pixel": s2, "truth_uncertainty_mm": 0.2}},
+    }
+    text = format_real_tier(rep)
+    assert "| flair | 3 |" in text and "1/3" in text and "1/2" in text and "chris-t1" in text
+
+
+def test_failure_kind_names_the_turned_and_mirrored_placements():
+    from siibra_anchor.evaluation.real_tier import failure_kind
+    from siibra_anchor.planes import plane_affine
+
+    mask = np.zeros((80, 60), bool)
+    mask[10:70, 8:50] = True
+    t = plane_affine([30.0, -10.0, 5.0], [0, 0, -1], [1, 0, 0], 1.0, mask.shape)
+    h, w = mask.shape
+    turn = np.diag([-1.0, -1.0, 1.0, 1.0])
+    turn[:2, 3] = (h - 1, w - 1)
+    assert failure_kind(t, t, mask) == "correct"
+    assert failure_kind(t @ turn, t, mask) == "turned-180"
+    assert failure_kind(np.diag([-1.0, 1.0, 1.0, 1.0]) @ t, t, mask) == "mirrored-midline"
+    far = t.copy()
+    far[:3, 3] += [0.0, 40.0, 0.0]
+    assert failure_kind(far, t, mask) == "wrong-plane"
+
+
+@pytest.mark.slow
+def test_quick_tier_on_the_committed_volumes(tmp_path):
+    """The tier as CI runs it: no data folder, so only the committed volumes; the others are listed."""
+    from siibra_anchor.evaluation.real_tier import format_real_tier, run_real_tier
+
+    rep = run_real_tier(None, n_per_volume=1, seed=5)
+    committed = {v.name for v in real_volumes("test") if v.repo_path}
+    assert set(rep["volumes"]) == committed
+    assert set(rep["missing"]) == {v.name for v in real_volumes("test")} - committed
+    assert rep["default"]["n"] == rep["raw_pixel"]["n"] == len(committed)
+    for case in rep["cases"]:
+        assert case["truth_uncertainty_mm"] < 5.0
+        for key in ("default", "raw_pixel"):
+            assert (case[f"{key}_error_mm"] is None) == (case[f"{key}_refused"] is not None)
+            assert case[f"{key}_outcome"] in (
+                "correct",
+                "turned-180",
+                "mirrored-midline",
+                "mirrored-mounting",
+                "wrong-plane",
+                "refused",
+            )
+    text = format_real_tier(rep)
+    assert "**all**" in text and all(name in text for name in committed)
+
+
+@pytest.mark.slow
+def test_truth_through_a_same_subject_volume_composes_in_the_right_order(tmp_path):
+    """moving --rigid--> via --12-dof--> template: the composed truth is the known map."""
+    from scipy.spatial.transform import Rotation
+
+    from siibra_anchor.evaluation.real_truth import affine_spread_mm, real_truth
+
+    data, aff = load_volume("mni152")
+    k1 = _known_affine()
+    rigid = np.eye(4)
+    rigid[:3, :3] = Rotation.from_rotvec(np.deg2rad(8.0) * np.array([1.0, 0.0, 0.0])).as_matrix()
+    rigid[:3, 3] = [-5.0, 7.0, 2.0]
+    via, moving = tmp_path / "via.nii", tmp_path / "moving.nii"
+    nib.save(nib.Nifti1Image(np.asarray(data, np.float32), k1 @ aff), via)
+    nib.save(nib.Nifti1Image(np.asarray(data, np.float32), rigid @ k1 @ aff), moving)
+    doc = real_truth(moving, via=via)
+    expected = np.linalg.inv(k1) @ np.linalg.inv(rigid)
+    assert doc["via"] == "via.nii"
+    assert affine_spread_mm(np.asarray(doc["moving_to_fixed"]), expected)["mean_mm"] < 0.8
+    assert affine_spread_mm(np.asarray(doc["moving_to_fixed"]), np.linalg.inv(k1))["mean_mm"] > 5.0
