@@ -23,8 +23,6 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from siibra_anchor.errors import NetworkError, SpaceUnavailableError
-
 __all__ = ["SiibraSection", "result_to_siibra", "outline_pixels"]
 
 
@@ -106,10 +104,9 @@ def result_to_siibra(
     online : None = whatever siibra configuration is active or reachable; False = offline configuration.
     timeout_s : deadline for each siibra call that may use the network.
     """
-    from siibra_anchor.net import call_with_timeout, retry
-
     from .siibra_config import get_siibra
     from .siibra_spaces import resolve_space, siibra_space
+    from .siibra_transforms import warp_points
 
     siibra, _ = get_siibra(online=online, timeout_s=timeout_s)
     src = siibra_space(result.space, online=online, timeout_s=timeout_s)
@@ -130,22 +127,13 @@ def result_to_siibra(
     tgt = siibra_space(space, online=online, timeout_s=timeout_s)
 
     def warp(pc: Any) -> Any:
+        """The point cloud in the target space, through the transformation service (typed errors)."""
         if pc is None:
             return None
-        return retry(call_with_timeout, pc.warp, tgt, timeout_s=timeout_s, what="warping points with siibra")
+        _, pts = warp_points(pc.coordinates, result.space, space, online=online, timeout_s=timeout_s)
+        return siibra.PointCloud(pts, space=tgt, labels=pc.labels)
 
-    try:
-        outline_t, patches_t = warp(outline), warp(patches)
-    except (NetworkError, ConnectionError) as exc:
-        raise SpaceUnavailableError(
-            f"siibra's spatial-transformation service did not answer ({exc}); warping {result.space!r} -> "
-            f"{space!r} needs the network. Without it, anchor the section in the target space instead"
-        ) from exc
-    except Exception as exc:  # siibra's SpaceWarpingFailedError and HTTP errors
-        raise SpaceUnavailableError(
-            f"siibra cannot warp points from {result.space!r} to {space!r}: {exc}; "
-            "siibra's transformation service links MNI152, Colin27 and BigBrain only"
-        ) from exc
+    outline_t, patches_t = warp(outline), warp(patches)
     tr = result.transform.to_space(space, online=online, timeout_s=timeout_s)
     arr, aff = _section_array(result, max_size, tr.matrix)
     volume = siibra.volumes.from_array(arr, aff, space=tgt, name=name)

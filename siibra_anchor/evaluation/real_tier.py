@@ -146,6 +146,7 @@ def cut_real_section(
     from ..planes import AXIS_OF_PLANE, CANONICAL_PLANES, cut_plane, plane_affine
     from ..section import Section
     from ..templates import load_volume
+    from .simulate import partial_mask
 
     rng = np.random.default_rng(case.seed)
     data, vaff = load_volume(volume_path)
@@ -180,22 +181,8 @@ def cut_real_section(
     rr, cc = np.nonzero(msk)
     if len(rr) < 400:
         raise InvalidParameterError(f"case {case} holds almost no brain ({len(rr)} px); choose another plane")
-    hemisphere = None
-    if case.partial in ("left", "right"):
-        xw = truth_a[0, 0] * rr + truth_a[0, 1] * cc + truth_a[0, 3]
-        keep = xw < 0 if case.partial == "left" else xw > 0
-        m2 = np.zeros_like(msk)
-        m2[rr[keep], cc[keep]] = True
-        msk, hemisphere = m2, case.partial
-    elif case.partial == "block":
-        r0, r1, c0, c1 = rr.min(), rr.max(), cc.min(), cc.max()
-        fh, fw = rng.uniform(0.35, 0.6, size=2)
-        bh, bw = int((r1 - r0) * fh), int((c1 - c0) * fw)
-        br = int(rng.integers(r0, max(r0 + 1, r1 - bh)))
-        bc = int(rng.integers(c0, max(c0 + 1, c1 - bw)))
-        m2 = np.zeros_like(msk)
-        m2[br : br + bh, bc : bc + bw] = msk[br : br + bh, bc : bc + bw]
-        msk = m2
+    hemisphere = case.partial if case.partial in ("left", "right") else None
+    msk = partial_mask(msk, case.partial, truth_a, rng)
     msk = ndimage.binary_opening(msk, iterations=1)
     rr, cc = np.nonzero(msk)
     if len(rr) < 400:

@@ -19,7 +19,7 @@ from ..planes import AXIS_OF_PLANE, CANONICAL_PLANES, cut_plane, plane_affine, w
 from ..reference import volume_brain_mask
 from ..section import Section
 
-__all__ = ["SimulatedSection", "HistologyGeometry", "simulate_section", "section_error"]
+__all__ = ["SimulatedSection", "HistologyGeometry", "simulate_section", "section_error", "partial_mask"]
 
 
 @dataclass
@@ -240,25 +240,7 @@ def simulate_section(
     aff = plane_affine(centre, row_dir, col_dir, spacing_mm, (n, n), thickness_mm=spacing_mm)
     img = cut_plane(data, vaff, aff, (n, n))
     msk = cut_plane(mask3.astype(np.float32), vaff, aff, (n, n)) > 0.5
-    rr, cc = np.nonzero(msk)
-    if partial in ("left", "right"):
-        xw = aff[0, 0] * rr + aff[0, 1] * cc + aff[0, 3]
-        keep = xw < 0 if partial == "left" else xw > 0
-        m2 = np.zeros_like(msk)
-        m2[rr[keep], cc[keep]] = True
-        msk = m2
-    elif partial == "block":
-        r0, r1, c0, c1 = rr.min(), rr.max(), cc.min(), cc.max()
-        fh, fw = rng.uniform(0.35, 0.6, size=2)
-        bh, bw = int((r1 - r0) * fh), int((c1 - c0) * fw)
-        br = int(rng.integers(r0, max(r0 + 1, r1 - bh)))
-        bc = int(rng.integers(c0, max(c0 + 1, c1 - bw)))
-        m2 = np.zeros_like(msk)
-        m2[br : br + bh, bc : bc + bw] = msk[br : br + bh, bc : bc + bw]
-        msk = m2
-    elif partial is not None:
-        raise InvalidParameterError(f"partial must be None, 'left', 'right' or 'block', got {partial!r}")
-    msk = ndimage.binary_opening(msk, iterations=1)
+    msk = ndimage.binary_opening(partial_mask(msk, partial, aff, rng), iterations=1)
     if msk.sum() < 100:
         raise EmptyMaskError("simulated section holds almost no tissue; choose another offset")
     # crop to the tissue plus a margin of background, shifting the affine's origin accordingly
@@ -347,6 +329,30 @@ def simulate_section(
         name=name or f"sim-{orientation}-{volume}",
     )
     return SimulatedSection(sec, aff, params, pts)
+
+
+def partial_mask(msk: NDArray, partial: str | None, affine: NDArray, rng: np.random.Generator) -> NDArray:
+    """The part of tissue mask ``msk`` (H, W) a partial section keeps: ``"left"`` / ``"right"`` the pixels
+    whose world x (by ``affine``, pixel -> mm) is < 0 / > 0, ``"block"`` a random rectangle of 35-60 % of
+    the tissue's extent per axis (drawn from ``rng``), None all of it."""
+    if partial is None:
+        return msk
+    rr, cc = np.nonzero(msk)
+    m2 = np.zeros_like(msk)
+    if partial in ("left", "right"):
+        xw = affine[0, 0] * rr + affine[0, 1] * cc + affine[0, 3]
+        keep = xw < 0 if partial == "left" else xw > 0
+        m2[rr[keep], cc[keep]] = True
+    elif partial == "block":
+        r0, r1, c0, c1 = rr.min(), rr.max(), cc.min(), cc.max()
+        fh, fw = rng.uniform(0.35, 0.6, size=2)
+        bh, bw = int((r1 - r0) * fh), int((c1 - c0) * fw)
+        br = int(rng.integers(r0, max(r0 + 1, r1 - bh)))
+        bc = int(rng.integers(c0, max(c0 + 1, c1 - bw)))
+        m2[br : br + bh, bc : bc + bw] = msk[br : br + bh, bc : bc + bw]
+    else:
+        raise InvalidParameterError(f"partial must be None, 'left', 'right' or 'block', got {partial!r}")
+    return m2
 
 
 def section_error(
