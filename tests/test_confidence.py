@@ -20,6 +20,7 @@ def _rows(n=400, seed=0):
     rows = []
     for i in range(n):
         f = {k: float(rng.normal()) for k in VOLUME_FEATURES}
+        f["margin"], f["mirror_margin"] = (float(rng.uniform(0.0, 0.3)) for _ in range(2))
         z = 3.0 * f["nmi_gain"] + 2.0 * f["consistency"] - 0.5
         correct = bool(rng.random() < 1 / (1 + np.exp(-z)))
         for p in ("first", "novol"):
@@ -34,7 +35,7 @@ def test_fitted_model_reproduces_sklearn_and_finds_the_law():
     out = fit_models(rows, {"what": "test"})
     m = ConfidenceModel.from_dict(out["models"]["volume"])
     use = [r for r in rows if r["pass"] == "first"]
-    x = np.array([[r["features"][k] for k in VOLUME_FEATURES] for r in use])
+    x = np.array([feature_vector(r["features"], VOLUME_FEATURES) for r in use])
     y = np.array([r["correct"] for r in use], int)
     mean, sd = x.mean(0), x.std(0)
     ref = LogisticRegression(C=1.0, max_iter=2000).fit((x - mean) / sd, y).predict_proba((x - mean) / sd)[:, 1]
@@ -69,6 +70,7 @@ def test_bad_models_and_features_raise_typed_errors():
         ConfidenceModel.from_dict(
             {"kind": "v", "features": ["no-such"], "mean": [0], "scale": [1], "coef": [1], "intercept": 0}
         )
+    assert feature_vector({"margin": 0.0}, ("margin",))[0] == pytest.approx(np.log10(0.005))
     with pytest.raises(InvalidParameterError, match="nmi_gain"):
         feature_vector({"consistency": 0.5, "nmi_gain": float("nan")}, ("consistency", "nmi_gain"))
     with pytest.raises(InvalidParameterError):

@@ -32,7 +32,7 @@ import siibra_anchor as sa
 from ..anchoring.pipeline import wider_params
 from ..anchoring.stages import STAGES, Run, assemble
 from ..cache import atomic_write_text
-from ..confidence import FEATURES, WITHIN_MM, ConfidenceModel
+from ..confidence import FEATURES, WITHIN_MM, ConfidenceModel, feature_vector
 from ..encoders import encoder_hash, load_default_encoder
 from ..errors import AnchorError
 from .benchmark import ambiguity_set, make_section, simulated_set, user_hints
@@ -162,11 +162,15 @@ def fit_models(rows: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, An
         ("no-volume", NO_VOLUME_FEATURES, ("novol",)),
     ):
         use = [r for r in rows if r["pass"] in passes and "features" in r]
-        x = np.array([[r["features"][n] for n in names] for r in use])
+        x = np.array([feature_vector(r["features"], names) for r in use])
         y = np.array([r["correct"] for r in use], int)
         mean, scale = x.mean(axis=0), np.maximum(x.std(axis=0), 1e-6)
         clf = LogisticRegression(C=1.0, max_iter=2000).fit((x - mean) / scale, y)
-        p = clf.predict_proba((x - mean) / scale)[:, 1]
+        # the close-call cap: P(right) by the margin alone, on the placements with a distinct alternative
+        j = names.index("margin")
+        close = np.array([r["features"]["margin"] < 0.3 for r in use])
+        cc = LogisticRegression(C=1.0, max_iter=2000).fit(x[close][:, [j]], y[close])
+        close_call = {"intercept": float(cc.intercept_[0]), "coef": float(cc.coef_[0][0])}
         m = ConfidenceModel(
             kind=kind,
             names=names,
@@ -174,15 +178,19 @@ def fit_models(rows: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, An
             scale=tuple(map(float, scale)),
             coef=tuple(map(float, clf.coef_[0])),
             intercept=float(clf.intercept_[0]),
+            close_call=close_call,
             provenance={
                 **meta,
                 "passes": list(passes),
                 "n_rows": len(use),
                 "n_correct": int(y.sum()),
-                "fit": "sklearn LogisticRegression(C=1.0) on standardised features",
-                "train_log_loss": float(log_loss(y, p, labels=[0, 1])),
-                "train_brier": float(brier_score_loss(y, p)),
+                "fit": "sklearn LogisticRegression(C=1.0) on standardised features (margins as log10(margin + 0.005))",
+                "n_close_call_rows": int(close.sum()),
             },
+        )
+        p = np.array([m(r["features"]) for r in use])
+        m.provenance.update(
+            train_log_loss=float(log_loss(y, p, labels=[0, 1])), train_brier=float(brier_score_loss(y, p))
         )
         models[kind] = m.to_dict()
     return {"within_mm": WITHIN_MM, "features": FEATURES, "models": models}
