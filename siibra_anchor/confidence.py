@@ -81,7 +81,7 @@ def _sigmoid(z: float) -> float:
 @dataclass(frozen=True)
 class ConfidenceModel:
     """``p = sigmoid(intercept + coef . (x - mean) / scale)`` over the features ``names`` (model inputs:
-    :func:`feature_vector`), capped by the close-call model when a distinct alternative exists."""
+    :func:`feature_vector`)."""
 
     kind: str
     names: tuple[str, ...]
@@ -90,20 +90,12 @@ class ConfidenceModel:
     coef: tuple[float, ...]
     intercept: float
     provenance: dict[str, Any]
-    #: ``{"intercept", "coef"}`` of P(right | a distinct alternative exists) by log10(margin + 0.005), or None
-    close_call: dict[str, float] | None = None
 
     def __call__(self, values: dict[str, float]) -> float:
         """Probability in [0, 1] that the placement with these feature ``values`` is within 10 mm."""
         x = (feature_vector(values, self.names) - np.asarray(self.mean)) / np.asarray(self.scale)
         z = float(self.intercept + np.asarray(self.coef) @ x)
-        p = _sigmoid(z)
-        cc = self.close_call
-        if cc and float(values.get("margin", _CAP)) < _CAP:
-            # a distinct alternative fits almost as well: the placement is at most as likely right as the
-            # better of two close candidates is (fitted on those calibration placements by margin alone)
-            p = min(p, _sigmoid(cc["intercept"] + cc["coef"] * _log_margin(float(values["margin"]))))
-        return p
+        return _sigmoid(z)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -113,7 +105,6 @@ class ConfidenceModel:
             "scale": list(self.scale),
             "coef": list(self.coef),
             "intercept": self.intercept,
-            "close_call": self.close_call,
             "provenance": self.provenance,
         }
 
@@ -129,7 +120,6 @@ class ConfidenceModel:
                 coef=tuple(float(v) for v in d["coef"]),
                 intercept=float(d["intercept"]),
                 provenance=dict(d.get("provenance", {})),
-                close_call=None if d.get("close_call") is None else {k: float(v) for k, v in d["close_call"].items()},
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CorruptFileError(f"confidence model is malformed ({exc}); reinstall siibra-anchor") from exc

@@ -49,18 +49,19 @@ def test_fitted_model_reproduces_sklearn_and_finds_the_law():
 
 
 def test_shipped_models_load_and_give_probabilities():
-    for kind in ("volume", "no-volume"):
+    from pathlib import Path
+
+    rows = [json.loads(x) for x in (Path(__file__).parents[1] / "docs/confidence-calibration-rows.jsonl").open()]
+    for kind, passes in (("volume", ("first", "wide")), ("no-volume", ("novol",))):
         m = confidence_model(kind)
         assert set(m.names) <= set(FEATURES) and m.provenance["n_rows"] > 50
         assert "disjoint_from" in m.provenance and m.provenance["calibration_seeds"]
-        mid = dict(zip(m.names, m.mean, strict=True))
-        assert 0.0 < m(mid) < 1.0
-    vol = confidence_model("volume")
-    good = dict(zip(vol.names, vol.mean, strict=True))
-    bad = dict(good)
-    good.update(nmi_gain=0.25, consistency=0.6, inlier_share=0.7)
-    bad.update(nmi_gain=0.0, consistency=0.02, inlier_share=0.05)
-    assert vol(good) > 0.5 > vol(bad)
+        use = [r for r in rows if r["pass"] in passes and "features" in r]
+        p = np.array([m(r["features"]) for r in use])
+        y = np.array([r["correct"] for r in use])
+        assert np.all((p >= 0) & (p <= 1)) and p[y].mean() > 0.75 > p[~y].mean() + 0.3
+        no_brain = [m(r["features"]) for r in use if r["kind"] == "non_brain"]
+        assert max(no_brain) < 0.5  # images of no brain at all are never trusted
 
 
 def test_bad_models_and_features_raise_typed_errors():

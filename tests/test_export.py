@@ -33,7 +33,7 @@ def _axial(name="brain_s004", z=2.0, n_matches=5):
 
 def test_points_table_places_pixels_and_names_regions():
     r = _axial()
-    df = points_table(r, rows=[28, 140, 0], cols=[92, 140, 0], parcellation="julich")
+    df = points_table(r, rows=[28, 140, 0], cols=[92, 140, 0], parcellation="fsl-juelich")
     np.testing.assert_allclose(df[["x_mm", "y_mm", "z_mm"]].to_numpy(), [[-8, -92, 2], [40, 20, 2], [-100, -120, 2]])
     np.testing.assert_allclose(df[["x_mm", "y_mm", "z_mm"]].to_numpy(), r.to_points(df.row, df.col))
     assert "V1" in df.region[0] and "left" in df.region[0] and df.probability[0] > 0.5

@@ -42,9 +42,10 @@ def register(sub: Any) -> None:
         const="julich",
         default=None,
         metavar="PARCELLATION",
-        help="add the most probable region of each point (default parcellation: julich, offline map)",
+        help="add the most probable region of each point (default: julich, Julich-Brain through siibra, online "
+        "or cached; fsl-juelich is the bundled offline atlas)",
     )
-    p.add_argument("--online", action="store_true", help="look regions up through siibra (network)")
+    p.add_argument("--offline", action="store_true", help="never use the network for --regions")
     p.add_argument("--matches", metavar="MATCHES.csv", default=None, help="patch matches of every result")
     p.add_argument(
         "--explorer",
@@ -76,7 +77,9 @@ def export_cmd(ns: argparse.Namespace) -> int:
     if ns.points:
         from ..io.tables import write_points_csv
 
-        out = write_points_csv(results, ns.points, step=ns.step, parcellation=ns.regions, online=bool(ns.online))
+        out = write_points_csv(
+            results, ns.points, step=ns.step, parcellation=ns.regions, online=False if ns.offline else None
+        )
         emit(f"points: {out}")
     if ns.matches:
         from ..io.tables import write_matches_csv

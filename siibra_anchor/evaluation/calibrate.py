@@ -166,11 +166,6 @@ def fit_models(rows: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, An
         y = np.array([r["correct"] for r in use], int)
         mean, scale = x.mean(axis=0), np.maximum(x.std(axis=0), 1e-6)
         clf = LogisticRegression(C=1.0, max_iter=2000).fit((x - mean) / scale, y)
-        # the close-call cap: P(right) by the margin alone, on the placements with a distinct alternative
-        j = names.index("margin")
-        close = np.array([r["features"]["margin"] < 0.3 for r in use])
-        cc = LogisticRegression(C=1.0, max_iter=2000).fit(x[close][:, [j]], y[close])
-        close_call = {"intercept": float(cc.intercept_[0]), "coef": float(cc.coef_[0][0])}
         m = ConfidenceModel(
             kind=kind,
             names=names,
@@ -178,14 +173,12 @@ def fit_models(rows: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, An
             scale=tuple(map(float, scale)),
             coef=tuple(map(float, clf.coef_[0])),
             intercept=float(clf.intercept_[0]),
-            close_call=close_call,
             provenance={
                 **meta,
                 "passes": list(passes),
                 "n_rows": len(use),
                 "n_correct": int(y.sum()),
                 "fit": "sklearn LogisticRegression(C=1.0) on standardised features (margins as log10(margin + 0.005))",
-                "n_close_call_rows": int(close.sum()),
             },
         )
         p = np.array([m(r["features"]) for r in use])

@@ -106,7 +106,7 @@ def _distort(
 
 def _fit_affine(pts: NDArray, msk: NDArray, thickness_mm: float) -> NDArray:
     """Least-squares (4, 4) section affine of per-pixel world points (H, W, 3) over the mask."""
-    from .planes import section_affine
+    from ..planes import section_affine
 
     rr, cc = np.nonzero(msk)
     a = np.stack([rr, cc, np.ones_like(rr)], axis=1).astype(float)
