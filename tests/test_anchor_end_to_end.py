@@ -78,7 +78,9 @@ def test_anchor_recovers_true_placement(mni_reference, case):
 
 def test_left_right_ambiguity_is_reported(mni_reference):
     """Without a hint, the mirror placement in the other hemisphere is reported as an alternative that
-    lies within 4 mm of the truth, and the confidence says the choice was close."""
+    lies within 4 mm of the truth, and the result says the choice was close and which hint settles it.
+    (The calibrated confidence of the wrong pick stays high here, 0.95: docs/confidence.md lists this
+    kind of confident failure; the ambiguity flag is what reports it.)"""
     sim = simulate_section(
         spacing_mm=0.5,
         volume="mni152-2009a-t1",
@@ -95,8 +97,9 @@ def test_left_right_ambiguity_is_reported(mni_reference):
     ]
     assert min(errs) < 4.0
     if errs[0] > 10.0:
-        assert res.confidence < 0.9
         assert res.alternatives[0]["label"] == "other hemisphere"
+        amb = res.ambiguity()
+        assert amb is not None and "hemisphere" in amb and "AMBIGUOUS" in res.summary()
 
 
 def test_anchor_is_deterministic(mni_reference):
