@@ -120,6 +120,33 @@ def format_summary(name: str, s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def plot_report(report: dict[str, Any], path: str | Path) -> Path:
+    """Reliability diagrams of both confidences on every tier of ``report`` (one panel per tier), PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .benchmark import plot_reliability
+
+    tiers = [t for t in ("template-family", "real-anatomy") if t in report]
+    fig, axes = plt.subplots(1, len(tiers), figsize=(6 * len(tiers), 5), squeeze=False)
+    for ax, tier in zip(axes[0], tiers, strict=True):
+        s = report[tier]["summary"]
+        for rule in ("former", "calibrated"):
+            plot_reliability(ax, s[rule]["calibration"], label=f"{rule} (ECE {s[rule]['calibration']['ece']:.3f})")
+        ax.set_title(f"{tier}: {s['n']} sections")
+        ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    out = Path(path)
+    from ..cache import atomic_file
+
+    with atomic_file(out, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def _template_items(n: int) -> list[tuple[str, Any, Any, dict[str, Any]]]:
     out = []
     for i, case in enumerate(simulated_set(n, seed=2026)):
@@ -150,15 +177,20 @@ def main(args: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=48, help="template-family test sections (the benchmark's first n)")
     ap.add_argument("--real-data", default=None, help="folder of the real-anatomy volumes (docs/real-anatomy.md)")
     ap.add_argument("--real-per-volume", type=int, default=3, help="sections cut from each real test volume")
-    ap.add_argument("--out", default=None, help="write confidence_eval.json here")
+    ap.add_argument("--out", default=None, help="write confidence_eval.json (and confidence-reliability.png) here")
+    ap.add_argument("--replot", default=None, metavar="JSON", help="only draw the figure of a saved report into --out")
     ns = ap.parse_args(args)
+    if ns.replot:
+        rep = json.loads(Path(ns.replot).read_text())
+        print(f"wrote {plot_report(rep, Path(ns.out or '.') / 'confidence-reliability.png')}")
+        return 0
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     warnings.simplefilter("ignore")
     report: dict[str, Any] = {
         "command": "python -m siibra_anchor.evaluation.confidence_eval",
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
-    tiers = [("template-family", _template_items(ns.n))]
+    tiers = [("template-family", _template_items(ns.n))] if ns.n > 0 else []  # --n 0: the real tier only
     if ns.real_data:
         tiers.append(("real-anatomy", _real_items(ns.real_data, ns.real_per_volume)))
     for name, items in tiers:
@@ -168,6 +200,7 @@ def main(args: list[str] | None = None) -> int:
     if ns.out:
         Path(ns.out).mkdir(parents=True, exist_ok=True)
         atomic_write_text(Path(ns.out) / "confidence_eval.json", json.dumps(report, indent=1, default=float))
+        plot_report(report, Path(ns.out) / "confidence-reliability.png")
     return 0
 
 
