@@ -21,6 +21,7 @@ from siibra_anchor.anchoring.series import (
     _fit,
     _joint,
     _Placement,
+    _Series,
     fit_series,
     snap_to_plane,
     tissue_centroid_px,
@@ -238,11 +239,11 @@ def test_two_families_the_images_choose_the_true_series(mni_reference):
             aff[:3, 3] = aff[:3, 3] + 20.0 * n
             conf = 0.9
         first.append(sa.AnchoringResult(affine=aff, space="mni152", confidence=conf, mask=sim.section.mask))
-    ok = [True] * 6
-    cent = [tissue_centroid_px(s.mask) for s in sections]
-    model = _fit(first, ok, cent, sections, numbers, thick, 0)
+    ser = _Series(sections, numbers, thick, first, 0)
+    assert ser.ok == [True] * 6
+    model = _fit(ser, ser.ok)
     assert list(np.flatnonzero(model.inliers)) == [1, 3, 5]  # geometry alone follows the wrong family
-    chosen, fams = _choose_family(model, first, ok, cent, sections, numbers, thick, 0, _Engine(None, 1), mni_reference)
+    chosen, fams = _choose_family(model, ser, _Engine(None, 1), mni_reference)
     assert list(np.flatnonzero(chosen.inliers)) == [0, 2, 4]
     assert [f["chosen"] for f in fams] == [False, True]
     assert fams[1]["nmi_gain_sum"] > fams[0]["nmi_gain_sum"] + 0.1
@@ -252,18 +253,8 @@ def test_two_families_the_images_choose_the_true_series(mni_reference):
     assert max(errs) < 5.0, errs
     assert res.diagnostics["families"][1]["chosen"]
     # one family only: nothing to choose, no extra work
-    same, none = _choose_family(
-        _fit([*first[::2]], [True] * 3, cent[::2], sections[::2], numbers[::2], thick, 0),
-        [*first[::2]],
-        [True] * 3,
-        cent[::2],
-        sections[::2],
-        numbers[::2],
-        thick,
-        0,
-        _Engine(None, 1),
-        mni_reference,
-    )
+    half = _Series(sections[::2], numbers[::2], thick, first[::2], 0)
+    same, none = _choose_family(_fit(half, half.ok), half, _Engine(None, 1), mni_reference)
     assert none == [] and same.inliers.all()
 
 

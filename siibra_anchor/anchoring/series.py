@@ -626,6 +626,32 @@ def anchor_series(
     return out
 
 
+@dataclass
+class _Series:
+    """What the steps of a joint fit share: the sections, their numbers in cutting order, the cutting
+    thickness (None: fitted), each section's independent result (an AnchoringResult, or the error that
+    stopped it), which were placed, their tissue centroids (px) and the seed."""
+
+    sections: Sequence[Section]
+    numbers: NDArray
+    thickness_mm: float | None
+    first: list[Any]
+    seed: int
+    ok: list[bool] = field(init=False)
+    cent: list[NDArray] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.ok = [isinstance(r, AnchoringResult) for r in self.first]
+        self.cent = [tissue_centroid_px(sec.mask) for sec in self.sections]
+
+    def placement(self, i: int, affine: NDArray | None = None) -> _Placement:
+        """Section ``i`` placed by ``affine`` (default: its independent result), weighted by its confidence."""
+        r = self.first[i]
+        return _Placement.of(
+            r.affine if affine is None else affine, self.cent[i], self.sections[i].spacing_mm, r.confidence
+        )
+
+
 def _joint(
     sections: Sequence[Section],
     numbers: NDArray,
@@ -641,28 +667,25 @@ def _joint(
 ) -> SeriesResult:
     """Fit the series to the independent placements, re-anchor outliers with the model's prior, move every
     section onto the model's plane and refine it in-plane, flag what still disagrees."""
-    n = len(sections)
-    cent = [tissue_centroid_px(s.mask) for s in sections]
-    ok = [isinstance(r, AnchoringResult) for r in first]
+    ser = _Series(sections, numbers, thickness_mm, first, seed)
+    n, ok, cent = len(sections), ser.ok, ser.cent
     flags: list[list[str]] = [[] if o else ["failed"] for o in ok]
     if sum(ok) < 3 or not joint:
-        return _independent_series(sections, numbers, thickness_mm, first, ok, cent, flags, joint, seed, timings)
+        return _independent_series(ser, flags, joint, timings)
     independent = [r.affine.copy() if isinstance(r, AnchoringResult) else None for r in first]
     t0 = time.perf_counter()
-    model = _fit(first, ok, cent, sections, numbers, thickness_mm, seed)
+    model = _fit(ser, ok)
     timings["fit_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    model, families = _choose_family(model, first, ok, cent, sections, numbers, thickness_mm, seed, engine, reference)
+    model, families = _choose_family(model, ser, engine, reference)
     timings["family_s"] = time.perf_counter() - t0
     own = [r if isinstance(r, AnchoringResult) else None for r in first]
     outl = [i for i in range(n) if not (ok[i] and model.inliers[i])]
     t0 = time.perf_counter()
-    chosen, agree = _reanchor_outliers(
-        sections, numbers, own, outl, cent, model, flags, engine, reference, enc, base_kw
-    )
+    chosen, agree = _reanchor_outliers(ser, own, outl, model, flags, engine, reference, enc, base_kw)
     timings["reanchor_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    snapped = _snap_and_refine(sections, numbers, chosen, cent, model, engine, reference, seed)
+    snapped = _snap_and_refine(ser, chosen, model, engine, reference)
     timings["refine_s"] = time.perf_counter() - t0
     results: list[AnchoringResult] = []
     for i in range(n):
@@ -694,21 +717,11 @@ def _joint(
     return SeriesResult(results, model, series_conf, diag)
 
 
-def _independent_series(
-    sections: Sequence[Section],
-    numbers: NDArray,
-    thickness_mm: float | None,
-    first: list[Any],
-    ok: list[bool],
-    cent: list[NDArray],
-    flags: list[list[str]],
-    joint: bool,
-    seed: int,
-    timings: dict[str, float],
-) -> SeriesResult:
+def _independent_series(ser: _Series, flags: list[list[str]], joint: bool, timings: dict[str, float]) -> SeriesResult:
     """The independent placements as the series' result (asked for, or fewer than 3 placed sections);
     the model is fitted only to report how many disagree."""
-    done = [_fill_failed(r, s) for r, s in zip(first, sections, strict=True)]
+    sections, numbers = ser.sections, ser.numbers
+    done = [_fill_failed(r, sec) for r, sec in zip(ser.first, sections, strict=True)]
     for r, f, k in zip(done, flags, numbers, strict=True):
         r.diagnostics["flags"] = f + ([] if r.placed else ["unplaced"]) + ([] if joint else ["independent"])
         r.diagnostics["series"] = {
@@ -719,18 +732,16 @@ def _independent_series(
     conf = float(np.median([r.confidence for r in done]))
     diag: dict[str, Any] = {"timings": timings, "n_sections": len(sections), "joint": False}
     model = None
-    if sum(ok) >= 3:
-        model = _fit(first, ok, cent, sections, numbers, thickness_mm, seed)
+    if sum(ser.ok) >= 3:
+        model = _fit(ser, ser.ok)
         diag["n_disagree"] = int((~model.inliers).sum())
     return SeriesResult(done, model, conf, diag)
 
 
 def _reanchor_outliers(
-    sections: Sequence[Section],
-    numbers: NDArray,
+    ser: _Series,
     own: list[AnchoringResult | None],
     outl: list[int],
-    cent: list[NDArray],
     model: SeriesModel,
     flags: list[list[str]],
     engine: _Engine,
@@ -740,6 +751,7 @@ def _reanchor_outliers(
 ) -> tuple[list[AnchoringResult | None], NDArray]:
     """Anchor the outliers (and failures) again with the model's plane as prior. Returns each section's
     chosen result (None: still unplaced) and whether it agrees with the model; flags say what happened."""
+    sections, numbers = ser.sections, ser.numbers
     tol = float(max(3.0, 3.0 * model.sigma_mm))
     rd = model.row_dir()
 
@@ -760,7 +772,7 @@ def _reanchor_outliers(
         if not isinstance(r, AnchoringResult):
             flags[i].append("disagrees-with-series")
             continue
-        pl = _Placement.of(r.affine, cent[i], sections[i].spacing_mm, r.confidence)
+        pl = _Placement.of(r.affine, ser.cent[i], sections[i].spacing_mm, r.confidence)
         good = _agrees(pl, model, float(numbers[i]), tol)
         agree[i] = good
         flags[i].append("outlier-reanchored" if good else "disagrees-with-series")
@@ -780,17 +792,11 @@ def _reanchor_outliers(
 
 
 def _snap_and_refine(
-    sections: Sequence[Section],
-    numbers: NDArray,
-    chosen: list[AnchoringResult | None],
-    cent: list[NDArray],
-    model: SeriesModel,
-    engine: _Engine,
-    reference: Any,
-    seed: int,
+    ser: _Series, chosen: list[AnchoringResult | None], model: SeriesModel, engine: _Engine, reference: Any
 ) -> dict[int, tuple[NDArray, float | None]]:
     """Every placed section moved onto the model's plane, then refined in-plane by NMI (when the reference
     has a volume). Returns {section index: (affine, NMI gain or None)}."""
+    sections, numbers, cent, seed = ser.sections, ser.numbers, ser.cent, ser.seed
     use_scale = model.scale if model.scale_spread < 0.05 else None
     items, idx = [], []
     for i, ci in enumerate(chosen):
@@ -854,17 +860,7 @@ def series_confidence(r: AnchoringResult, gain: float | None, section: Section) 
 
 
 def _choose_family(
-    model: SeriesModel,
-    first: list[Any],
-    ok: list[bool],
-    cent: list[NDArray],
-    sections: Sequence[Section],
-    numbers: NDArray,
-    thickness_mm: float | None,
-    seed: int,
-    engine: _Engine,
-    reference: Any,
-    min_share: float = 0.25,
+    model: SeriesModel, ser: _Series, engine: _Engine, reference: Any, min_share: float = 0.25
 ) -> tuple[SeriesModel, list[dict[str, Any]]]:
     """The series model the images support best, when the placements form two families.
 
@@ -878,20 +874,20 @@ def _choose_family(
     """
     if reference.volume is None:
         return model, []
-    placed = np.array(ok, bool)
+    first, sections, numbers, cent, seed = ser.first, ser.sections, ser.numbers, ser.cent, ser.seed
+    placed = np.array(ser.ok, bool)
     rest = placed & ~model.inliers
-    w = np.array([max(float(r.confidence), 1e-3) if o else 0.0 for r, o in zip(first, ok, strict=True)])
+    w = np.array([max(float(r.confidence), 1e-3) if o else 0.0 for r, o in zip(first, ser.ok, strict=True)])
     if rest.sum() < 3 or w[rest].sum() < min_share * w[placed].sum():
         return model, []
     try:
-        alt = _fit(first, list(rest), cent, sections, numbers, thickness_mm, seed)
+        alt = _fit(ser, list(rest))
     except InvalidSectionError:
         return model, []
     tol = float(max(3.0, 3.0 * alt.sigma_mm))
     alt_in = np.zeros(len(first), bool)
     for i in (int(j) for j in np.flatnonzero(placed)):
-        pl = _Placement.of(first[i].affine, cent[i], sections[i].spacing_mm, first[i].confidence)
-        alt_in[i] = _agrees(pl, alt, float(numbers[i]), tol)
+        alt_in[i] = _agrees(ser.placement(i), alt, float(numbers[i]), tol)
     alt.inliers = alt_in
     if alt_in.sum() < 3:
         return model, []
@@ -942,22 +938,13 @@ def _agrees(pl: _Placement, model: SeriesModel, number: float, tol: float) -> bo
     return True
 
 
-def _fit(
-    first: list[Any],
-    ok: list[bool],
-    cent: list[NDArray],
-    sections: Sequence[Section],
-    numbers: NDArray,
-    thickness_mm: float | None,
-    seed: int,
-) -> SeriesModel:
-    """:func:`fit_series` on the sections that were placed; failed ones are outliers of the model."""
-    sel = [i for i in range(len(first)) if ok[i]]
-    pls = [_Placement.of(first[i].affine, cent[i], sections[i].spacing_mm, first[i].confidence) for i in sel]
-    m = fit_series(pls, numbers[sel], thickness_mm, seed=seed)
-    full = np.zeros(len(first), bool)
+def _fit(ser: _Series, use: list[bool]) -> SeriesModel:
+    """:func:`fit_series` on the placed sections ``use`` selects; the others are outliers of the model."""
+    sel = [i for i in range(len(ser.first)) if use[i]]
+    m = fit_series([ser.placement(i) for i in sel], ser.numbers[sel], ser.thickness_mm, seed=ser.seed)
+    full = np.zeros(len(ser.first), bool)
     full[sel] = m.inliers
-    res = np.full(len(first), np.nan)
+    res = np.full(len(ser.first), np.nan)
     res[sel] = m.residual_mm
     m.inliers, m.residual_mm = full, res
     return m
