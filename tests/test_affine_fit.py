@@ -150,7 +150,7 @@ def test_sectionmap_residuals():
 def test_canonical_votes_find_a_block_whose_matches_are_mostly_wrong(mni_reference):
     """Matches onto the real reference's coronal patches, nine in ten wrong: the Hough vote on the
     canonical planes still puts the section within a few mm of its true place."""
-    from siibra_anchor.anchoring.hypotheses import canonical_hypotheses
+    from siibra_anchor.anchoring.hypotheses import MatchVotes, canonical_hypotheses
 
     ref = mni_reference
     rng = np.random.default_rng(4)
@@ -171,7 +171,7 @@ def test_canonical_votes_find_a_block_whose_matches_are_mostly_wrong(mni_referen
     d = np.linalg.norm(ref.centres_mm[coronal][None] - true_xyz[good][:, None], axis=2)
     idx = coronal[rng.integers(0, len(coronal), 300)]
     idx[good] = coronal[np.argmin(d, axis=1)]
-    hyps = canonical_hypotheses(ref, idx, rc, ref.centres_mm[idx], np.ones(300), 1.5, None, 7.5)
+    hyps = canonical_hypotheses(ref, idx, MatchVotes(rc, ref.centres_mm[idx], np.ones(300), 1.5, None, 7.5))
     assert hyps
     errs = [np.linalg.norm(h.apply(rc) - true_xyz, axis=1).mean() for h in hyps]
     assert min(errs) < 6.0, errs

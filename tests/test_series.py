@@ -13,7 +13,7 @@ from scipy.spatial.transform import Rotation
 
 import siibra_anchor as sa
 from siibra_anchor.anchoring import PlanePrior
-from siibra_anchor.anchoring.hypotheses import prior_hypotheses
+from siibra_anchor.anchoring.hypotheses import MatchVotes, prior_hypotheses
 from siibra_anchor.anchoring.series import (
     SeriesResult,
     _choose_family,
@@ -116,7 +116,7 @@ def test_prior_hypotheses_vote_for_the_true_translation():
     bad = rng.random(300) < 0.6  # most matches are wrong
     xyz[bad] = rng.uniform(-80, 80, (bad.sum(), 3))
     prior = PlanePrior(normal=tuple(-n), offset_mm=float(-n @ t), row_dir=tuple(r))
-    hyps = prior_hypotheses(prior, rc, xyz, np.ones(300), 1.5, None, 7.5)
+    hyps = prior_hypotheses(prior, MatchVotes(rc, xyz, np.ones(300), 1.5, None, 7.5))
     assert hyps, "no hypothesis"
     best = hyps[0]
     err = np.linalg.norm(best.apply(rc) - (rc @ lin.T + t), axis=1).mean()
@@ -124,7 +124,7 @@ def test_prior_hypotheses_vote_for_the_true_translation():
     assert prior.agrees(best, rc)
     # without an orientation the vote searches the rotation too
     prior2 = PlanePrior(normal=tuple(-n), offset_mm=float(-n @ t))
-    best2 = prior_hypotheses(prior2, rc, xyz, np.ones(300), 1.5, None, 7.5)[0]
+    best2 = prior_hypotheses(prior2, MatchVotes(rc, xyz, np.ones(300), 1.5, None, 7.5))[0]
     assert np.linalg.norm(best2.apply(rc) - (rc @ lin.T + t), axis=1).mean() < 6.0
 
 

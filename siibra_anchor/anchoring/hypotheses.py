@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -23,12 +23,29 @@ from .params import PlanePrior
 
 __all__ = [
     "Candidate",
+    "MatchVotes",
     "in_plane_frames",
     "prior_hypotheses",
     "canonical_hypotheses",
     "plane_views",
     "mounting_mirrored",
 ]
+
+
+class MatchVotes(NamedTuple):
+    """Matches that vote for placements, and how they vote.
+
+    rc : (M, 2) working pixels of section patches; xyz : (M, 3) mm of their matched reference patches;
+    w : (M,) weights (squared clipped similarities); spacing : working pixel spacing (mm); flipped : the
+    mounting hint (None: both handednesses); threshold_mm : how close a match must lie to count.
+    """
+
+    rc: NDArray
+    xyz: NDArray
+    w: NDArray
+    spacing: float
+    flipped: bool | None
+    threshold_mm: float
 
 
 @dataclass
@@ -66,21 +83,13 @@ def in_plane_frames(
     return out
 
 
-def prior_hypotheses(
-    prior: PlanePrior,
-    rc: NDArray,
-    xyz: NDArray,
-    w: NDArray,
-    spacing: float,
-    flipped: bool | None,
-    threshold_mm: float,
-    n_keep: int = 3,
-) -> list[SectionMap]:
+def prior_hypotheses(prior: PlanePrior, votes: MatchVotes, n_keep: int = 3) -> list[SectionMap]:
     """Placements on the prior plane: for each in-plane rotation (the prior's, or 36 steps) and
     handedness, every match (rc -> xyz) votes for an in-plane translation; the densest votes win.
 
-    rc : (M, 2) working pixels, xyz : (M, 3) mm of their matched reference patches, w : (M,) weights.
+    votes : the matches (working pixel -> reference mm, weights) and how to vote (:class:`MatchVotes`).
     """
+    rc, xyz, w, spacing, flipped, threshold_mm = votes
     n = np.asarray(prior.normal, float)
     n = n / np.linalg.norm(n)
     e1, e2 = plane_basis(n)
@@ -115,12 +124,7 @@ def prior_hypotheses(
 def canonical_hypotheses(
     ref: Any,
     ref_idx: NDArray,
-    rc: NDArray,
-    xyz: NDArray,
-    w: NDArray,
-    spacing: float,
-    flipped: bool | None,
-    threshold_mm: float,
+    votes: MatchVotes,
     n_keep: int = 3,
     n_angles: int = 36,
     normal_bin_mm: float = 4.0,
@@ -137,6 +141,7 @@ def canonical_hypotheses(
     a few mm and degrees of its place, and the guided re-matching and intensity refinement that follow
     take it from there.
     """
+    rc, xyz, w, spacing, flipped, threshold_mm = votes
     axes = ref.plane_axes
     normals = np.cross(axes[:, :, 0], axes[:, :, 1])
     normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)

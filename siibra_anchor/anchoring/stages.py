@@ -30,7 +30,7 @@ from ..refine import SamplePoints, nmi_gain, refine_map, sample_points
 from ..result import AnchoringResult, pixel_grid_of
 from ..section import Section
 from ..views import PatchViews
-from .hypotheses import Candidate, canonical_hypotheses, mounting_mirrored, plane_views, prior_hypotheses
+from .hypotheses import Candidate, MatchVotes, canonical_hypotheses, mounting_mirrored, plane_views, prior_hypotheses
 from .params import AnchorParams, PlanePrior
 
 __all__ = [
@@ -209,7 +209,9 @@ def propose(r: Run) -> None:
     rc_pairs = np.repeat(r.cen[r.coarse], r.idx.shape[1], axis=0)
     xyz_pairs = ref.centres_mm[r.idx.ravel()]
     grp = np.repeat(np.arange(len(r.coarse)), r.idx.shape[1])
-    weights = np.clip(sims.ravel(), 0.0, None) ** 2
+    votes = MatchVotes(
+        rc_pairs, xyz_pairs, np.clip(sims.ravel(), 0.0, None) ** 2, r.spacing, r.flipped, p.ransac_threshold_mm
+    )
     hyps = ransac_section(
         rc_pairs,
         xyz_pairs,
@@ -223,23 +225,10 @@ def propose(r: Run) -> None:
         n_hypotheses=p.n_hypotheses,
     )
     if r.plane_prior is not None:
-        on_prior = prior_hypotheses(
-            r.plane_prior, rc_pairs, xyz_pairs, weights, r.spacing, r.flipped, p.ransac_threshold_mm
-        )
-        hyps = on_prior + hyps
+        hyps = prior_hypotheses(r.plane_prior, votes) + hyps
     r.voted = []
     if p.canonical_votes and r.plane_prior is None:
-        r.voted = canonical_hypotheses(
-            ref,
-            r.idx.ravel(),
-            rc_pairs,
-            xyz_pairs,
-            weights,
-            r.spacing,
-            r.flipped,
-            p.ransac_threshold_mm,
-            n_keep=p.canonical_keep,
-        )
+        r.voted = canonical_hypotheses(ref, r.idx.ravel(), votes, n_keep=p.canonical_keep)
         hyps = hyps + r.voted
     r.hyps = hyps
     r.timings["match_s"] = time.perf_counter() - t0
