@@ -70,6 +70,19 @@ def _normalised(data: NDArray) -> NDArray:
     return np.clip(d / max(hi, 1e-6), 0.0, 1.5).astype(np.float32)
 
 
+def _start(sitk: Any, kind: Any, init: str, fimg: Any, mimg: Any, fixed: tuple, moving: tuple) -> Any:
+    """The registration's starting transform of class ``kind``: centred by image moments (``init`` ==
+    "moments") or by the centres of the two volumes' foregrounds. fixed, moving: (data, affine)."""
+    if init == "moments":
+        return sitk.CenteredTransformInitializer(fimg, mimg, kind(), sitk.CenteredTransformInitializerFilter.MOMENTS)
+    start = kind()
+    cf = _foreground_centre(fixed[0], np.asarray(fixed[1], float))
+    cm = _foreground_centre(moving[0], np.asarray(moving[1], float))
+    start.SetCenter(tuple(float(v) for v in cf))
+    start.SetTranslation(tuple(float(v) for v in cm - cf))
+    return start
+
+
 def _foreground_centre(data: NDArray, aff: NDArray) -> NDArray:
     """World mm centre of the voxels above 10 % of the robust maximum."""
     d = _normalised(data)
@@ -126,16 +139,7 @@ def register_to_template(
     fm = _volume_image(sitk, fmask.astype(np.float32), np.asarray(fa, float))
     fm = sitk.Cast(fm, sitk.sitkUInt8)
 
-    if r.init == "moments":
-        start = sitk.CenteredTransformInitializer(
-            fimg, mimg, sitk.Similarity3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS
-        )
-    else:
-        start = sitk.Similarity3DTransform()
-        cf = _foreground_centre(fd, np.asarray(fa, float))
-        cm = _foreground_centre(md, np.asarray(ma, float))
-        start.SetCenter(tuple(float(v) for v in cf))
-        start.SetTranslation(tuple(float(v) for v in cm - cf))
+    start = _start(sitk, sitk.Similarity3DTransform, r.init, fimg, mimg, (fd, fa), (md, ma))
 
     def method() -> Any:
         reg = sitk.ImageRegistrationMethod()
@@ -204,15 +208,7 @@ def register_rigid(moving: str | Path, fixed: str | Path, run: RegistrationRun |
     md, ma = load_volume(moving)
     fimg = _volume_image(sitk, _normalised(fd), np.asarray(fa, float))
     mimg = _volume_image(sitk, _normalised(md), np.asarray(ma, float))
-    if r.init == "moments":
-        start = sitk.CenteredTransformInitializer(
-            fimg, mimg, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS
-        )
-    else:
-        start = sitk.Euler3DTransform()
-        cf = _foreground_centre(fd, np.asarray(fa, float))
-        start.SetCenter(tuple(float(v) for v in cf))
-        start.SetTranslation(tuple(float(v) for v in _foreground_centre(md, np.asarray(ma, float)) - cf))
+    start = _start(sitk, sitk.Euler3DTransform, r.init, fimg, mimg, (fd, fa), (md, ma))
     reg = sitk.ImageRegistrationMethod()
     reg.SetMetricAsMattesMutualInformation(r.bins)
     reg.SetMetricSamplingStrategy(reg.RANDOM)
