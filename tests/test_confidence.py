@@ -89,3 +89,14 @@ def test_calibration_report_against_a_hand_computation():
     assert cal["failures_with_confidence_ge_0.5"] == 2
     top = cal["reliability_diagram"][9]
     assert top["n"] == 4 and top["observed_correct"] == pytest.approx(0.75)
+
+
+def test_profile_times_every_stage(mni_reference):
+    from siibra_anchor.evaluation.profile import format_profile, profile_sections
+
+    rep = profile_sections(n=2)
+    assert set(rep["stages"]) >= {"embed_s", "match_s", "guided_s", "refine_s"} and len(rep["rows"]) == 2
+    for row in rep["rows"]:  # the stages of the kept pass fit inside the whole call
+        stages = sum(v for k, v in row["stages"].items() if k != "total_s")
+        assert 0 < stages <= row["wall_s"] + 1e-6
+    assert "whole call" in format_profile(rep)
