@@ -217,10 +217,12 @@ def main(args: list[str] | None = None) -> int:
     out = fit_models(rows, meta)
     for kind, m in out["models"].items():
         pv = m["provenance"]
-        print(f"{kind}: {pv['n_rows']} rows, {pv['n_correct']} correct, log loss {pv['train_log_loss']:.3f}")
+        sys.stdout.write(
+            f"{kind}: {pv['n_rows']} rows, {pv['n_correct']} correct, log loss {pv['train_log_loss']:.3f}\n"
+        )
     if ns.out:
         atomic_write_text(ns.out, json.dumps(out, indent=1) + "\n")
-        print(f"wrote {ns.out}")
+        sys.stdout.write(f"wrote {ns.out}\n")
     return 0
 
 

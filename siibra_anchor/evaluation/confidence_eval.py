@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -182,7 +183,7 @@ def main(args: list[str] | None = None) -> int:
     ns = ap.parse_args(args)
     if ns.replot:
         rep = json.loads(Path(ns.replot).read_text())
-        print(f"wrote {plot_report(rep, Path(ns.out or '.') / 'confidence-reliability.png')}")
+        sys.stdout.write(f"wrote {plot_report(rep, Path(ns.out or '.') / 'confidence-reliability.png')}\n")
         return 0
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     warnings.simplefilter("ignore")
@@ -196,7 +197,8 @@ def main(args: list[str] | None = None) -> int:
     for name, items in tiers:
         rows = evaluate_sections(items)
         report[name] = {"rows": rows, "summary": summarise(rows)}
-        print(format_summary(name, report[name]["summary"]), flush=True)
+        sys.stdout.write(format_summary(name, report[name]["summary"]) + "\n")
+        sys.stdout.flush()
     if ns.out:
         Path(ns.out).mkdir(parents=True, exist_ok=True)
         atomic_write_text(Path(ns.out) / "confidence_eval.json", json.dumps(report, indent=1, default=float))

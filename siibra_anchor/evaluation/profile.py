@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 import time
 import warnings
 from typing import Any
@@ -84,7 +85,7 @@ def main(args: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=24, help="benchmark sections to anchor (default 24)")
     ns = ap.parse_args(args)
     logging.basicConfig(level=logging.ERROR)
-    print(format_profile(profile_sections(ns.n)))
+    sys.stdout.write(format_profile(profile_sections(ns.n)) + "\n")
     return 0
 
 

@@ -70,6 +70,24 @@ def _normalised(data: NDArray) -> NDArray:
     return np.clip(d / max(hi, 1e-6), 0.0, 1.5).astype(np.float32)
 
 
+def _registration_method(sitk: Any, r: Any, fixed_mask: Any = None) -> Any:
+    """A SimpleITK Mattes-MI registration of run ``r``'s settings (bins, sampling, seed, iterations,
+    pyramid levels), the metric restricted to ``fixed_mask`` when given."""
+    reg = sitk.ImageRegistrationMethod()
+    reg.SetMetricAsMattesMutualInformation(r.bins)
+    reg.SetMetricSamplingStrategy(reg.RANDOM)
+    reg.SetMetricSamplingPercentage(r.sampling, r.seed)
+    if fixed_mask is not None:
+        reg.SetMetricFixedMask(fixed_mask)
+    reg.SetInterpolator(sitk.sitkLinear)
+    reg.SetOptimizerAsRegularStepGradientDescent(1.0, 1e-4, r.iterations, relaxationFactor=0.6)
+    reg.SetOptimizerScalesFromPhysicalShift()
+    reg.SetShrinkFactorsPerLevel(list(r.levels))
+    reg.SetSmoothingSigmasPerLevel([max(0.0, lv / 2.0) for lv in r.levels])
+    reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+    return reg
+
+
 def _start(sitk: Any, kind: Any, init: str, fimg: Any, mimg: Any, fixed: tuple, moving: tuple) -> Any:
     """The registration's starting transform of class ``kind``: centred by image moments (``init`` ==
     "moments") or by the centres of the two volumes' foregrounds. fixed, moving: (data, affine)."""
@@ -141,28 +159,14 @@ def register_to_template(
 
     start = _start(sitk, sitk.Similarity3DTransform, r.init, fimg, mimg, (fd, fa), (md, ma))
 
-    def method() -> Any:
-        reg = sitk.ImageRegistrationMethod()
-        reg.SetMetricAsMattesMutualInformation(r.bins)
-        reg.SetMetricSamplingStrategy(reg.RANDOM)
-        reg.SetMetricSamplingPercentage(r.sampling, r.seed)
-        reg.SetMetricFixedMask(fm)
-        reg.SetInterpolator(sitk.sitkLinear)
-        reg.SetOptimizerAsRegularStepGradientDescent(1.0, 1e-4, r.iterations, relaxationFactor=0.6)
-        reg.SetOptimizerScalesFromPhysicalShift()
-        reg.SetShrinkFactorsPerLevel(list(r.levels))
-        reg.SetSmoothingSigmasPerLevel([max(0.0, lv / 2.0) for lv in r.levels])
-        reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
-        return reg
-
-    reg = method()
+    reg = _registration_method(sitk, r, fm)
     reg.SetInitialTransform(start, inPlace=False)
     sim = reg.Execute(fimg, mimg)
     aff = sitk.AffineTransform(3)
     sim_m = _to_matrix(sim)
     aff.SetMatrix(tuple(float(v) for v in sim_m[:3, :3].ravel()))
     aff.SetTranslation(tuple(float(v) for v in sim_m[:3, 3]))
-    reg = method()
+    reg = _registration_method(sitk, r, fm)
     reg.SetInitialTransform(aff, inPlace=False)
     tx = reg.Execute(fimg, mimg)  # maps fixed points to moving points
     metric = float(reg.GetMetricValue())
@@ -209,16 +213,7 @@ def register_rigid(moving: str | Path, fixed: str | Path, run: RegistrationRun |
     fimg = _volume_image(sitk, _normalised(fd), np.asarray(fa, float))
     mimg = _volume_image(sitk, _normalised(md), np.asarray(ma, float))
     start = _start(sitk, sitk.Euler3DTransform, r.init, fimg, mimg, (fd, fa), (md, ma))
-    reg = sitk.ImageRegistrationMethod()
-    reg.SetMetricAsMattesMutualInformation(r.bins)
-    reg.SetMetricSamplingStrategy(reg.RANDOM)
-    reg.SetMetricSamplingPercentage(r.sampling, r.seed)
-    reg.SetInterpolator(sitk.sitkLinear)
-    reg.SetOptimizerAsRegularStepGradientDescent(1.0, 1e-4, r.iterations, relaxationFactor=0.6)
-    reg.SetOptimizerScalesFromPhysicalShift()
-    reg.SetShrinkFactorsPerLevel(list(r.levels))
-    reg.SetSmoothingSigmasPerLevel([max(0.0, lv / 2.0) for lv in r.levels])
-    reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+    reg = _registration_method(sitk, r)
     reg.SetInitialTransform(start, inPlace=False)
     tx = reg.Execute(fimg, mimg)
     return {

@@ -7,7 +7,7 @@ reference template (another MNI template, a grey-matter map, ...) so anchoring i
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -286,8 +286,7 @@ def simulate_section(
                 draws["missing"] = True
         if msk.sum() < 100:
             raise EmptyMaskError("simulated histology section holds almost no tissue; choose another seed")
-        assert pts is not None
-        aff = _fit_affine(pts, msk, spacing_mm)
+        aff = _fit_affine(cast(NDArray, pts), msk, spacing_mm)  # the warp above always sets pts
     tissue = img[msk]
     lo_v, hi_v = np.percentile(tissue, [1, 99])
     img = np.clip((img - lo_v) / max(hi_v - lo_v, 1e-6), 0, 1)
