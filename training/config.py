@@ -98,6 +98,23 @@ class ValConfig(_Strict):
     batch_size: int = Field(default=1024, ge=1)
 
 
+class SynthConfig(_Strict):
+    """Domain randomisation (:mod:`siibra_anchor.training.synth`): ``n`` synthetic brains rendered from
+    ``source`` join the training volumes, ``n`` new ones every ``every`` steps (``n: 0``: off)."""
+
+    n: int = Field(default=0, ge=0)
+    every: int = Field(default=50, ge=1)
+    source: str = "mni152"
+    deform_mm: float = Field(default=3.0, ge=0)
+    control_mm: float = Field(default=24.0, gt=0)
+    parcels: int = Field(default=24, ge=1)
+    parcel_std: float = Field(default=0.08, ge=0)
+    bias: float = Field(default=0.3, ge=0)
+    texture: float = Field(default=0.05, ge=0)
+    blur_mm: float = Field(default=1.2, ge=0)
+    noise: float = Field(default=0.04, ge=0)
+
+
 class TrainConfig(_Strict):
     """Everything a training run depends on (the seed included): same config, same run on CPU.
 
@@ -121,6 +138,8 @@ class TrainConfig(_Strict):
     #: section's stated pixel size is often off by 10-20% (shrinkage, wrong metadata)
     scale_jitter: float = Field(default=0.0, ge=0, lt=0.5)
     mix_volumes: bool = True
+    #: synthetic brains of random contrast and anatomy beside ``volumes`` (off unless ``synth.n`` > 0)
+    synth: SynthConfig = SynthConfig()
     batch_size: int = Field(default=256, ge=2)
     groups: int = Field(default=8, ge=0)
     planes_per_group: int = Field(default=2, ge=1)

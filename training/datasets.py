@@ -309,6 +309,12 @@ class PlanePatchSampler:
         self.far_per_plane = int(far_per_plane)
         self.mix_volumes = bool(mix_volumes)
         self.device = torch.device(device)
+        self.set_volumes(volumes)
+
+    def set_volumes(self, volumes: Sequence[VolumeSource]) -> None:
+        """Cut planes from these volumes from now on (the trainer swaps in new synthetic brains this way)."""
+        if not volumes:
+            raise TrainConfigError("PlanePatchSampler needs at least one volume")
         self.volumes = list(volumes)
         self._tensors = [_volume_tensor(v, self.device) for v in self.volumes]
         self._tissue = [v.tissue_points_mm() for v in self.volumes]
@@ -316,9 +322,9 @@ class PlanePatchSampler:
         cr = [v.brain_centre_radius() for v in self.volumes]
         self._centre = np.mean([c for c, _ in cr], axis=0)
         radius = max(r + float(np.linalg.norm(c - self._centre)) for c, r in cr)
-        half = radius + self.context_px * spec.spacing_mm / 2.0
+        half = radius + self.context_px * self.spec.spacing_mm / 2.0
         # planes cut with smaller pixels (scale jitter) still cover the brain
-        self.plane_px = int(math.ceil(2 * half / (spec.spacing_mm * (1.0 - self.scale_jitter)))) + 1
+        self.plane_px = int(math.ceil(2 * half / (self.spec.spacing_mm * (1.0 - self.scale_jitter)))) + 1
 
     # -- random draws on the host --------------------------------------------------------------------------
     def _random_tissue_point(self, rng: np.random.Generator, vol: int) -> NDArray:

@@ -46,6 +46,7 @@ from .config import TrainConfig, load_config
 from .datasets import PatchBatch, PlanePatchSampler, ZarrPatchDataset
 from .errors import TrainConfigError, TrainingError, TrainingFileNotFoundError
 from .losses import info_nce_loss, spatial_contrastive_loss
+from .synth import SynthParams, SynthVolumes, load_volumes
 from .validation import ValidationSet, build_validation_set, evaluate
 from .volumes import load_training_volumes
 
@@ -298,6 +299,11 @@ def plot_curves(curves_json: str | Path, png: str | Path | None = None) -> Path:
 # -- training ----------------------------------------------------------------------------------------------
 
 
+def _synth_params(cfg: TrainConfig) -> SynthParams:
+    c = cfg.synth
+    return SynthParams(c.deform_mm, c.control_mm, c.parcels, c.parcel_std, c.bias, c.texture, c.blur_mm, c.noise)
+
+
 class _StepBatches(torch.utils.data.Dataset):
     """Map-style view ``dataset[step] -> [PatchBatch, ...]`` so DataLoader workers produce seeded batches.
 
@@ -307,6 +313,12 @@ class _StepBatches(torch.utils.data.Dataset):
 
     def __init__(self, sampler: PlanePatchSampler | None, stores: list[ZarrPatchDataset], cfg: TrainConfig, rank: int):
         self.sampler, self.stores, self.rank = sampler, stores, rank
+        # domain randomisation: synthetic brains join the sampler's volumes, new ones every synth.every steps
+        self.base = list(sampler.volumes) if sampler is not None else []
+        self.synth = None
+        if sampler is not None and cfg.synth.n > 0:
+            source = load_training_volumes([cfg.synth.source], npz=cfg.volumes_npz)[0]
+            self.synth = SynthVolumes(source, cfg.synth.n, cfg.synth.every, cfg.seed * 1000 + rank, _synth_params(cfg))
         self.batch_size, self.seed = cfg.batch_size, cfg.seed
         self.n_store = (
             0 if not stores else (cfg.batch_size if sampler is None else round(cfg.store_fraction * cfg.batch_size))
@@ -318,6 +330,10 @@ class _StepBatches(torch.utils.data.Dataset):
     def __getitem__(self, step: int) -> list[PatchBatch]:
         rng = np.random.default_rng([self.seed, self.rank, int(step)])
         parts = []
+        if self.synth is not None and self.sampler is not None:
+            fresh = self.synth.refresh(int(step))
+            if fresh is not None:
+                self.sampler.set_volumes(self.base + fresh)
         if self.sampler is not None and self.batch_size > self.n_store:
             parts.append(self.sampler.sample(self.batch_size - self.n_store, seed=rng))
         if self.n_store:
@@ -391,7 +407,7 @@ def _save_checkpoint(
 
 def _build_val(cfg: TrainConfig, spec: PatchSpec) -> ValidationSet:
     ref = load_training_volumes([cfg.val.reference], npz=cfg.volumes_npz)[0]
-    queries = load_training_volumes(cfg.val.queries, npz=cfg.volumes_npz)
+    queries = load_volumes(cfg.val.queries, npz=cfg.volumes_npz, params=_synth_params(cfg))
     held = set(cfg.val.queries) & set(cfg.volumes)
     if held:
         log.warning("validation query volume(s) %s are also training volumes: the error is not held out", sorted(held))
