@@ -20,6 +20,7 @@ _LAZY = {
     "AnchoringResult": ".result",
     "anchor": ".anchoring",
     "anchor_series": ".anchoring",
+    "anchor_batch": ".anchoring",
     "SeriesResult": ".anchoring",
     "PlanePrior": ".anchoring",
     "AnchorParams": ".anchoring",

@@ -29,8 +29,31 @@ def _as_qad(queries: NDArray) -> NDArray:
     return q[:, None, :] if q.ndim == 2 else q
 
 
+_ON_DEVICE: dict[tuple[int, str], tuple[NDArray, torch.Tensor]] = {}
+
+
+def _refs_on(refs: NDArray, device: torch.device) -> torch.Tensor:
+    """``refs`` as a tensor on ``device``; on an accelerator kept (the last two arrays) so that the sections
+    of a batch share one upload of the reference."""
+    if device.type == "cpu":
+        return torch.from_numpy(np.ascontiguousarray(refs, np.float32))
+    key = (id(refs), str(device))
+    hit = _ON_DEVICE.get(key)
+    if hit is None or hit[0] is not refs:
+        if len(_ON_DEVICE) >= 2:
+            _ON_DEVICE.pop(next(iter(_ON_DEVICE)))
+        hit = (refs, torch.from_numpy(np.ascontiguousarray(refs, np.float32)).to(device))
+        _ON_DEVICE[key] = hit
+    return hit[1]
+
+
 def topk_cosine(
-    queries: NDArray, refs: NDArray, k: int, chunk: int = 64, ref_mask: NDArray | None = None
+    queries: NDArray,
+    refs: NDArray,
+    k: int,
+    chunk: int = 64,
+    ref_mask: NDArray | None = None,
+    device: str | torch.device | None = None,
 ) -> tuple[NDArray, NDArray, NDArray]:
     """Top-k reference matches of each query (best over its angles).
 
@@ -40,6 +63,8 @@ def topk_cosine(
     refs : (R, D) float32, L2-normalised.
     k : matches per query (clipped to R).
     ref_mask : optional (R,) bool; references outside it are never returned.
+    device : torch device of the search (default CPU); on a GPU the chunks are larger and ``refs`` stays
+        uploaded between calls.
 
     Returns
     -------
@@ -48,23 +73,26 @@ def topk_cosine(
     """
     q = _as_qad(queries)
     n_q, n_a, _ = q.shape
-    r = torch.from_numpy(np.ascontiguousarray(refs, np.float32))
+    dev = torch.device(device or "cpu")
+    r = _refs_on(refs, dev)
+    if dev.type != "cpu":
+        chunk = max(chunk, 1024)
     k = int(min(k, r.shape[0]))
-    bad = None if ref_mask is None else torch.from_numpy(~np.asarray(ref_mask, bool))
+    bad = None if ref_mask is None else torch.from_numpy(~np.asarray(ref_mask, bool)).to(dev)
     sims = np.empty((n_q, k), np.float32)
     idx = np.empty((n_q, k), np.int64)
     ang = np.empty((n_q, k), np.int64)
     with torch.inference_mode():
         for i in range(0, n_q, chunk):
-            qb = torch.from_numpy(np.ascontiguousarray(q[i : i + chunk]))
+            qb = torch.from_numpy(np.ascontiguousarray(q[i : i + chunk])).to(dev)
             s = torch.matmul(qb.reshape(-1, qb.shape[-1]), r.T).reshape(qb.shape[0], n_a, -1)
             smax, amax = s.max(dim=1)  # (b, R)
             if bad is not None:
                 smax[:, bad] = -2.0
             v, j = torch.topk(smax, k, dim=1)
-            sims[i : i + chunk] = v.numpy()
-            idx[i : i + chunk] = j.numpy()
-            ang[i : i + chunk] = torch.gather(amax, 1, j).numpy()
+            sims[i : i + chunk] = v.cpu().numpy()
+            idx[i : i + chunk] = j.cpu().numpy()
+            ang[i : i + chunk] = torch.gather(amax, 1, j).cpu().numpy()
     return sims, idx, ang
 
 
@@ -75,13 +103,15 @@ def search_topk(
     ref_mask: NDArray | None = None,
     search: str = "auto",
     auto_threshold: int | None = None,
+    device: str | None = None,
 ) -> tuple[NDArray, NDArray, NDArray]:
     """Top-k matches like :func:`topk_cosine`, by the chosen search backend.
 
     ``search``: "exact" (:func:`topk_cosine`), "faiss" (IVF index, :mod:`siibra_anchor.ann`),
     "faiss-hnsw" (HNSW graph), or "auto": faiss IVF when ``refs`` has at least ``auto_threshold``
     rows (default :data:`siibra_anchor.ann.AUTO_THRESHOLD`, 1e6) and faiss is installed, else exact.
-    The faiss index is built on first use and kept while ``refs`` lives.
+    The faiss index is built on first use and kept while ``refs`` lives. ``device`` runs the exact search
+    there (a GPU); "auto" then stays exact, which a GPU does fast at any reference size.
     """
     from .ann import AUTO_THRESHOLD, cached_index, faiss_available, topk_faiss
     from .errors import SearchBackendError
@@ -94,9 +124,10 @@ def search_topk(
             log.warning(
                 "%d reference patches: exact search; pip install 'siibra-anchor[faiss]' for a faster one", len(refs)
             )
-        search = "faiss" if big and faiss_available() else "exact"
+        on_gpu = device is not None and torch.device(device).type != "cpu"
+        search = "faiss" if big and faiss_available() and not on_gpu else "exact"
     if search == "exact":
-        return topk_cosine(queries, refs, k, ref_mask=ref_mask)
+        return topk_cosine(queries, refs, k, ref_mask=ref_mask, device=device)
     index = cached_index(refs, kind="hnsw" if search == "faiss-hnsw" else "ivf")
     return topk_faiss(queries, refs, k, ref_mask=ref_mask, index=index)
 

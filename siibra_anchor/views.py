@@ -8,6 +8,7 @@ of encoder calls near ``n_coarse * V + n_patches * (a few)`` instead of ``n_patc
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,7 @@ from numpy.typing import NDArray
 from .errors import AnchoringFailedError
 from .patches import extract_patches
 
-__all__ = ["PatchViews"]
+__all__ = ["PatchViews", "encode_together"]
 
 
 class PatchViews:
@@ -61,11 +62,18 @@ class PatchViews:
         """Encode the (row, view) pairs not computed yet."""
         from .encoders import embed_patches
 
+        pairs, patches = self.pending(rows, views)
+        if len(pairs):
+            self.store(pairs, embed_patches(self.encoder, patches, batch_size=self.batch_size, device=self.device))
+
+    def pending(self, rows: NDArray, views: NDArray) -> tuple[NDArray, NDArray]:
+        """The (view, row) pairs among ``rows`` x ``views`` (element-wise) not encoded yet, (P, 2) int64, and
+        their patches (P, size, size) float32: what :meth:`store` wants back with their embeddings."""
         rows = np.asarray(rows, np.int64).ravel()
         views = np.asarray(views, np.int64).ravel()
         todo = ~self._done[rows, views]
         if not todo.any():
-            return
+            return np.zeros((0, 2), np.int64), np.zeros((0, self.size_px, self.size_px), np.float32)
         pairs = np.unique(np.stack([views[todo], rows[todo]], axis=1), axis=0)
         patches = np.empty((len(pairs), self.size_px, self.size_px), np.float32)
         starts = np.flatnonzero(np.r_[True, pairs[1:, 0] != pairs[:-1, 0]])
@@ -75,12 +83,20 @@ class PatchViews:
             patches[s:e] = extract_patches(
                 self.image, self.centres[pairs[s:e, 1]], self.size_px, [self.angles[a]], mirror=self.mirrors[m]
             )[:, 0]
-        emb = embed_patches(self.encoder, patches, batch_size=self.batch_size, device=self.device)
+        return pairs, patches
+
+    def store(self, pairs: NDArray, emb: NDArray) -> None:
+        """Keep the embeddings (P, D) of the (view, row) ``pairs`` that :meth:`pending` returned."""
         if self._emb is None:
             self._emb = np.zeros((self.n, self.n_views, emb.shape[1]), np.float32)
         self._emb[pairs[:, 1], pairs[:, 0]] = emb
         self._done[pairs[:, 1], pairs[:, 0]] = True
         self.n_encoded += len(pairs)
+
+    def all_view_pairs(self, rows: NDArray) -> tuple[NDArray, NDArray]:
+        """(rows, views) of every view of ``rows``, element-wise, as :meth:`ensure` and :meth:`pending` take."""
+        rows = np.asarray(rows, np.int64)
+        return np.repeat(rows, self.n_views), np.tile(np.arange(self.n_views), len(rows))
 
     def take(self, rows: NDArray, views: NDArray) -> NDArray:
         """(P, D) embeddings of the (row, view) pairs."""
@@ -96,7 +112,26 @@ class PatchViews:
 
     def all_views(self, rows: NDArray) -> NDArray:
         """(R, V, D) embeddings of the given rows in every view."""
-        rows = np.asarray(rows, np.int64)
-        rr = np.repeat(rows, self.n_views)
-        vv = np.tile(np.arange(self.n_views), len(rows))
+        rr, vv = self.all_view_pairs(rows)
         return self.take(rr, vv).reshape(len(rows), self.n_views, -1)
+
+
+def encode_together(
+    views: Sequence[PatchViews], rows: Sequence[NDArray], device: str | None = None, batch_size: int = 4096
+) -> int:
+    """Encode every view of ``rows[i]`` of ``views[i]`` for all i in one encoder call (one batch stream on
+    ``device``): many sections' patches fill a GPU batch that one section's would not. All ``views`` must
+    share one encoder. Returns how many patches were encoded."""
+    from .encoders import embed_patches
+
+    todo = [pv.pending(*pv.all_view_pairs(r)) for pv, r in zip(views, rows, strict=True)]
+    n = [len(pairs) for pairs, _ in todo]
+    if sum(n) == 0:
+        return 0
+    emb = embed_patches(views[0].encoder, np.concatenate([p for _, p in todo]), batch_size=batch_size, device=device)
+    start = 0
+    for pv, (pairs, _), k in zip(views, todo, n, strict=True):
+        if k:
+            pv.store(pairs, emb[start : start + k])
+        start += k
+    return int(sum(n))

@@ -68,6 +68,8 @@ def test_cli_errors_are_one_line_and_nonzero(tmp_path):
     assert p.returncode == 2 and "Traceback" not in p.stderr
     p = _run(["anchor", str(png), "--spacing-mm", "0.5", "--space", "narnia"], tmp_path)
     assert p.returncode == 2 and "unknown space" in p.stderr
+    p = _run(["anchor", str(png), "--spacing-mm", "0.5", "--device", "banana"], tmp_path)
+    assert p.returncode == 2 and "Traceback" not in p.stderr and "not a torch device" in p.stderr
 
 
 def test_cli_demo_reports_error_against_truth(tmp_path, mni_reference):

@@ -11,6 +11,8 @@ that a choice made on the benchmark's sections holds on fresh ones). With ``--se
 with the benchmark's hints; median, p90 and failure rate (> 10 mm) of the section error. The reference
 is the default one (``Reference.from_space("mni152")``) unless ``--n-sections``/``--stride-px`` change its
 density; ``--param NAME=VALUE`` changes a field of :class:`~siibra_anchor.AnchorParams` for ``--sections``.
+With ``--real-data DIR``: the real-anatomy tier too (``siibra-anchor benchmark --real-data``'s test split,
+``--real-n`` sections per volume), so that both tiers are measured in one run for every encoder.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ def compare_encoders(
     seed: int = 2026,
     reference: dict[str, Any] | None = None,
     params: dict[str, Any] | None = None,
+    real_data: str | None = None,
+    real_n: int = 3,
 ) -> dict[str, Any]:
     """Figures per encoder (see the module docstring); the same sections for every encoder.
 
@@ -97,6 +101,16 @@ def compare_encoders(
                 failing_cases=[int(i) for i in np.flatnonzero(e > 10.0)],
                 median_time_s=float(np.median(times)),
             )
+        if real_data is not None:
+            from siibra_anchor.evaluation.real_tier import run_real_tier
+
+            real = run_real_tier(real_data, n_per_volume=real_n, encoder=enc, encoder_name=name, reference=ref,
+                                 raw_baseline=False)  # fmt: skip
+            r["real"] = {k: real[k] for k in ("default", "by_contrast", "outcomes", "truth_uncertainty_mm")}
+            r["real"]["cases"] = [
+                {k: c[k] for k in ("name", "contrast", "default_error_mm", "default_confidence", "default_outcome")}
+                for c in real["cases"]
+            ]
         out[name] = r
     return out
 
@@ -143,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--param", action="append", default=[], metavar="NAME=VALUE", help="an AnchorParams field, for --sections"
     )
+    ap.add_argument("--real-data", help="folder of the real-anatomy volumes: also run that tier (test split)")
+    ap.add_argument("--real-n", type=int, default=3, help="real-anatomy sections per volume (default 3)")
     ap.add_argument("--json", help="write the figures here too")
     a = ap.parse_args(argv)
     reference = {k: v for k, v in (("n_sections", a.n_sections), ("stride_px", a.stride_px)) if v is not None}
@@ -153,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         seed=a.seed,
         reference=reference,
         params=_parse_params(a.param, ap),
+        real_data=a.real_data,
+        real_n=a.real_n,
     )
     for name, r in res.items():
         line = (
@@ -165,6 +183,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"; sections median {r['section_median_mm']:.2f} mm, p90 {r['section_p90_mm']:.2f} mm, "
                 f"failures {100 * r['failure_rate']:.1f}% {r['failing_cases']}, "
                 f"median time {r['median_time_s']:.2f} s"
+            )
+        if "real" in r:
+            d = r["real"]["default"]
+            line += (
+                f"; real anatomy: median {d['median_mm']:.2f} mm, failures {d['failures']}/{d['n']}, "
+                f"by contrast "
+                + ", ".join(f"{c} {v['default']['median_mm']:.1f}" for c, v in r["real"]["by_contrast"].items())
             )
         print(line)
     if a.json:

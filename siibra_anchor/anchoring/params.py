@@ -14,7 +14,7 @@ from ..affine_fit import SectionMap
 from ..errors import InvalidParameterError, InvalidReferenceError, InvalidSectionError
 from ..section import Section
 
-__all__ = ["AnchorParams", "PlanePrior", "LOW_CONFIDENCE", "SEARCH_BACKENDS", "check_anchor_call"]
+__all__ = ["AnchorParams", "PlanePrior", "LOW_CONFIDENCE", "SEARCH_BACKENDS", "check_anchor_call", "check_device"]
 
 #: Below this confidence :func:`~siibra_anchor.anchor` logs a warning and emits
 #: :class:`~siibra_anchor.errors.LowConfidenceWarning`.
@@ -179,5 +179,27 @@ def check_anchor_call(
         raise InvalidParameterError(f"params must be an AnchorParams, got {type(params).__name__}")
     if plane_prior is not None and not isinstance(plane_prior, PlanePrior):
         raise InvalidParameterError(f"plane_prior must be a PlanePrior or None, got {type(plane_prior).__name__}")
-    if device is not None and not isinstance(device, str) and type(device).__name__ != "device":
+    if device is not None:
+        check_device(device)
+
+
+def check_device(device: Any) -> None:
+    """A torch device this machine has: a name ("cpu", "cuda", "cuda:1", "mps") or a ``torch.device``;
+    otherwise :class:`InvalidParameterError` saying what to pass."""
+    import torch
+
+    if not isinstance(device, str) and type(device).__name__ != "device":
         raise InvalidParameterError(f"device must be a torch device name such as 'cpu' or 'cuda', got {device!r}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise InvalidParameterError(f"device {device!r} is not a torch device name such as 'cpu' or 'cuda'") from exc
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0 or (dev.index is not None and dev.index >= n):
+            raise InvalidParameterError(
+                f"device {device!r}: this machine has {n} CUDA device(s) usable by torch "
+                f"{torch.__version__}; pass device='cpu' (or None), or install a CUDA build of torch"
+            )
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise InvalidParameterError(f"device {device!r}: no Apple MPS device here; pass device='cpu' (or None)")

@@ -12,21 +12,25 @@ import logging
 import time
 import tracemalloc
 import warnings
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
 from ..encoders import encoder_hash, load_default_encoder
-from ..errors import EncoderError, LowConfidenceWarning
+from ..errors import AnchorError, EncoderError, InvalidParameterError, LowConfidenceWarning
 from ..reference import Reference
 from ..result import AnchoringResult
 from ..section import Section
 from ..spaces import canonical_space
+from ..views import encode_together
 from .hypotheses import mounting_mirrored, plane_views
 from .params import LOW_CONFIDENCE, AnchorParams, PlanePrior, check_anchor_call
-from .stages import Run, confidence_from_scores, run_stages
+from .stages import Run, confidence_from_scores, prepare, run_stages
 
 __all__ = [
     "anchor",
+    "anchor_batch",
+    "anchor_many",
     "AnchorParams",
     "PlanePrior",
     "confidence_from_scores",
@@ -88,6 +92,16 @@ def anchor(
     """
     check_anchor_call(section, hemisphere, flipped, n_patches, seed, reference, params, device, plane_prior)
     t_start = time.perf_counter()
+    enc, reference = _resolve(space, reference, encoder, progress)
+    p = params or AnchorParams()
+    run = Run(section, reference, enc, p, seed, hemisphere, flipped, plane_prior, n_patches, device)
+    run.timings["reference_s"] = time.perf_counter() - t_start
+    return _finish(run, _pass(run, t_start), t_start, stacklevel=3)
+
+
+def _resolve(space: Any, reference: Any, encoder: Any, progress: bool) -> tuple[Any, Reference]:
+    """The encoder (default the shipped one) and the reference of ``space`` built with it (or ``reference``,
+    checked to be built with it)."""
     enc = encoder if encoder is not None else load_default_encoder()
     if reference is None:
         canonical_space(space)
@@ -97,29 +111,139 @@ def anchor(
             f"the reference was built with encoder {reference.encoder_hash} but anchoring uses {encoder_hash(enc)}; "
             "build the reference with the same encoder (Reference.from_space(..., encoder=enc))"
         )
-    p = params or AnchorParams()
-    run = Run(section, reference, enc, p, seed, hemisphere, flipped, plane_prior, n_patches, device)
-    run.timings["reference_s"] = time.perf_counter() - t_start
-    result = _pass(run, t_start)
-    if run.confidence < p.retry_below and p.retry_widen > 1.0 and reference.volume is not None:
+    return enc, reference
+
+
+def _finish(run: Run, result: AnchoringResult, t_start: float, stacklevel: int = 2) -> AnchoringResult:
+    """The wider second search when the confidence doubts the first; the low-confidence warning."""
+    p = run.params
+    if run.confidence < p.retry_below and p.retry_widen > 1.0 and run.ref.volume is not None:
         result = _wider(run, result, t_start)
     if result.confidence < LOW_CONFIDENCE:
         msg = (
-            f"low confidence {result.confidence:.2f} for section {section.name!r}: the placement may be wrong "
+            f"low confidence {result.confidence:.2f} for section {run.section.name!r}: the placement may be wrong "
             f"(consistency {result.diagnostics.get('consistency', float('nan')):.2f}, "
             f"NMI gain {result.diagnostics.get('nmi_gain') or float('nan'):.3f}); check that it is a human brain "
             "section with the right spacing_mm, or treat it as unplaced"
         )
         log.warning(msg)
-        warnings.warn(msg, LowConfidenceWarning, stacklevel=2)
+        warnings.warn(msg, LowConfidenceWarning, stacklevel=stacklevel)
     return result
 
 
-def _pass(run: Run, t_start: float) -> AnchoringResult:
+def _pass(run: Run, t_start: float, prepared: bool = False) -> AnchoringResult:
     """One pass of every stage; the total time counts from ``t_start``."""
-    result = run_stages(run)
+    result = run_stages(run, prepared=prepared)
     run.timings["total_s"] = time.perf_counter() - t_start
     return result
+
+
+def _per_section(value: Any, n: int, name: str) -> list[Any]:
+    """A hint given once for all sections, or one per section."""
+    if value is None or isinstance(value, (str, bool)):
+        return [value] * n
+    vals = list(value)
+    if len(vals) != n:
+        raise InvalidParameterError(f"{name} must be one value or one per section ({n}), got {len(vals)} values")
+    return vals
+
+
+def anchor_many(
+    sections: Sequence[Section],
+    space: Any = "mni152",
+    reference: Any = None,
+    encoder: Any = None,
+    n_patches: int | None = None,
+    seed: int = 0,
+    device: str | None = None,
+    progress: bool = False,
+    hemisphere: Any = None,
+    flipped: Any = None,
+    params: AnchorParams | None = None,
+    batch_size: int = 4096,
+) -> list[AnchoringResult | AnchorError]:
+    """:func:`anchor_batch`, where a section that cannot be placed gives the typed error that stopped it
+    (an :class:`~siibra_anchor.errors.AnchorError` object, not raised) in its place."""
+    secs = list(sections)
+    hems = _per_section(hemisphere, len(secs), "hemisphere")
+    flips = _per_section(flipped, len(secs), "flipped")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise InvalidParameterError(f"batch_size must be a positive integer, got {batch_size!r}")
+    for s, h, f in zip(secs, hems, flips, strict=True):
+        check_anchor_call(s, h, f, n_patches, seed, reference, params, device, None)
+    t_start = time.perf_counter()
+    enc, ref = _resolve(space, reference, encoder, progress)
+    p = params or AnchorParams()
+    t_ref = time.perf_counter() - t_start
+    out: list[AnchoringResult | AnchorError | None] = [None] * len(secs)
+    runs: list[tuple[int, Run]] = []
+    t0 = time.perf_counter()
+    for i, (s, h, f) in enumerate(zip(secs, hems, flips, strict=True)):
+        run = Run(s, ref, enc, p, seed, h, f, None, n_patches, device)
+        try:
+            prepare(run)
+        except AnchorError as exc:
+            out[i] = exc
+            continue
+        runs.append((i, run))
+    n_encoded = encode_together([r.emb for _, r in runs], [r.coarse for _, r in runs], device, batch_size)
+    shared = (time.perf_counter() - t0) / max(1, len(runs))  # the batch's preparation and encoding, per section
+    log.info(
+        "batch of %d sections: %d coarse patch views encoded together on %s", len(runs), n_encoded, device or "cpu"
+    )
+    for i, run in runs:
+        t_sec = time.perf_counter()
+        run.timings["reference_s"] = t_ref
+        run.timings["batch_shared_s"] = shared
+        try:
+            out[i] = _finish(run, _pass(run, t_sec - shared, prepared=True), t_sec - shared, stacklevel=4)
+        except AnchorError as exc:
+            out[i] = exc
+    return [o for o in out if o is not None]
+
+
+def anchor_batch(
+    sections: Sequence[Section],
+    space: Any = "mni152",
+    reference: Any = None,
+    encoder: Any = None,
+    n_patches: int | None = None,
+    seed: int = 0,
+    device: str | None = None,
+    progress: bool = False,
+    hemisphere: Any = None,
+    flipped: Any = None,
+    params: AnchorParams | None = None,
+    batch_size: int = 4096,
+) -> list[AnchoringResult]:
+    """Anchor many sections at once: each placed as :func:`anchor` places it, with the encoder run on all
+    their coarse patches together and the reference's embeddings uploaded once (on a GPU this fills the
+    device's batches; ``device="cuda"``).
+
+    Parameters
+    ----------
+    sections : the sections (any mix of brains and planes; for one brain's series see
+        :func:`~siibra_anchor.anchor_series`, which also fits them jointly).
+    hemisphere, flipped : one value for all sections, or a sequence with one per section.
+    batch_size : patches per encoder call.
+    Other parameters : as for :func:`anchor`.
+
+    Returns
+    -------
+    One :class:`~siibra_anchor.result.AnchoringResult` per section, in order. A section that cannot be
+    placed (no tissue, too small, no consistent placement) comes back unplaced (``placed`` False,
+    confidence 0, ``diagnostics["unplaced"]`` saying why) instead of stopping the batch. Invalid
+    arguments raise as in :func:`anchor`. Each result's ``diagnostics["timings"]["batch_shared_s"]`` is its
+    share of the batch's joint preparation and encoding, counted in its ``total_s``.
+    """
+    secs = list(sections)
+    done = anchor_many(
+        secs, space, reference, encoder, n_patches, seed, device, progress, hemisphere, flipped, params, batch_size
+    )
+    return [
+        r if isinstance(r, AnchoringResult) else AnchoringResult.unplaced(s, reason=f"{type(r).__name__}: {r}")
+        for r, s in zip(done, secs, strict=True)
+    ]
 
 
 def _wider(first: Run, result: AnchoringResult, t_start: float) -> AnchoringResult:

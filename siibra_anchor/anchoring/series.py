@@ -612,9 +612,15 @@ def anchor_series(
         # on Dask with the shipped encoder, each worker loads it itself (no transfer)
         task_enc = enc if engine.client is None else encoder
         t0 = time.perf_counter()
-        first = engine.map(
-            _anchor_task, [(s, base_kw) for s in sections], progress=progress, reference=reference, encoder=task_enc
-        )
+        if engine.client is None:
+            # in this process: one batch, the sections' coarse patches encoded together (anchor_batch)
+            from .pipeline import anchor_many
+
+            first = anchor_many(sections, reference=reference, encoder=enc, **base_kw)
+        else:
+            first = engine.map(
+                _anchor_task, [(s, base_kw) for s in sections], progress=progress, reference=reference, encoder=task_enc
+            )
         timings = {"independent_s": time.perf_counter() - t0}
         out = _joint(sections, numbers, thickness_mm, first, engine, reference, task_enc, base_kw, joint, seed, timings)
     finally:

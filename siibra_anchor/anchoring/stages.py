@@ -36,6 +36,8 @@ from .params import AnchorParams, PlanePrior
 __all__ = [
     "Run",
     "sample",
+    "prepare",
+    "embed_coarse",
     "propose",
     "guide",
     "score",
@@ -148,7 +150,23 @@ def _patch_centres(r: Run, msk: NDArray) -> NDArray:
 def sample(r: Run) -> None:
     """Working-resolution image and mask, tissue patch centres, their embeddings at every in-plane angle
     and mounting, and the coarse subset that is searched globally. A mask that covers every pixel (a
-    block cut from inside the tissue, filling its frame) is a valid mask: patches are taken everywhere."""
+    block cut from inside the tissue, filling its frame) is a valid mask: patches are taken everywhere.
+    (:func:`prepare` and then :func:`embed_coarse`; a batch prepares every section, encodes their coarse
+    patches together and then runs the other stages per section.)"""
+    prepare(r)
+    embed_coarse(r)
+
+
+def embed_coarse(r: Run) -> None:
+    """Every view's embedding of the coarse patches (encoded here unless a batch encoded them already)."""
+    t0 = time.perf_counter()
+    r.emb_coarse = r.emb.all_views(r.coarse)
+    r.timings["embed_s"] = r.timings.get("embed_s", 0.0) + time.perf_counter() - t0
+
+
+def prepare(r: Run) -> None:
+    """:func:`sample` up to the encoder: image, mask, patch centres, the (lazy) patch views, the coarse
+    subset and the tissue pixels."""
     section, spec, p = r.section, r.ref.spec, r.params
     t0 = time.perf_counter()
     r.img, r.msk, r.scale = section.at_spacing(spec.spacing_mm)
@@ -175,7 +193,6 @@ def sample(r: Run) -> None:
     else:
         r.emb = PatchViews(r.imgn, r.cen, spec.size_px, angles, r.mirrors, r.encoder, device=r.device)
     r.coarse = np.sort(r.rng.choice(r.emb.n, min(r.emb.n, p.n_coarse), replace=False))
-    r.emb_coarse = r.emb.all_views(r.coarse)
     r.tissue_rc = np.argwhere(r.msk)[:: max(1, int(r.msk.sum()) // 2000)].astype(float)
     r.timings["embed_s"] = time.perf_counter() - t0
 
@@ -204,7 +221,7 @@ def propose(r: Run) -> None:
     cpos = np.flatnonzero(cmask)
     q = r.emb_coarse @ proj
     q /= np.maximum(np.linalg.norm(q, axis=2, keepdims=True), 1e-12)
-    sims, cidx, _ = search_topk(q, cref, p.k, ref_mask=_reference_mask(r, cpos), search=p.search)
+    sims, cidx, _ = search_topk(q, cref, p.k, ref_mask=_reference_mask(r, cpos), search=p.search, device=r.device)
     r.idx, r.sims = cpos[cidx], sims
     rc_pairs = np.repeat(r.cen[r.coarse], r.idx.shape[1], axis=0)
     xyz_pairs = ref.centres_mm[r.idx.ravel()]
@@ -530,8 +547,12 @@ def assemble(r: Run) -> AnchoringResult:
 STAGES = (sample, propose, guide, score, disambiguate, confide)
 
 
-def run_stages(r: Run) -> AnchoringResult:
-    """Run every stage on ``r`` and assemble the result."""
+def run_stages(r: Run, prepared: bool = False) -> AnchoringResult:
+    """Run every stage on ``r`` and assemble the result (``prepared``: :func:`prepare` has run already, so
+    :func:`sample` is only its :func:`embed_coarse` half)."""
     for stage in STAGES:
+        if prepared and stage is sample:
+            embed_coarse(r)
+            continue
         stage(r)
     return assemble(r)

@@ -26,6 +26,9 @@ def add_anchor_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--n-patches", type=int, default=None, help="about how many section patches to use")
     p.add_argument(
+        "--device", default=None, help="torch device of the encoder and the search: cpu (default), cuda, cuda:1"
+    )
+    p.add_argument(
         "--hemisphere",
         choices=["left", "right"],
         default=None,

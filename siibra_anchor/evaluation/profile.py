@@ -1,12 +1,17 @@
 """Where the time of one ``anchor()`` call goes, stage by stage, on the benchmark's sections.
 
     python -m siibra_anchor.evaluation.profile [--n 24]
+    python -m siibra_anchor.evaluation.profile --batch [--n 24] [--device cuda]
 
 Anchors the first ``n`` sections of the benchmark's set (seed 2026) with the cached MNI152 reference and
 the default encoder (both loaded before timing starts), and prints the median and p90 of each stage's
 seconds (``result.diagnostics["timings"]``: ``embed`` = sample, ``match`` = propose, ``guided`` = guide,
 ``refine`` = score and disambiguate) and of the whole call, and how many calls ran the wider second
 search (their stage times are those of the pass that was kept).
+
+``--batch`` measures throughput instead: the same sections anchored one ``anchor()`` call each and all in
+one ``anchor_batch()`` call (their coarse patches encoded together), on ``--device``; sections per second
+of each and how far the two placements of a section differ.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["profile_sections", "format_profile", "main"]
+__all__ = ["profile_sections", "format_profile", "batch_throughput", "format_throughput", "main"]
 
 
 def profile_sections(n: int = 24, seed: int = 2026) -> dict[str, Any]:
@@ -80,12 +85,77 @@ def format_profile(rep: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def batch_throughput(
+    n: int = 24, device: str | None = None, seed: int = 2026, batch_size: int = 4096
+) -> dict[str, Any]:
+    """Sections per second of ``n`` benchmark sections anchored one by one and as one batch on ``device``."""
+    import siibra_anchor as sa
+
+    from ..encoders import load_default_encoder
+    from .benchmark import make_section, simulated_set, user_hints
+
+    enc = load_default_encoder()
+    ref = sa.Reference.from_space("mni152", encoder=enc)
+    cases = simulated_set(n, seed=seed)
+    sims = [make_section(c) for c in cases]
+    hints = [user_hints(c, s) for c, s in zip(cases, sims, strict=True)]
+    hemis = [h.get("hemisphere") for h in hints]
+    flips = [h.get("flipped") for h in hints]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t0 = time.perf_counter()
+        one = [
+            sa.anchor(s.section, reference=ref, encoder=enc, seed=0, device=device, **h)
+            for s, h in zip(sims, hints, strict=True)
+        ]
+        t_one = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        many = sa.anchor_batch(
+            [s.section for s in sims], reference=ref, encoder=enc, seed=0, device=device, hemisphere=hemis,
+            flipped=flips, batch_size=batch_size,
+        )  # fmt: skip
+        t_many = time.perf_counter() - t0
+    diff = [
+        float(np.abs(a.affine - b.affine).max()) if a.placed and b.placed else float("nan")
+        for a, b in zip(one, many, strict=True)
+    ]
+    err = [s.error(r.affine) if r.placed else float("inf") for s, r in zip(sims, many, strict=True)]
+    return {
+        "n": n,
+        "device": device or "cpu",
+        "one_by_one_s": t_one,
+        "batch_s": t_many,
+        "one_by_one_per_s": n / t_one,
+        "batch_per_s": n / t_many,
+        "max_affine_difference": float(np.nanmax(diff)) if not np.all(np.isnan(diff)) else float("nan"),
+        "batch_median_error_mm": float(np.median(err)),
+        "load_average_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+
+
+def format_throughput(rep: dict[str, Any]) -> str:
+    return "\n".join(
+        [
+            f"{rep['n']} benchmark sections on {rep['device']}",
+            f"  one anchor() call each: {rep['one_by_one_s']:.1f} s, {rep['one_by_one_per_s']:.2f} sections/s",
+            f"  one anchor_batch() call: {rep['batch_s']:.1f} s, {rep['batch_per_s']:.2f} sections/s",
+            f"  largest difference between the two placements' affine entries: {rep['max_affine_difference']:.2g}; "
+            f"batch median error {rep['batch_median_error_mm']:.2f} mm",
+        ]
+    )
+
+
 def main(args: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m siibra_anchor.evaluation.profile", description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=24, help="benchmark sections to anchor (default 24)")
+    ap.add_argument("--batch", action="store_true", help="throughput of anchor_batch() against one anchor() each")
+    ap.add_argument("--device", default=None, help="torch device for --batch (cpu, cuda, ...)")
     ns = ap.parse_args(args)
     logging.basicConfig(level=logging.ERROR)
-    sys.stdout.write(format_profile(profile_sections(ns.n)) + "\n")
+    if ns.batch:
+        sys.stdout.write(format_throughput(batch_throughput(ns.n, ns.device)) + "\n")
+    else:
+        sys.stdout.write(format_profile(profile_sections(ns.n)) + "\n")
     return 0
 
 
