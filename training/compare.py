@@ -49,6 +49,7 @@ def compare_encoders(
     params: dict[str, Any] | None = None,
     real_data: str | None = None,
     real_n: int = 3,
+    real_mounting_known: bool = True,
 ) -> dict[str, Any]:
     """Figures per encoder (see the module docstring); the same sections for every encoder.
 
@@ -105,7 +106,7 @@ def compare_encoders(
             from siibra_anchor.evaluation.real_tier import run_real_tier
 
             real = run_real_tier(real_data, n_per_volume=real_n, encoder=enc, encoder_name=name, reference=ref,
-                                 raw_baseline=False)  # fmt: skip
+                                 raw_baseline=False, mounting_known=real_mounting_known)  # fmt: skip
             r["real"] = {k: real[k] for k in ("default", "by_contrast", "outcomes", "truth_uncertainty_mm")}
             r["real"]["cases"] = [
                 {k: c[k] for k in ("name", "contrast", "default_error_mm", "default_confidence", "default_outcome")}
@@ -159,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--real-data", help="folder of the real-anatomy volumes: also run that tier (test split)")
     ap.add_argument("--real-n", type=int, default=3, help="real-anatomy sections per volume (default 3)")
+    ap.add_argument(
+        "--real-mounting-unknown", action="store_true", help="real-anatomy tier with the hemisphere hint only"
+    )
     ap.add_argument("--json", help="write the figures here too")
     a = ap.parse_args(argv)
     reference = {k: v for k, v in (("n_sections", a.n_sections), ("stride_px", a.stride_px)) if v is not None}
@@ -171,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         params=_parse_params(a.param, ap),
         real_data=a.real_data,
         real_n=a.real_n,
+        real_mounting_known=not a.real_mounting_unknown,
     )
     for name, r in res.items():
         line = (

@@ -187,12 +187,13 @@ def render(classes: TissueClasses, seed: int | Sequence[int], params: SynthParam
 
 
 @lru_cache(maxsize=4)
-def _classes_of(source: str) -> TissueClasses:
-    return tissue_classes(load_training_volumes([source])[0])
+def _classes_of(source: str, npz: str | None = None) -> TissueClasses:
+    return tissue_classes(load_training_volumes([source], npz=npz)[0])
 
 
-def synth_volume(key: str, params: SynthParams | None = None) -> VolumeSource:
-    """The rendering a ``synth:SEED[:SOURCE]`` key names (source default ``mni152``)."""
+def synth_volume(key: str, params: SynthParams | None = None, npz: str | None = None) -> VolumeSource:
+    """The rendering a ``synth:SEED[:SOURCE]`` key names (source default ``mni152``, read from ``npz`` when
+    it holds it)."""
     parts = key[len(SYNTH_PREFIX) :].split(":", 1)
     try:
         seed = int(parts[0])
@@ -200,13 +201,13 @@ def synth_volume(key: str, params: SynthParams | None = None) -> VolumeSource:
         raise TrainConfigError(
             f"volume key {key!r}: expected synth:SEED or synth:SEED:SOURCE, SEED an integer"
         ) from exc
-    return render(_classes_of(parts[1] if len(parts) > 1 else "mni152"), seed, params)
+    return render(_classes_of(parts[1] if len(parts) > 1 else "mni152", npz), seed, params)
 
 
 def load_volumes(keys: Sequence[str], npz: str | None = None, params: SynthParams | None = None) -> list[VolumeSource]:
     """:func:`~siibra_anchor.training.volumes.load_training_volumes`, where ``synth:SEED`` keys are renderings."""
     return [
-        synth_volume(k, params) if str(k).startswith(SYNTH_PREFIX) else load_training_volumes([k], npz=npz)[0]
+        synth_volume(k, params, npz) if str(k).startswith(SYNTH_PREFIX) else load_training_volumes([k], npz=npz)[0]
         for k in keys
     ]
 

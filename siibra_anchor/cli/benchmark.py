@@ -26,6 +26,12 @@ def register(sub: Any) -> None:
         help="also run the real-anatomy tier on the volumes in DIR, checked against the manifest "
         "(docs/real-anatomy.md; the committed volumes are used when DIR lacks them)",
     )
+    p.add_argument(
+        "--real-mounting-unknown",
+        action="store_true",
+        help="real-anatomy tier with the hemisphere hint only (default: the mounting is known too, as in the "
+        "template-family tier)",
+    )
     p.set_defaults(run=benchmark_cmd)
 
     p = sub.add_parser("benchmark-scaling", help="time and peak memory vs sections, section size, reference size")
@@ -70,7 +76,13 @@ def benchmark_cmd(ns: argparse.Namespace) -> int:
     from ..evaluation.benchmark import format_table, run_benchmark
 
     rep = run_benchmark(
-        quick=ns.quick, out=ns.out, seed=ns.seed, progress=not ns.quiet, sections=ns.sections, real_data=ns.real_data
+        quick=ns.quick,
+        out=ns.out,
+        seed=ns.seed,
+        progress=not ns.quiet,
+        sections=ns.sections,
+        real_data=ns.real_data,
+        real_mounting_known=not ns.real_mounting_unknown,
     )
     emit(format_table(rep))
     if ns.doc:

@@ -502,6 +502,7 @@ def run_benchmark(
     reference: Any = None,
     sections: str | Path | None = None,
     real_data: str | Path | None = None,
+    real_mounting_known: bool = True,
 ) -> dict[str, Any]:
     """Run the benchmark; returns (and writes to ``out``) every figure.
 
@@ -739,7 +740,9 @@ def run_benchmark(
     if real_data is not None:
         from .real_tier import run_real_tier
 
-        report["real_anatomy"] = run_real_tier(real_data, quick=cfg.name == "quick", seed=seed, reference=ref)
+        report["real_anatomy"] = run_real_tier(
+            real_data, quick=cfg.name == "quick", seed=seed, reference=ref, mounting_known=real_mounting_known
+        )
     report["targets"] = _targets(report)
     report["total_s"] = time.perf_counter() - t_run
     report["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

@@ -300,6 +300,7 @@ def run_real_tier(
     encoder: Any = None,
     encoder_name: str | None = None,
     raw_baseline: bool = True,
+    mounting_known: bool = True,
 ) -> dict[str, Any]:
     """Anchor the real-anatomy sections with the default encoder and the raw-pixel baseline.
 
@@ -312,6 +313,10 @@ def run_real_tier(
     volumes : names of the manifest volumes to use (default: all of the split).
     encoder : another encoder in the "default" column (``reference`` must then be built with it), named
         ``encoder_name`` in the report; raw_baseline False skips the raw-pixel column (its figures are NaN).
+    mounting_known : what the user knows, as in the template-family tier (``benchmark.user_hints``): the
+        hemisphere of a one-hemisphere section and the mounting (these sections are cut face up:
+        ``flipped=False``). False gives only the hemisphere hint: a whole section then has two nearly
+        symmetric placements, the right one and its mirror across the midline.
 
     Returns a JSON-safe dict: ``{"split", "n_per_volume", "seed", "volumes", "missing", "default",
     "raw_pixel", "by_contrast": {contrast: {"default", "raw_pixel", "truth_uncertainty_mm"}},
@@ -362,7 +367,8 @@ def run_real_tier(
             try:
                 with warnings.catch_warnings():  # the confidence is recorded; no warning per section
                     warnings.simplefilter("ignore", LowConfidenceWarning)
-                    res = sa.anchor(rs.section, reference=r, encoder=e, seed=0, hemisphere=rs.hemisphere)
+                    res = sa.anchor(rs.section, reference=r, encoder=e, seed=0, hemisphere=rs.hemisphere,
+                                    flipped=False if mounting_known else None)  # fmt: skip
                 err, conf, why = section_error(res.affine, rs.true_affine, mask), float(res.confidence), None
                 row[f"{key}_affine"] = np.asarray(res.affine, float).tolist()
                 row[f"{key}_outcome"] = failure_kind(res.affine, rs.true_affine, mask)
@@ -377,6 +383,7 @@ def run_real_tier(
         rows.append(row)
 
     report = summarise_real_tier(rows, info, split=split, n_per_volume=n, seed=seed)
+    report["hints"] = "hemisphere and mounting" if mounting_known else "hemisphere only"
     if encoder is not None:
         report["encoder_name"] = encoder_name or "(given encoder)"
     return report
@@ -485,7 +492,8 @@ def format_real_tier(report: dict[str, Any]) -> str:
 
     lines = [
         f"Real-anatomy tier ({report['split']} split, {report['n_per_volume']} sections per volume, seed "
-        f"{report['seed']}; encoder {report['encoder_name']}). Errors in mm against the registered truth; "
+        f"{report['seed']}; encoder {report['encoder_name']}; hints: {report.get('hints', 'hemisphere only')}). "
+        "Errors in mm against the registered truth; "
         f"failures: > {report['fail_mm']:g} mm or refused; truth unc.: median distance between two "
         "independent registrations over the section.",
         "",
