@@ -8,6 +8,7 @@ All searches are chunked so memory stays bounded (about ``chunk * A * R * 4`` by
 from __future__ import annotations
 
 import logging
+import weakref
 from typing import Any
 
 import numpy as np
@@ -29,22 +30,22 @@ def _as_qad(queries: NDArray) -> NDArray:
     return q[:, None, :] if q.ndim == 2 else q
 
 
-_ON_DEVICE: dict[tuple[int, str], tuple[NDArray, torch.Tensor]] = {}
+_ON_DEVICE: dict[tuple[int, str], torch.Tensor] = {}
 
 
 def _refs_on(refs: NDArray, device: torch.device) -> torch.Tensor:
-    """``refs`` as a tensor on ``device``; on an accelerator kept (the last two arrays) so that the sections
-    of a batch share one upload of the reference."""
+    """``refs`` as a tensor on ``device``; on an accelerator uploaded once per array object and kept while
+    it lives (as :func:`siibra_anchor.ann.cached_index` keeps its index), so that the sections of a batch
+    share one upload of the reference."""
     if device.type == "cpu":
         return torch.from_numpy(np.ascontiguousarray(refs, np.float32))
     key = (id(refs), str(device))
     hit = _ON_DEVICE.get(key)
-    if hit is None or hit[0] is not refs:
-        if len(_ON_DEVICE) >= 2:
-            _ON_DEVICE.pop(next(iter(_ON_DEVICE)))
-        hit = (refs, torch.from_numpy(np.ascontiguousarray(refs, np.float32)).to(device))
+    if hit is None or hit.shape[0] != len(refs):
+        hit = torch.from_numpy(np.ascontiguousarray(refs, np.float32)).to(device)
         _ON_DEVICE[key] = hit
-    return hit[1]
+        weakref.finalize(refs, _ON_DEVICE.pop, key, None)
+    return hit
 
 
 def topk_cosine(

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import TrainConfigError, TrainingFileNotFoundError
+from .synth import SynthParams
 
 __all__ = [
     "PatchConfig",
@@ -105,14 +106,15 @@ class SynthConfig(_Strict):
     n: int = Field(default=0, ge=0)
     every: int = Field(default=50, ge=1)
     source: str = "mni152"
-    deform_mm: float = Field(default=3.0, ge=0)
-    control_mm: float = Field(default=24.0, gt=0)
-    parcels: int = Field(default=24, ge=1)
-    parcel_std: float = Field(default=0.08, ge=0)
-    bias: float = Field(default=0.3, ge=0)
-    texture: float = Field(default=0.05, ge=0)
-    blur_mm: float = Field(default=1.2, ge=0)
-    noise: float = Field(default=0.04, ge=0)
+    # how far a rendering strays: defaults and meaning are those of synth.SynthParams
+    deform_mm: float = Field(default=SynthParams.deform_mm, ge=0)
+    control_mm: float = Field(default=SynthParams.control_mm, gt=0)
+    parcels: int = Field(default=SynthParams.parcels, ge=1)
+    parcel_std: float = Field(default=SynthParams.parcel_std, ge=0)
+    bias: float = Field(default=SynthParams.bias, ge=0)
+    texture: float = Field(default=SynthParams.texture, ge=0)
+    blur_mm: float = Field(default=SynthParams.blur_mm, ge=0)
+    noise: float = Field(default=SynthParams.noise, ge=0)
 
 
 class TrainConfig(_Strict):

@@ -77,10 +77,13 @@ class SynthParams:
 
 @dataclass(frozen=True)
 class TissueClasses:
-    """A source volume with its tissue classes: ``centres`` (3,) ascending class intensities of the brain."""
+    """A source volume with its tissue classes: ``centres`` (3,) ascending class intensities of the brain,
+    ``lo`` / ``hi`` its lowest and highest brain intensity."""
 
     source: VolumeSource
     centres: NDArray
+    lo: float
+    hi: float
 
 
 def _kmeans_1d(x: NDArray, k: int, iterations: int = 30) -> NDArray:
@@ -105,7 +108,7 @@ def tissue_classes(volume: VolumeSource, k: int = 3, margin: int = 8) -> TissueC
     if vals.size < 100 or float(vals.max() - vals.min()) <= 0:
         raise TrainConfigError(f"volume {volume.name!r} has no brain intensities to split into tissue classes")
     sample = vals[:: max(1, vals.size // 200_000)]
-    return TissueClasses(volume, _kmeans_1d(sample, k))
+    return TissueClasses(volume, _kmeans_1d(sample, k), float(vals.min()), float(vals.max()))
 
 
 def _smooth_field(shape: tuple[int, ...], step_vox: float, rng: np.random.Generator, order: int = 1) -> NDArray:
@@ -154,8 +157,7 @@ def render(classes: TissueClasses, seed: int | Sequence[int], params: SynthParam
     # 2. contrast: piecewise-linear map through the class centres (background stays 0)
     k = len(classes.centres)
     values, style = _class_values(rng, k)
-    lo = float(np.asarray(src.data)[src.mask].min())
-    xs = np.concatenate([[lo], classes.centres, [float(np.asarray(src.data)[src.mask].max())]])
+    xs = np.concatenate([[classes.lo], classes.centres, [classes.hi]])
     ys = np.concatenate([[values[0] * rng.uniform(0.0, 1.0)], values, [values[-1]]])
     order = np.argsort(xs, kind="stable")
     img = np.interp(data, xs[order], ys[order]).astype(np.float32)

@@ -300,8 +300,7 @@ def plot_curves(curves_json: str | Path, png: str | Path | None = None) -> Path:
 
 
 def _synth_params(cfg: TrainConfig) -> SynthParams:
-    c = cfg.synth
-    return SynthParams(c.deform_mm, c.control_mm, c.parcels, c.parcel_std, c.bias, c.texture, c.blur_mm, c.noise)
+    return SynthParams(**cfg.synth.model_dump(exclude={"n", "every", "source"}))
 
 
 class _StepBatches(torch.utils.data.Dataset):
