@@ -27,8 +27,8 @@ def sims():
 
 
 def _tiny() -> sa.Section:
-    """A 15 mm scrap of tissue: too small for any patch at the working spacing, nothing to place."""
-    img = np.random.default_rng(5).random((30, 30)).astype(np.float32)
+    """A 10 mm scrap of tissue: too small to anchor even as a block (12 mm), nothing to place."""
+    img = np.random.default_rng(5).random((20, 20)).astype(np.float32)
     return sa.Section(img, spacing_mm=0.5, mask=np.ones(img.shape, bool), name="scrap")
 
 

@@ -22,6 +22,7 @@ from siibra_anchor.evaluation.benchmark import (
     make_section,
     run_benchmark,
     simulated_set,
+    trained_on_synthetic,
     training_volumes,
 )
 from siibra_anchor.evaluation.simulate import section_error, simulate_section
@@ -197,4 +198,6 @@ def test_small_benchmark_writes_every_figure_and_strict_json(tmp_path, mni_refer
     assert "held-out volumes only (not mni152, mni152-2009a-wm" in text
     md = format_markdown(rep)
     assert md.startswith("# Benchmarks") and "benchmark-density.png" in md
-    assert "It was trained on mni152, mni152-2009a-wm; the *held-out* lines" in md
+    assert "It was trained on mni152, mni152-2009a-wm" in md and "the *held-out* lines" in md
+    if trained_on_synthetic(rep["encoder_name"]):
+        assert "(and synthetic brains rendered from mni152" in md

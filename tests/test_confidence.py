@@ -100,3 +100,24 @@ def test_profile_times_every_stage(mni_reference):
         stages = sum(v for k, v in row["stages"].items() if k != "total_s")
         assert 0 < stages <= row["wall_s"] + 1e-6
     assert "whole call" in format_profile(rep)
+
+
+def test_calibration_synthetic_brains_are_rendered_once_and_cut_with_a_truth(tmp_path):
+    """The calibration set's synthetic brains: seeded renderings cached as NIfTI, cut like the benchmark."""
+    import nibabel as nib
+
+    from siibra_anchor.evaluation.benchmark import make_section
+    from siibra_anchor.evaluation.calibrate import CALIBRATION_SEEDS, SYNTH_SECTIONS_PER_BRAIN, synth_cases
+
+    a = synth_cases(SYNTH_SECTIONS_PER_BRAIN + 1, folder=tmp_path)
+    files = sorted(tmp_path.glob("synth-*.nii.gz"))
+    assert [f.name.split("-")[1] for f in files] == [str(CALIBRATION_SEEDS["synth"] * 1000 + i) for i in (0, 1)]
+    assert a[0].volume == a[SYNTH_SECTIONS_PER_BRAIN - 1].volume != a[-1].volume
+    stamp = files[0].stat().st_mtime_ns
+    b = synth_cases(SYNTH_SECTIONS_PER_BRAIN + 1, folder=tmp_path)
+    assert a == b and files[0].stat().st_mtime_ns == stamp  # reused, not rendered again
+    img = nib.load(files[0])
+    data = np.asarray(img.dataobj)
+    assert data.ndim == 3 and data.max() > 0 and (data == 0).mean() > 0.2  # a brain on an empty background
+    sim = make_section(a[0])
+    assert sim.section.mask.mean() > 0.05 and np.isfinite(sim.true_affine).all()

@@ -71,3 +71,25 @@ def test_histology_block_sections_are_seeded_and_shrunk_within_the_block_range()
         drawn = x.params["histology"]["drawn"]
         assert all(0.75 <= v <= 1.0 for v in drawn["shrink"])
         assert x.true_points is not None and x.true_points.shape[:2] == x.section.shape
+
+
+@pytest.mark.slow
+def test_histology_block_runs_with_both_hints_and_formats_its_failures(mni_reference):
+    """The block as the benchmark runs it: the default encoder with the mounting and hemisphere hints."""
+    from siibra_anchor.evaluation.histology_block import format_histology_block, run_histology_block
+
+    rep = run_histology_block(2, seed=4, reference=mni_reference, raw_baseline=False)
+    assert rep["hints"] == "hemisphere and mounting" and rep["default"]["n"] == 2
+    assert rep["raw_pixel"] == {"n": 0}
+    for c in rep["cases"]:
+        assert c["default_outcome"] in ("correct", "turned-180", "mirrored-midline", "mirrored-mounting",
+                                        "wrong-plane", "refused")  # fmt: skip
+        assert 0.0 <= c["default_confidence"] <= 1.0
+        assert c["affine_floor_mm"] <= (c["default_error_mm"] if c["default_error_mm"] is not None else np.inf)
+    text = format_histology_block(rep)
+    assert "Histology-geometry block (2 sections, seed 4" in text and "hemisphere and mounting" in text
+    assert f"{rep['default']['failures']}/2" in text
+    failed = [
+        c["name"] for c in rep["cases"] if not (c["default_error_mm"] is not None and c["default_error_mm"] <= 10)
+    ]
+    assert all(name in text for name in failed) and (("Failures:" in text) == bool(failed))

@@ -26,7 +26,7 @@ from siibra_anchor.anchoring.series import (
     snap_to_plane,
     tissue_centroid_px,
 )
-from siibra_anchor.errors import InvalidParameterError, InvalidSectionError
+from siibra_anchor.errors import AnchoringFailedError, InvalidParameterError, InvalidSectionError
 from siibra_anchor.evaluation.series_bench import SeriesSpec, simulated_series
 from siibra_anchor.evaluation.simulate import section_error
 
@@ -80,6 +80,17 @@ def test_fit_series_without_common_orientation_and_bad_input():
     assert m.inliers.all()
     with pytest.raises(InvalidSectionError, match="at least 3"):
         fit_series(pls[:2], numbers[:2])
+
+
+def test_fit_series_without_a_common_plane_raises_and_the_series_stays_independent():
+    """Placements on three unrelated planes (coronal, sagittal, axial): no plane to fit. fit_series says
+    so with a typed error; the series engine returns the independent placements, flagged, instead of
+    failing (a test of the report found this with an IndexError)."""
+    rng = np.random.default_rng(2)
+    numbers = np.arange(3, dtype=float)
+    pls = [_placements(np.eye(3)[i], numbers[i : i + 1], 1.0, 0.0, rng)[0] for i in range(3)]
+    with pytest.raises(AnchoringFailedError, match="no common cutting plane"):
+        fit_series(pls, numbers)
 
 
 def test_snap_to_plane_matches_plain_geometry():

@@ -167,3 +167,22 @@ def test_anchor_params_are_checked_on_construction():
     with pytest.raises(InvalidParameterError, match="AnchorParams.retry_below"):
         sa.AnchorParams(retry_below=1.5)
     assert sa.AnchorParams(k=3).as_dict()["k"] == 3
+
+
+@pytest.mark.filterwarnings("ignore::siibra_anchor.errors.LowConfidenceWarning")
+def test_a_small_block_that_reaches_the_border_is_placed_and_a_small_whole_object_refused(sim, mni_reference):
+    """A 20 mm block cut out of a section (tissue on every border) is a legitimate section: placed, with
+    its confidence; a 16 mm object on empty background is no human brain: refused with the size it needs."""
+    m = sim.section.mask
+    rr, cc = np.nonzero(m)
+    r0, c0 = int(np.median(rr)), int(np.median(cc))
+    n = int(round(20.0 / sim.section.spacing_mm[0]))
+    img = np.asarray(sim.section.image)[r0 : r0 + n, c0 : c0 + n].copy()
+    block = sa.Section(img, spacing_mm=sim.section.spacing_mm, mask=np.ones(img.shape, bool), name="block")
+    res = sa.anchor(block, reference=mni_reference, seed=0, flipped=False)
+    assert res.placed and 0.0 <= res.confidence <= 1.0 and np.isfinite(res.affine).all()
+    assert res.diagnostics["n_patches"] >= 6
+    yy, xx = np.mgrid[:40, :40]
+    blob = ((yy - 20) ** 2 + (xx - 20) ** 2 < 16**2).astype(np.float32)  # 16 mm across at 0.5 mm/px
+    with pytest.raises(ImageTooSmallError, match="24 mm of tissue across"):
+        sa.anchor(sa.Section(blob, spacing_mm=0.5), reference=mni_reference)

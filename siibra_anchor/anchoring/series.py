@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..errors import AnchorError, InvalidParameterError, InvalidSectionError
+from ..errors import AnchorError, AnchoringFailedError, InvalidParameterError, InvalidSectionError
 from ..planes import plane_basis
 from ..result import AnchoringResult
 from ..section import Section
@@ -206,6 +206,12 @@ def fit_series(
     w = np.array([max(p.weight, 1e-3) for p in placements])
     n, ok_n = _common_normal(normals, w, max_angle_deg)
     ok_n &= normals @ n > 0
+    if ok_n.sum() < 2:
+        raise AnchoringFailedError(
+            f"no common cutting plane: at most one of the {len(placements)} placed sections lies within "
+            f"{max_angle_deg:g} degrees of the sections' principal normal (the independent placements "
+            "disagree on the plane); the series is returned as placed independently"
+        )
     d = np.stack([p.centre for p in placements]) @ n
     rng = np.random.default_rng(seed)
     a, b, ok_d = _fit_line(k[ok_n], d[ok_n], w[ok_n], thickness_mm, offset_tol_mm, rng)
@@ -680,7 +686,11 @@ def _joint(
         return _independent_series(ser, flags, joint, timings)
     independent = [r.affine.copy() if isinstance(r, AnchoringResult) else None for r in first]
     t0 = time.perf_counter()
-    model = _fit(ser, ok)
+    try:
+        model = _fit(ser, ok)
+    except AnchoringFailedError as exc:  # no common plane among the placements: nothing to fit jointly
+        log.warning("series: %s", exc)
+        return _independent_series(ser, [f + ["no-common-plane"] for f in flags], joint, timings, reason=str(exc))
     timings["fit_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     model, families = _choose_family(model, ser, engine, reference)
@@ -723,9 +733,11 @@ def _joint(
     return SeriesResult(results, model, series_conf, diag)
 
 
-def _independent_series(ser: _Series, flags: list[list[str]], joint: bool, timings: dict[str, float]) -> SeriesResult:
-    """The independent placements as the series' result (asked for, or fewer than 3 placed sections);
-    the model is fitted only to report how many disagree."""
+def _independent_series(
+    ser: _Series, flags: list[list[str]], joint: bool, timings: dict[str, float], reason: str | None = None
+) -> SeriesResult:
+    """The independent placements as the series' result (asked for, fewer than 3 placed sections, or no
+    common plane among them: ``reason``); the model is fitted only to report how many disagree."""
     sections, numbers = ser.sections, ser.numbers
     done = [_fill_failed(r, sec) for r, sec in zip(ser.first, sections, strict=True)]
     for r, f, k in zip(done, flags, numbers, strict=True):
@@ -738,9 +750,14 @@ def _independent_series(ser: _Series, flags: list[list[str]], joint: bool, timin
     conf = float(np.median([r.confidence for r in done]))
     diag: dict[str, Any] = {"timings": timings, "n_sections": len(sections), "joint": False}
     model = None
-    if sum(ser.ok) >= 3:
-        model = _fit(ser, ser.ok)
-        diag["n_disagree"] = int((~model.inliers).sum())
+    if reason is not None:
+        diag["not_joint_because"] = reason
+    elif sum(ser.ok) >= 3:
+        try:
+            model = _fit(ser, ser.ok)
+            diag["n_disagree"] = int((~model.inliers).sum())
+        except AnchoringFailedError as exc:
+            diag["not_joint_because"] = str(exc)
     return SeriesResult(done, model, conf, diag)
 
 

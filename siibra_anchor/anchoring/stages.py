@@ -142,6 +142,10 @@ def _patch_centres(r: Run, msk: NDArray) -> NDArray:
             cen = cen[np.sort(r.rng.choice(len(cen), n_patches, replace=False))]
     if len(cen) < 6:
         cen = grid_centres(msk, spec, stride_px=1)
+        if len(cen) < 6 and msk.any():
+            # a piece smaller than a patch's min_tissue share (a small block): patches centred on its
+            # tissue, however much of them it fills
+            cen = grid_centres(msk, replace(spec, min_tissue=0.0), stride_px=1)
         if len(cen) > 200:
             cen = cen[np.sort(r.rng.choice(len(cen), 200, replace=False))]
     return cen
@@ -170,12 +174,22 @@ def prepare(r: Run) -> None:
     section, spec, p = r.section, r.ref.spec, r.params
     t0 = time.perf_counter()
     r.img, r.msk, r.scale = section.at_spacing(spec.spacing_mm)
-    if min(r.img.shape) < spec.size_px // 2:
+    m = np.asarray(section.mask, bool)  # at the section's own resolution: the working grid is too coarse
+    border = np.concatenate([m[0], m[-1], m[:, 0], m[:, -1]])
+    cut_from_more = bool(border.mean() >= 0.5)  # tissue along half the border or more: a block cut from a section
+    if min(r.img.shape) < (spec.size_px // 4 if cut_from_more else spec.size_px // 2):
         raise ImageTooSmallError(
             f"section {section.name!r} is {r.img.shape} px at the working spacing {spec.spacing_mm} mm "
             f"({section.extent_mm[0]:.1f} x {section.extent_mm[1]:.1f} mm); it needs at least "
-            f"{spec.size_px // 2 * spec.spacing_mm:.0f} mm of tissue across. Check spacing_mm"
+            f"{(spec.size_px // 4 if cut_from_more else spec.size_px // 2) * spec.spacing_mm:.0f} mm of tissue "
+            "across (12 mm for a block whose tissue runs along the image's border). Check spacing_mm"
         )
+    if min(r.img.shape) < spec.size_px // 2:
+        # a small block cut out of a larger section (12-24 mm across, tissue along half its border; a whole
+        # object this small is no human brain and is refused above): padded with background at its bottom and
+        # right (the pixel grid's origin stays), so that it is placed, with the low confidence it deserves
+        pad = [(0, max(0, spec.size_px // 2 - n)) for n in r.img.shape]
+        r.img, r.msk = np.pad(r.img, pad), np.pad(r.msk, pad)
     if r.msk.sum() == 0:
         raise EmptyMaskError(f"section {section.name!r} has no tissue at {spec.spacing_mm} mm/px")
     r.imgn = normalize_intensity(r.img, r.msk)

@@ -100,6 +100,7 @@ class BenchConfig:
     cases (seeded subset) the density study measures. sitk_cases, sitk_budget_s, sitk_params : the same
     for the SimpleITK baseline (its wall-time budget per section; None params: its defaults).
     ambiguity_per_kind : sections per ambiguity kind; ambiguity_kinds : which kinds.
+    histology_n : sections of the histology-geometry block (0: not run).
     """
 
     name: str
@@ -114,9 +115,10 @@ class BenchConfig:
     sitk_params: dict[str, Any] | None = None
     ambiguity_per_kind: int = 4
     ambiguity_kinds: tuple[str, ...] = ("sagittal-off-midline", "hemisection", "mirrored-mounting")
+    histology_n: int = 0
 
 
-FULL = BenchConfig(name="full", cases=tuple(range(48)))
+FULL = BenchConfig(name="full", cases=tuple(range(48)), histology_n=24)
 QUICK = BenchConfig(
     name="quick",
     cases=(0, 1, 2, 3, 36, 37, 38, 39),
@@ -125,6 +127,7 @@ QUICK = BenchConfig(
     sitk_cases=1,
     sitk_budget_s=30.0,
     ambiguity_per_kind=1,
+    histology_n=3,
 )
 
 
@@ -486,11 +489,22 @@ def _default_name() -> str:
 
 
 def training_volumes(encoder_name: str) -> list[str]:
-    """Keys of the volumes a shipped encoder was trained on (from ``weights/default.json``; [] if none)."""
+    """Keys of the volumes a shipped encoder was trained on (from ``weights/default.json``; [] if none).
+
+    Synthetic renderings (domain randomisation) are not volumes a section can be cut from: they are left
+    out here (:func:`trained_on_synthetic` says whether there were any)."""
     from ..encoders import default_manifest
 
     entry = default_manifest()["encoders"].get(encoder_name, {})
-    return [str(v).split()[0] for v in entry.get("training_volumes", [])]
+    return [str(v).split()[0] for v in entry.get("training_volumes", []) if not str(v).startswith("synthetic")]
+
+
+def trained_on_synthetic(encoder_name: str) -> str | None:
+    """The manifest's description of the synthetic brains an encoder was trained on (None: none)."""
+    from ..encoders import default_manifest
+
+    entry = default_manifest()["encoders"].get(encoder_name, {})
+    return next((str(v) for v in entry.get("training_volumes", []) if str(v).startswith("synthetic")), None)
 
 
 def run_benchmark(
@@ -743,6 +757,10 @@ def run_benchmark(
         report["real_anatomy"] = run_real_tier(
             real_data, quick=cfg.name == "quick", seed=seed, reference=ref, mounting_known=real_mounting_known
         )
+    if cfg.histology_n > 0:
+        from .histology_block import run_histology_block
+
+        report["histology"] = run_histology_block(cfg.histology_n, seed=seed, reference=ref, encoder=enc)
     report["targets"] = _targets(report)
     report["total_s"] = time.perf_counter() - t_run
     report["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -1104,6 +1122,11 @@ def format_table(report: dict[str, Any]) -> str:
 
         lines += ["", "real-anatomy tier (individual brains, truth by registration; docs/real-anatomy.md):"]
         lines.append(format_real_tier(report["real_anatomy"]))
+    if report.get("histology"):
+        from .histology_block import format_histology_block
+
+        lines += ["", "histology-geometry block (template sections shrunk, sheared, warped, cropped):"]
+        lines.append(format_histology_block(report["histology"]))
     return "\n".join(lines)
 
 
@@ -1144,8 +1167,13 @@ def format_markdown(report: dict[str, Any], figures_prefix: str = "benchmark-") 
         "",
         f"Encoder: `{report.get('encoder_name') or report['encoder']}` (`{report['encoder']}`)."
         + (
-            f" It was trained on {', '.join(report['held_out']['training_volumes'])}; the *held-out* lines leave"
-            " out the sections cut from those volumes."
+            f" It was trained on {', '.join(report['held_out']['training_volumes'])}"
+            + (
+                f" (and {trained_on_synthetic(report['encoder_name'])})"
+                if report.get("encoder_name") and trained_on_synthetic(report["encoder_name"])
+                else ""
+            )
+            + "; the *held-out* lines leave out the sections cut from those volumes."
             if report.get("held_out", {}).get("training_volumes")
             else ""
         ),

@@ -2,7 +2,10 @@
 
 The calibration set: template-family sections drawn like the benchmark's (:func:`simulated_set`,
 :func:`ambiguity_set`) but from seeds the benchmark and ``training.compare`` never use, sections whose
-stated spacing is badly wrong, and images of no brain at all (always wrong). Each section is anchored in
+stated spacing is badly wrong, images of no brain at all (always wrong), and sections of synthetic
+brains (:mod:`siibra_anchor.training.synth`: another anatomy by a random smooth deformation, a random
+contrast; seeds no training run or validation set draws), which stand for other subjects in other
+contrasts, the real-anatomy tier's case, without using any of its subjects. Each section is anchored in
 both passes the pipeline can run (the first search and the wider second one) and, for the
 ``"no-volume"`` model, against the same reference without its template volume; every pass is one row:
 its features (:data:`siibra_anchor.confidence.FEATURES`) and whether it lies within 10 mm of the truth.
@@ -35,10 +38,19 @@ from ..cache import atomic_write_text
 from ..confidence import FEATURES, WITHIN_MM, ConfidenceModel, feature_vector
 from ..encoders import encoder_hash, load_default_encoder
 from ..errors import AnchorError
-from .benchmark import ambiguity_set, make_section, simulated_set, user_hints
+from .benchmark import CaseSpec, ambiguity_set, make_section, simulated_set, user_hints
 from .simulate import section_error
 
-__all__ = ["run_pass", "CALIBRATION_SEEDS", "calibration_cases", "collect", "fit_models", "main"]
+__all__ = [
+    "run_pass",
+    "CALIBRATION_SEEDS",
+    "calibration_cases",
+    "synth_cases",
+    "synth_brain_file",
+    "collect",
+    "fit_models",
+    "main",
+]
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +61,13 @@ CALIBRATION_SEEDS = {
     "wrong_spacing": 5152,
     "non_brain": 5153,
     "ambiguity_nohint": 5154,
+    "synth": 5155,
 }
+
+#: renderings of the calibration's synthetic brains: a larger deformation than training draws (3 mm)
+SYNTH_CALIBRATION = {"deform_mm": 6.0}
+#: sections cut from each synthetic brain
+SYNTH_SECTIONS_PER_BRAIN = 4
 
 VOLUME_FEATURES = (
     "consistency", "inlier_share", "match_similarity", "nmi_gain", "margin", "mirror_margin",
@@ -67,6 +85,49 @@ def calibration_cases(n: int) -> list[tuple[str, Any]]:
     for c in simulated_set(max(1, n // 6), seed=CALIBRATION_SEEDS["wrong_spacing"]):
         factor = float(rng.uniform(1.6, 1.9)) if rng.random() < 0.5 else float(rng.uniform(0.5, 0.6))
         out.append(("wrong_spacing", replace(c, scale_error=factor)))
+    return out
+
+
+def synth_brain_file(index: int, folder: str | Path | None = None) -> Path:
+    """The NIfTI file of calibration brain ``index`` (rendered once into the cache, then reused): the
+    reference rendered by :func:`siibra_anchor.training.synth.render` with seed
+    ``CALIBRATION_SEEDS["synth"] * 1000 + index`` (training draws seed lists, validation 900001-900002)."""
+    import nibabel as nib
+
+    from ..cache import atomic_file, cache_dir
+    from ..training.synth import SynthParams, synth_volume
+
+    seed = CALIBRATION_SEEDS["synth"] * 1000 + int(index)
+    path = Path(folder) if folder is not None else cache_dir("calibration-synth")
+    path.mkdir(parents=True, exist_ok=True)
+    out = path / f"synth-{seed}-deform{SYNTH_CALIBRATION['deform_mm']:g}.nii.gz"
+    if not out.exists():
+        vol = synth_volume(f"synth:{seed}", SynthParams(**SYNTH_CALIBRATION))
+        img = nib.Nifti1Image(np.asarray(vol.data, np.float32), np.asarray(vol.affine, float))
+        with atomic_file(out, suffix=".tmp.nii.gz") as tmp:
+            nib.save(img, str(tmp))
+    return out
+
+
+def synth_cases(n: int, folder: str | Path | None = None) -> list[CaseSpec]:
+    """``n`` sections like the benchmark's (whole, hemisections, blocks; tilt up to 15 degrees, stated
+    spacing off by up to 20 %) cut from synthetic brains, :data:`SYNTH_SECTIONS_PER_BRAIN` per brain."""
+    rng = np.random.default_rng(CALIBRATION_SEEDS["synth"])
+    out = []
+    for i in range(n):
+        vol = str(synth_brain_file(i // SYNTH_SECTIONS_PER_BRAIN, folder))
+        out.append(
+            CaseSpec(
+                volume=vol,
+                orientation=["coronal", "sagittal", "axial"][int(rng.integers(3))],
+                rotation_deg=float(rng.uniform(0, 360)),
+                tilt_deg=float(rng.uniform(0, 15)),
+                scale_error=float(rng.uniform(0.8, 1.2)),
+                partial=[None, None, "left", "right", "block"][int(rng.integers(5))],
+                contrast="as-is",
+                seed=int(rng.integers(1 << 30)),
+            )
+        )
     return out
 
 
@@ -88,13 +149,18 @@ def _non_brain(n: int) -> list[sa.Section]:
     return out
 
 
-def collect(n: int, rows_path: str | Path, progress: bool = True) -> list[dict[str, Any]]:
+def collect(
+    n: int, rows_path: str | Path, progress: bool = True, n_synth: int | None = None, encoder: str | None = None
+) -> list[dict[str, Any]]:
     """Anchor the calibration set (both passes, with and without the template volume) and append one row
-    per pass to ``rows_path`` (JSON lines); rows already there are kept and their sections skipped."""
+    per pass to ``rows_path`` (JSON lines); rows already there are kept and their sections skipped.
+
+    n_synth : sections of synthetic brains (default ``n // 2``); encoder : a shipped or lineage encoder
+    name (default: the default encoder)."""
     rows_path = Path(rows_path)
     rows = [json.loads(x) for x in rows_path.read_text().splitlines()] if rows_path.exists() else []
     done = {r["key"] for r in rows}
-    enc = load_default_encoder()
+    enc = load_default_encoder(encoder)
     ref = sa.Reference.from_space("mni152", encoder=enc)
     novol = replace(ref, volume=None)
     base = sa.AnchorParams()
@@ -103,6 +169,7 @@ def collect(n: int, rows_path: str | Path, progress: bool = True) -> list[dict[s
     items += [
         ("ambiguity_nohint", c) for c in ambiguity_set(max(1, n // 8), seed=CALIBRATION_SEEDS["ambiguity_nohint"])
     ]
+    items += [("synth", c) for c in synth_cases(n // 2 if n_synth is None else n_synth)]
     with rows_path.open("a") as fh:
         for i, (kind, item) in enumerate(items):
             key = f"{kind}-{i}"
@@ -199,17 +266,29 @@ def main(args: list[str] | None = None) -> int:
         "--out", default=None, help="write the fitted models here (e.g. siibra_anchor/weights/confidence.json)"
     )
     ap.add_argument("--fit-only", action="store_true", help="fit on the rows already collected")
+    ap.add_argument("--synth", type=int, default=None, help="sections of synthetic brains (default: n // 2)")
+    ap.add_argument("--encoder", default=None, help="a shipped or lineage encoder name (default: the default)")
     ns = ap.parse_args(args)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     warnings.simplefilter("ignore")
-    rows = [json.loads(x) for x in Path(ns.rows).read_text().splitlines()] if ns.fit_only else collect(ns.n, ns.rows)
-    enc = load_default_encoder()
+    rows = (
+        [json.loads(x) for x in Path(ns.rows).read_text().splitlines()]
+        if ns.fit_only
+        else collect(ns.n, ns.rows, n_synth=ns.synth, encoder=ns.encoder)
+    )
+    enc = load_default_encoder(ns.encoder)
+    n_synth = ns.n // 2 if ns.synth is None else ns.synth
     meta = {
         "command": "python -m siibra_anchor.evaluation.calibrate "
         + " ".join(args if args is not None else sys.argv[1:]),
         "calibration_seeds": CALIBRATION_SEEDS,
         "n_sections": ns.n,
-        "volumes": sorted({c.volume for _, c in calibration_cases(ns.n)}) + ["synthetic non-brain images"],
+        "volumes": sorted({c.volume for _, c in calibration_cases(ns.n)})
+        + ["synthetic non-brain images"]
+        + [
+            f"{n_synth} sections of {-(-n_synth // SYNTH_SECTIONS_PER_BRAIN)} synthetic brains rendered from mni152 "
+            f"(training/synth.py, {SYNTH_CALIBRATION}, seeds {CALIBRATION_SEEDS['synth']}000 + i)"
+        ],
         "encoder": encoder_hash(enc),
         "date": time.strftime("%Y-%m-%d"),
         "disjoint_from": "benchmark simulated_set seed 2026, ambiguity_set seed 2027, compare --seed 2027, real-anatomy test subjects",

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["histology_sections", "run_histology_block"]
+__all__ = ["histology_sections", "run_histology_block", "format_histology_block"]
 
 _VOLUMES = ("fsl-mni152-t1", "mni152-2009a-t1")
 _PARTIALS = (None, "left", "right", "block", "block")
@@ -64,8 +64,35 @@ def histology_sections(n: int, seed: int = 2026, geometry: Any = None) -> list[A
     return out
 
 
-def run_histology_block(n: int = 12, seed: int = 2026, reference: Any = None) -> dict[str, Any]:
+def _hemisphere_hint(sim: Any) -> str | None:
+    """What the user knows of the hemisphere, as in the other tiers: that of a hemisection, and that of a
+    sagittal section whose tissue lies all on one side of the midline (more than 2 mm from it)."""
+    partial = sim.params["partial"]
+    if partial in ("left", "right"):
+        return str(partial)
+    if sim.params["orientation"] == "sagittal" and sim.true_points is not None:
+        xs = sim.true_points[sim.section.mask][:, 0]
+        if np.all(xs < -2.0) or np.all(xs > 2.0):
+            return "left" if xs.mean() < 0 else "right"
+    return None
+
+
+def run_histology_block(
+    n: int = 12,
+    seed: int = 2026,
+    reference: Any = None,
+    encoder: Any = None,
+    encoder_name: str | None = None,
+    mounting_known: bool = True,
+    raw_baseline: bool = True,
+) -> dict[str, Any]:
     """Anchor :func:`histology_sections` with the default encoder and the raw-pixel baseline.
+
+    The user's hints are those of the other tiers: the hemisphere of a hemisection or of a sagittal section
+    that lies in one hemisphere and, with
+    ``mounting_known``, the mounting (these sections are mounted face up: ``flipped=False``).
+    ``encoder`` (``reference`` built with it): another encoder in the "default" column, named
+    ``encoder_name``; ``raw_baseline`` False skips the raw-pixel column.
 
     Returns ``{"n", "seed", "geometry", "default": summary, "raw_pixel": summary, "affine_floor_mm": median,
     "frame_filling": summary of the default on frame-filling sections, "cases": [...]}``; summaries as
@@ -76,17 +103,20 @@ def run_histology_block(n: int = 12, seed: int = 2026, reference: Any = None) ->
     from ..encoders import RawPixelEncoder, load_default_encoder
     from ..errors import AnchorError, LowConfidenceWarning
     from ..reference import Reference
-    from .real_tier import _summary
+    from .real_tier import _default_name, _summary, failure_kind
 
     geo = _geometry()
     sims = histology_sections(n, seed, geo)
-    enc = load_default_encoder()
+    enc = encoder if encoder is not None else load_default_encoder()
     ref = reference if reference is not None else Reference.from_space("mni152", encoder=enc)
-    raw = RawPixelEncoder()
-    methods = {"default": (ref, enc), "raw_pixel": (Reference.from_space("mni152", encoder=raw), raw)}
+    methods = {"default": (ref, enc)}
+    if raw_baseline:
+        raw = RawPixelEncoder()
+        methods["raw_pixel"] = (Reference.from_space("mni152", encoder=raw), raw)
     rows = []
     for s in sims:
         drawn = s.params["histology"]["drawn"]
+        hemi = _hemisphere_hint(s)
         row: dict[str, Any] = {
             "name": s.section.name,
             "partial": s.params["partial"],
@@ -95,24 +125,31 @@ def run_histology_block(n: int = 12, seed: int = 2026, reference: Any = None) ->
             "shear_deg": drawn["shear_deg"],
             "warp_mm": drawn["warp_mm"],
             "frame_fill": drawn["frame_fill"],
+            "hemisphere_hint": hemi,
             "affine_floor_mm": s.error(s.true_affine),
         }
-        hemi = s.params["partial"] if s.params["partial"] in ("left", "right") else None
         for key, (r, e) in methods.items():
             t0 = time.perf_counter()
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", LowConfidenceWarning)
-                    res = sa.anchor(s.section, reference=r, encoder=e, seed=0, hemisphere=hemi)
+                    res = sa.anchor(s.section, reference=r, encoder=e, seed=0, hemisphere=hemi,
+                                    flipped=False if mounting_known else None)  # fmt: skip
                 err, why = s.error(res.affine), None
+                row[f"{key}_confidence"] = float(res.confidence)
+                row[f"{key}_outcome"] = failure_kind(res.affine, s.true_affine, s.section.mask)
             except AnchorError as exc:
                 err, why = float("inf"), f"{type(exc).__name__}: {exc}"
+                row[f"{key}_confidence"] = 0.0
+                row[f"{key}_outcome"] = "refused"
             row[f"{key}_error_mm"] = err
             row[f"{key}_refused"] = why
             row[f"{key}_time_s"] = time.perf_counter() - t0
         rows.append(row)
 
     def stats(sel: list[dict[str, Any]], key: str) -> dict[str, Any]:
+        if key not in methods:
+            return {"n": 0}
         return _summary(
             [r[f"{key}_error_mm"] for r in sel],
             [r[f"{key}_refused"] is not None for r in sel],
@@ -122,6 +159,8 @@ def run_histology_block(n: int = 12, seed: int = 2026, reference: Any = None) ->
     return {
         "n": n,
         "seed": seed,
+        "hints": "hemisphere and mounting" if mounting_known else "hemisphere only",
+        "encoder_name": encoder_name or ("(given encoder)" if encoder is not None else _default_name()),
         "geometry": asdict(geo),
         "default": stats(rows, "default"),
         "raw_pixel": stats(rows, "raw_pixel"),
@@ -131,3 +170,40 @@ def run_histology_block(n: int = 12, seed: int = 2026, reference: Any = None) ->
             {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in r.items()} for r in rows
         ],
     }
+
+
+def format_histology_block(report: dict[str, Any]) -> str:
+    """A markdown table of :func:`run_histology_block`'s figures (all sections, frame-filling ones) and one
+    line per failure."""
+
+    def cell(s: dict[str, Any]) -> str:
+        if not s.get("n"):
+            return "- | - | - | - | -"
+        return (
+            f"{s['median_mm']:.1f} | {s['p90_mm']:.1f} | {s['failures']}/{s['n']} | {s['refusals']} | "
+            f"{s['time_median_s']:.1f}"
+        )
+
+    g = report["geometry"]
+    lines = [
+        f"Histology-geometry block ({report['n']} sections, seed {report['seed']}; encoder "
+        f"{report.get('encoder_name', 'default')}; hints: {report.get('hints', 'hemisphere only')}; shrinkage "
+        f"{g['shrink'][0]:g}-{g['shrink'][1]:g} per axis, shear up to {g['shear_deg']:g} deg, warps up to "
+        f"{g['warp_mm']:g} mm). Errors in mm against every pixel's true position; failures: > 10 mm or "
+        f"refused; median affine floor {report['affine_floor_mm']:.2f} mm.",
+        "",
+        "| sections | default median | p90 | failures | refusals | s/section | raw-pixel median | p90 | failures "
+        "| refusals | s/section |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| all | {cell(report['default'])} | {cell(report['raw_pixel'])} |",
+        f"| frame-filling | {cell(report['frame_filling'])} | - | - | - | - | - |",
+    ]
+    bad = [c for c in report["cases"] if not (c["default_error_mm"] is not None and c["default_error_mm"] <= 10.0)]
+    if bad:
+        lines += ["", "Failures: " + "; ".join(
+            f"{c['name']} ({c['orientation']} {c['partial'] or 'whole'}, {c.get('default_outcome', '?')}, "
+            f"{'refused' if c['default_error_mm'] is None else format(c['default_error_mm'], '.1f') + ' mm'}, "
+            f"confidence {c.get('default_confidence', float('nan')):.2f})"
+            for c in bad
+        )]  # fmt: skip
+    return "\n".join(lines)

@@ -29,14 +29,15 @@ import numpy as np
 __all__ = ["profile_sections", "format_profile", "batch_throughput", "format_throughput", "main"]
 
 
-def profile_sections(n: int = 24, seed: int = 2026) -> dict[str, Any]:
-    """Per-stage timings of ``anchor()`` on the first ``n`` benchmark sections."""
+def profile_sections(n: int = 24, seed: int = 2026, encoder: str | None = None) -> dict[str, Any]:
+    """Per-stage timings of ``anchor()`` on the first ``n`` benchmark sections (``encoder``: a recorded
+    encoder's name instead of the default)."""
     import siibra_anchor as sa
 
     from ..encoders import load_default_encoder
     from .benchmark import make_section, simulated_set, user_hints
 
-    enc = load_default_encoder()
+    enc = load_default_encoder(encoder)
     ref = sa.Reference.from_space("mni152", encoder=enc)
     rows = []
     for case in simulated_set(n, seed=seed):
@@ -150,12 +151,13 @@ def main(args: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=24, help="benchmark sections to anchor (default 24)")
     ap.add_argument("--batch", action="store_true", help="throughput of anchor_batch() against one anchor() each")
     ap.add_argument("--device", default=None, help="torch device for --batch (cpu, cuda, ...)")
+    ap.add_argument("--encoder", default=None, help="a recorded encoder's name (default: the default encoder)")
     ns = ap.parse_args(args)
     logging.basicConfig(level=logging.ERROR)
     if ns.batch:
         sys.stdout.write(format_throughput(batch_throughput(ns.n, ns.device)) + "\n")
     else:
-        sys.stdout.write(format_profile(profile_sections(ns.n)) + "\n")
+        sys.stdout.write(format_profile(profile_sections(ns.n, encoder=ns.encoder)) + "\n")
     return 0
 
 
