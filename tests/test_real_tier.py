@@ -204,3 +204,20 @@ def test_truth_through_a_same_subject_volume_composes_in_the_right_order(tmp_pat
     assert doc["via"] == "via.nii"
     assert affine_spread_mm(np.asarray(doc["moving_to_fixed"]), expected)["mean_mm"] < 0.8
     assert affine_spread_mm(np.asarray(doc["moving_to_fixed"]), np.linalg.inv(k1))["mean_mm"] > 5.0
+
+
+def test_a_column_that_was_not_run_is_a_dash_not_failures():
+    """run_real_tier(raw_baseline=False): the raw-pixel column is skipped, not 84 failures."""
+    from siibra_anchor.evaluation.real_tier import format_real_tier, summarise_real_tier
+
+    rows = [
+        {"contrast": "t1", "truth_uncertainty_mm": 0.1, "default_error_mm": e, "default_refused": None,
+         "default_time_s": 1.0, "default_confidence": 0.9, "default_outcome": "correct" if e <= 10 else "wrong-plane",
+         "raw_pixel_error_mm": float("nan"), "raw_pixel_refused": None, "raw_pixel_time_s": float("nan"),
+         "raw_pixel_confidence": float("nan"), "raw_pixel_outcome": "not run"}
+        for e in (1.0, 2.0, 30.0)
+    ]  # fmt: skip
+    rep = summarise_real_tier(rows, {"volumes": {}, "missing": {}}, split="test", n_per_volume=3, seed=1)
+    assert rep["raw_pixel"] == {"n": 0} and rep["default"]["failures"] == 1
+    line = [x for x in format_real_tier(rep).splitlines() if x.startswith("| **all**")][0]
+    assert line.endswith("| 1/3 | 0 | 1.0 | - | - | - | - | - |")

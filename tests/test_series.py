@@ -86,9 +86,11 @@ def test_fit_series_without_a_common_plane_raises_and_the_series_stays_independe
     """Placements on three unrelated planes (coronal, sagittal, axial): no plane to fit. fit_series says
     so with a typed error; the series engine returns the independent placements, flagged, instead of
     failing (a test of the report found this with an IndexError)."""
-    rng = np.random.default_rng(2)
     numbers = np.arange(3, dtype=float)
-    pls = [_placements(np.eye(3)[i], numbers[i : i + 1], 1.0, 0.0, rng)[0] for i in range(3)]
+    e = np.eye(3)
+    pls = [
+        _Placement(normal=e[i], centre=2.0 * i * e[i], row_dir=e[(i + 1) % 3], scale=1.0, weight=0.9) for i in range(3)
+    ]
     with pytest.raises(AnchoringFailedError, match="no common cutting plane"):
         fit_series(pls, numbers)
 

@@ -760,7 +760,9 @@ def run_benchmark(
     if cfg.histology_n > 0:
         from .histology_block import run_histology_block
 
-        report["histology"] = run_histology_block(cfg.histology_n, seed=seed, reference=ref, encoder=enc)
+        report["histology"] = run_histology_block(
+            cfg.histology_n, seed=seed, reference=ref, encoder=enc, encoder_name=report["encoder_name"]
+        )
     report["targets"] = _targets(report)
     report["total_s"] = time.perf_counter() - t_run
     report["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

@@ -397,6 +397,7 @@ def summarise_real_tier(
     rows = [{k: (float("inf") if k.endswith("_error_mm") and v is None else v) for k, v in r.items()} for r in rows]
 
     def stats(sel: list[dict[str, Any]], key: str) -> dict[str, Any]:
+        sel = [r for r in sel if r.get(f"{key}_outcome") != "not run"]  # a column skipped in the run
         return _summary(
             [r[f"{key}_error_mm"] for r in sel],
             [r[f"{key}_refused"] is not None for r in sel],
