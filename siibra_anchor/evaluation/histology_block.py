@@ -176,13 +176,7 @@ def format_histology_block(report: dict[str, Any]) -> str:
     """A markdown table of :func:`run_histology_block`'s figures (all sections, frame-filling ones) and one
     line per failure."""
 
-    def cell(s: dict[str, Any]) -> str:
-        if not s.get("n"):
-            return "- | - | - | - | -"
-        return (
-            f"{s['median_mm']:.1f} | {s['p90_mm']:.1f} | {s['failures']}/{s['n']} | {s['refusals']} | "
-            f"{s['time_median_s']:.1f}"
-        )
+    from .real_tier import summary_cells as cell
 
     g = report["geometry"]
     lines = [

@@ -480,16 +480,18 @@ def _default_name() -> str:
     return str(default_manifest()["default"])
 
 
+def summary_cells(s: dict[str, Any]) -> str:
+    """Five markdown cells of a :func:`_summary`: median | p90 | failures/n | refusals | s per section."""
+    if not s.get("n"):
+        return "- | - | - | - | -"
+    return (
+        f"{s['median_mm']:.1f} | {s['p90_mm']:.1f} | {s['failures']}/{s['n']} | {s['refusals']} | "
+        f"{s['time_median_s']:.1f}"
+    )
+
+
 def format_real_tier(report: dict[str, Any]) -> str:
     """A markdown table of :func:`run_real_tier`'s figures: per contrast and overall, default beside raw pixels."""
-
-    def cell(s: dict[str, Any]) -> str:
-        if not s.get("n"):
-            return "- | - | - | - | -"
-        return (
-            f"{s['median_mm']:.1f} | {s['p90_mm']:.1f} | {s['failures']}/{s['n']} | {s['refusals']} | "
-            f"{s['time_median_s']:.1f}"
-        )
 
     lines = [
         f"Real-anatomy tier ({report['split']} split, {report['n_per_volume']} sections per volume, seed "
@@ -509,7 +511,7 @@ def format_real_tier(report: dict[str, Any]) -> str:
     for name, g in groups:
         n = g["default"].get("n", 0)
         lines.append(
-            f"| {name} | {n} | {g['truth_uncertainty_mm']:.2f} | {cell(g['default'])} | {cell(g['raw_pixel'])} |"
+            f"| {name} | {n} | {g['truth_uncertainty_mm']:.2f} | {summary_cells(g['default'])} | {summary_cells(g['raw_pixel'])} |"
         )
     if report["volumes"]:
         lines += [
