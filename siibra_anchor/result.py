@@ -252,7 +252,10 @@ class AnchoringResult:
             f"in-plane    rotation {self.in_plane_rotation_deg:.1f} deg, fitted spacing "
             f"{sp[0]:.4g} x {sp[1]:.4g} mm/px (stated {self.section.get('spacing_mm')})",
         ]
-        stated = np.asarray(self.section.get("spacing_mm") or [np.nan, np.nan], float).reshape(-1)
+        try:  # the stated spacing as recorded (a loaded file may hold anything there: then no scale line)
+            stated = np.asarray(self.section.get("spacing_mm") or [np.nan, np.nan], float).reshape(-1)
+        except (TypeError, ValueError):
+            stated = np.array([np.nan])
         if stated.size in (1, 2) and np.all(stated > 0):
             f = np.asarray(sp, float) / np.broadcast_to(stated, (2,))
             lines.append(

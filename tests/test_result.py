@@ -117,6 +117,16 @@ def test_summary_mentions_space_and_confidence():
     assert "mni152" in s and "0.83" in s
 
 
+@pytest.mark.parametrize("spacing", ["\U0010a98e", {"a": 1}, [[1, 2], [3]], None, [0.5, 0.5]])
+def test_summary_of_a_loaded_result_with_any_stated_spacing(spacing):
+    """A result read back from a file may hold anything as its stated spacing (the reliability fuzzing
+    found an untyped error here): the summary still prints, with the scale line only for a valid one."""
+    d = _result().to_dict()
+    d["section"]["spacing_mm"] = spacing
+    s = AnchoringResult.from_dict(json.loads(json.dumps(d))).summary()
+    assert "confidence  0.83" in s and (("anisotropy" in s) == (spacing == [0.5, 0.5]))
+
+
 def test_public_api_names():
     for name in ("Section", "Reference", "AnchoringResult", "anchor", "anchor_series", "errors"):
         assert hasattr(sa, name)
