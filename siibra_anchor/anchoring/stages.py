@@ -174,20 +174,22 @@ def prepare(r: Run) -> None:
     section, spec, p = r.section, r.ref.spec, r.params
     t0 = time.perf_counter()
     r.img, r.msk, r.scale = section.at_spacing(spec.spacing_mm)
-    m = np.asarray(section.mask, bool)  # at the section's own resolution: the working grid is too coarse
-    border = np.concatenate([m[0], m[-1], m[:, 0], m[:, -1]])
-    cut_from_more = bool(border.mean() >= 0.5)  # tissue along half the border or more: a block cut from a section
-    if min(r.img.shape) < (spec.size_px // 4 if cut_from_more else spec.size_px // 2):
-        raise ImageTooSmallError(
-            f"section {section.name!r} is {r.img.shape} px at the working spacing {spec.spacing_mm} mm "
-            f"({section.extent_mm[0]:.1f} x {section.extent_mm[1]:.1f} mm); it needs at least "
-            f"{(spec.size_px // 4 if cut_from_more else spec.size_px // 2) * spec.spacing_mm:.0f} mm of tissue "
-            "across (12 mm for a block whose tissue runs along the image's border). Check spacing_mm"
-        )
     if min(r.img.shape) < spec.size_px // 2:
-        # a small block cut out of a larger section (12-24 mm across, tissue along half its border; a whole
-        # object this small is no human brain and is refused above): padded with background at its bottom and
-        # right (the pixel grid's origin stays), so that it is placed, with the low confidence it deserves
+        # less than half a patch across: a block cut out of a larger section (tissue along half its border or
+        # more, read on the section's own mask: the working grid is too coarse) is placed down to a quarter
+        # patch (12 mm); a whole object this small is no human brain and is refused
+        m = np.asarray(section.mask, bool)
+        cut_from_more = bool(np.concatenate([m[0], m[-1], m[:, 0], m[:, -1]]).mean() >= 0.5)
+        min_px = spec.size_px // 4 if cut_from_more else spec.size_px // 2
+        if min(r.img.shape) < min_px:
+            raise ImageTooSmallError(
+                f"section {section.name!r} is {r.img.shape} px at the working spacing {spec.spacing_mm} mm "
+                f"({section.extent_mm[0]:.1f} x {section.extent_mm[1]:.1f} mm); it needs at least "
+                f"{min_px * spec.spacing_mm:.0f} mm of tissue across (12 mm for a block whose tissue runs along "
+                "the image's border). Check spacing_mm"
+            )
+        # padded with background at its bottom and right (the pixel grid's origin stays), so that it is
+        # placed, with the low confidence it deserves
         pad = [(0, max(0, spec.size_px // 2 - n)) for n in r.img.shape]
         r.img, r.msk = np.pad(r.img, pad), np.pad(r.msk, pad)
     if r.msk.sum() == 0:

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidParameterError
-from .simulate import SimulatedSection, section_error, simulate_section
+from .simulate import SimulatedSection, one_side_of_midline, section_error, simulate_section
 
 __all__ = [
     "CaseSpec",
@@ -427,9 +427,7 @@ def user_hints(case: CaseSpec, sim: SimulatedSection) -> dict[str, Any]:
     """What the user knows: the mounting, and which hemisphere a one-hemisphere section holds."""
     hemi = case.partial if case.partial in ("left", "right") else None
     if hemi is None and case.kind != "main" and case.orientation == "sagittal":
-        xs = _tissue_points(sim)[:, 0]
-        if np.all(xs < -2.0) or np.all(xs > 2.0):
-            hemi = "left" if xs.mean() < 0 else "right"
+        hemi = one_side_of_midline(_tissue_points(sim)[:, 0])
     return {"flipped": bool(case.flip), "hemisphere": hemi}
 
 

@@ -71,9 +71,9 @@ def _hemisphere_hint(sim: Any) -> str | None:
     if partial in ("left", "right"):
         return str(partial)
     if sim.params["orientation"] == "sagittal" and sim.true_points is not None:
-        xs = sim.true_points[sim.section.mask][:, 0]
-        if np.all(xs < -2.0) or np.all(xs > 2.0):
-            return "left" if xs.mean() < 0 else "right"
+        from .simulate import one_side_of_midline
+
+        return one_side_of_midline(sim.true_points[sim.section.mask][:, 0])
     return None
 
 

@@ -146,7 +146,7 @@ def cut_real_section(
     from ..planes import AXIS_OF_PLANE, CANONICAL_PLANES, cut_plane, plane_affine
     from ..section import Section
     from ..templates import load_volume
-    from .simulate import partial_mask
+    from .simulate import one_side_of_midline, partial_mask
 
     rng = np.random.default_rng(case.seed)
     data, vaff = load_volume(volume_path)
@@ -188,9 +188,7 @@ def cut_real_section(
     if len(rr) < 400:
         raise InvalidParameterError(f"case {case} holds almost no brain after cutting; choose another plane")
     if hemisphere is None and case.orientation == "sagittal":
-        xs = truth_a[0, 0] * rr + truth_a[0, 1] * cc + truth_a[0, 3]
-        if np.all(xs < -2.0) or np.all(xs > 2.0):
-            hemisphere = "left" if xs.mean() < 0 else "right"
+        hemisphere = one_side_of_midline(truth_a[0, 0] * rr + truth_a[0, 1] * cc + truth_a[0, 3])
     pad = max(4, int(0.05 * max(np.ptp(rr), np.ptp(cc))))
     r0, c0 = max(int(rr.min()) - pad, 0), max(int(cc.min()) - pad, 0)
     r1, c1 = min(int(rr.max()) + pad + 1, n), min(int(cc.max()) + pad + 1, n)

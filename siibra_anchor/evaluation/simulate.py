@@ -19,7 +19,23 @@ from ..planes import AXIS_OF_PLANE, CANONICAL_PLANES, cut_plane, plane_affine, w
 from ..reference import volume_brain_mask
 from ..section import Section
 
-__all__ = ["SimulatedSection", "HistologyGeometry", "simulate_section", "section_error", "partial_mask"]
+__all__ = [
+    "SimulatedSection",
+    "HistologyGeometry",
+    "simulate_section",
+    "section_error",
+    "partial_mask",
+    "one_side_of_midline",
+]
+
+
+def one_side_of_midline(xs: NDArray, margin_mm: float = 2.0) -> str | None:
+    """ "left" or "right" when every world x of a section's tissue lies more than ``margin_mm`` on that side
+    of the midline (the hemisphere a user knows a one-sided sagittal section holds), else None."""
+    xs = np.asarray(xs, float)
+    if xs.size and (np.all(xs < -margin_mm) or np.all(xs > margin_mm)):
+        return "left" if xs.mean() < 0 else "right"
+    return None
 
 
 @dataclass
