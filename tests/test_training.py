@@ -471,6 +471,7 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank)
     )
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # gloo's pairs on loopback, whatever the hostname resolves to
     from siibra_anchor.training.trainer import train
 
     res = train({**TINY, "steps": 3, "checkpoint_every": 0, "out_dir": out, "device": "cpu"}, command="ddp")
@@ -481,7 +482,17 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
 def test_ddp_gloo_two_processes(tmp_path):
     import torch.multiprocessing as mp
 
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    try:
+        mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    except mp.ProcessExitedException as e:
+        # Once in CI (stop 28) a rank died by SIGABRT inside gloo's C++ threads ("terminate called without
+        # an active exception"), not reproduced in 24 runs here, loaded or not. One more try on a fresh port
+        # for a death by signal only; a Python error in a rank, or a second crash, still fails the test.
+        if e.signal_name is None:
+            raise
+        for f in tmp_path.iterdir():
+            f.unlink() if f.is_file() else shutil.rmtree(f)
+        mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0["world_size"] == r1["world_size"] == 2
     assert r0["encoder_hash"] == r1["encoder_hash"]  # gradients were averaged: replicas agree

@@ -452,13 +452,20 @@ def train(
     local = int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")))
     device = _resolve_device(cfg, local)
     d = _init_dist(cfg, device)
+    ok = False
     try:
-        return _train(cfg, d, device, resume, command or _default_command())
+        out = _train(cfg, d, device, resume, command or _default_command())
+        ok = True
+        return out
     finally:
         torch.set_num_threads(threads)
         if d.owns_group:
             import torch.distributed as dist
 
+            if ok:
+                # every rank leaves together: a rank that tears gloo down while rank 0 still writes the
+                # weights (rank 0 also hosts the rendezvous store) can abort in gloo's C++ threads
+                dist.barrier()
             dist.destroy_process_group()
 
 
