@@ -121,3 +121,22 @@ def test_calibration_synthetic_brains_are_rendered_once_and_cut_with_a_truth(tmp
     assert data.ndim == 3 and data.max() > 0 and (data == 0).mean() > 0.2  # a brain on an empty background
     sim = make_section(a[0])
     assert sim.section.mask.mean() > 0.05 and np.isfinite(sim.true_affine).all()
+
+
+def test_real_calibration_volumes_need_a_truth_their_two_registrations_agree_on(tmp_path):
+    """A real calibration subject whose two truth registrations disagree is not used (its labels "within
+    10 mm" would be noise); without the volumes the real calibration sections raise a typed error."""
+    from siibra_anchor.errors import RealDataMissingError
+    from siibra_anchor.evaluation.calibrate import MAX_TRUTH_SPREAD_MM, real_calibration_sections, untrusted_volumes
+
+    vols = {
+        "good": {"registration_spread": {"mean_mm": 0.6, "p90_mm": 0.9}},
+        "edge": {"registration_spread": {"mean_mm": MAX_TRUTH_SPREAD_MM, "p90_mm": 3.0}},
+        "bad": {"registration_spread": {"mean_mm": 16.4, "p90_mm": 22.9}},
+        "nan": {"registration_spread": {"mean_mm": float("nan"), "p90_mm": float("nan")}},
+    }
+    out = untrusted_volumes(vols)
+    assert sorted(out) == ["bad", "nan"] and "16.4 mm" in out["bad"]
+    assert sorted(untrusted_volumes(vols, max_spread_mm=0.5)) == ["bad", "edge", "good", "nan"]
+    with pytest.raises(RealDataMissingError):  # the calibration split's files are not committed
+        real_calibration_sections(tmp_path)

@@ -47,6 +47,8 @@ __all__ = [
     "calibration_cases",
     "synth_cases",
     "synth_brain_file",
+    "untrusted_volumes",
+    "real_calibration_sections",
     "collect",
     "fit_models",
     "main",
@@ -62,12 +64,18 @@ CALIBRATION_SEEDS = {
     "non_brain": 5153,
     "ambiguity_nohint": 5154,
     "synth": 5155,
+    "real": 5156,
 }
 
 #: renderings of the calibration's synthetic brains: a larger deformation than training draws (3 mm)
 SYNTH_CALIBRATION = {"deform_mm": 6.0}
 #: sections cut from each synthetic brain
 SYNTH_SECTIONS_PER_BRAIN = 4
+#: sections cut from each real calibration volume (the manifest's ``calibration`` split)
+REAL_SECTIONS_PER_VOLUME = 24
+#: a real calibration volume is used only if its two truth registrations agree this well (mean mm over the
+#: template's brain): a label "within 10 mm" needs a truth good to a few mm
+MAX_TRUTH_SPREAD_MM = 2.0
 
 VOLUME_FEATURES = (
     "consistency", "inlier_share", "match_similarity", "nmi_gain", "margin", "mirror_margin",
@@ -149,14 +157,58 @@ def _non_brain(n: int) -> list[sa.Section]:
     return out
 
 
+def untrusted_volumes(volumes: dict[str, Any], max_spread_mm: float = MAX_TRUTH_SPREAD_MM) -> dict[str, str]:
+    """``{name: why}`` for the volumes (``real_sections``' ``info["volumes"]``) whose two truth registrations
+    disagree by more than ``max_spread_mm`` on average (or whose spread is not a number)."""
+    out = {}
+    for name, v in volumes.items():
+        spread = float(v["registration_spread"]["mean_mm"])
+        if not spread <= max_spread_mm:
+            out[name] = (
+                f"its two truth registrations disagree by {spread:.1f} mm on average (at most {max_spread_mm:g} mm "
+                "is used)"
+            )
+    return out
+
+
+def real_calibration_sections(
+    real_data: str | Path, n_per_volume: int = REAL_SECTIONS_PER_VOLUME
+) -> tuple[list[Any], dict[str, str]]:
+    """Sections of the real calibration subjects (the manifest's ``calibration`` split: other people than
+    the real-anatomy tier's), cut like the tier's (:func:`~siibra_anchor.evaluation.real_tier.real_sections`)
+    from seed ``CALIBRATION_SEEDS["real"]``, with their registered truth. Every calibration volume must be
+    in ``real_data`` (a missing one raises :class:`~siibra_anchor.errors.RealDataMissingError`).
+
+    Returns (sections, skipped): the sections of the volumes whose truth is trustworthy (the two
+    registrations agree within :data:`MAX_TRUTH_SPREAD_MM` on average), and ``{volume: why}`` for the others.
+    """
+    from .real_tier import real_sections
+
+    sections, info = real_sections(
+        real_data, split="calibration", n_per_volume=n_per_volume, seed=CALIBRATION_SEEDS["real"], require_all=True
+    )
+    skipped = untrusted_volumes(info["volumes"])
+    for name, why in skipped.items():
+        log.warning("real calibration volume %s not used: %s", name, why)
+    return [s for s in sections if s.case.volume not in skipped], skipped
+
+
 def collect(
-    n: int, rows_path: str | Path, progress: bool = True, n_synth: int | None = None, encoder: str | None = None
+    n: int,
+    rows_path: str | Path,
+    progress: bool = True,
+    n_synth: int | None = None,
+    encoder: str | None = None,
+    real_data: str | Path | None = None,
+    n_real: int = REAL_SECTIONS_PER_VOLUME,
 ) -> list[dict[str, Any]]:
     """Anchor the calibration set (both passes, with and without the template volume) and append one row
     per pass to ``rows_path`` (JSON lines); rows already there are kept and their sections skipped.
 
     n_synth : sections of synthetic brains (default ``n // 2``); encoder : a shipped or lineage encoder
-    name (default: the default encoder)."""
+    name (default: the default encoder); real_data : the folder of the real-anatomy volumes: adds
+    ``n_real`` sections of each real calibration subject (hemisphere and mounting hints as the real tier
+    gives them)."""
     rows_path = Path(rows_path)
     rows = [json.loads(x) for x in rows_path.read_text().splitlines()] if rows_path.exists() else []
     done = {r["key"] for r in rows}
@@ -170,6 +222,8 @@ def collect(
         ("ambiguity_nohint", c) for c in ambiguity_set(max(1, n // 8), seed=CALIBRATION_SEEDS["ambiguity_nohint"])
     ]
     items += [("synth", c) for c in synth_cases(n // 2 if n_synth is None else n_synth)]
+    if real_data is not None:  # last again: the keys of the rows above stay valid
+        items += [("real", rs) for rs in real_calibration_sections(real_data, n_real)[0]]
     with rows_path.open("a") as fh:
         for i, (kind, item) in enumerate(items):
             key = f"{kind}-{i}"
@@ -178,6 +232,8 @@ def collect(
             t0 = time.perf_counter()
             if kind == "non_brain":
                 section, truth, hints = item, None, {}
+            elif kind == "real":
+                section, truth, hints = item.section, item, {"hemisphere": item.hemisphere, "flipped": False}
             else:
                 sim = make_section(item)
                 hints = {} if kind == "ambiguity_nohint" else user_hints(item, sim)
@@ -188,6 +244,8 @@ def collect(
                 ("novol", novol, base),
             ):
                 row = _row(key, kind, pass_name, section, truth, reference, enc, params, hints)
+                if kind == "real":
+                    row.update(volume=item.case.volume, subject=item.subject, contrast=item.contrast)
                 fh.write(json.dumps(row) + "\n")
                 fh.flush()
                 rows.append(row)
@@ -256,6 +314,22 @@ def fit_models(rows: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, An
     return {"within_mm": WITHIN_MM, "features": FEATURES, "models": models}
 
 
+def _real_volume_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per real calibration volume the rows use: its name, sections, source and sha256."""
+    from .real_data import real_volumes
+
+    counts: dict[str, int] = {}
+    for r in rows:
+        if r.get("kind") == "real" and r.get("pass") == "first":
+            counts[r["volume"]] = counts.get(r["volume"], 0) + 1
+    by_name = {v.name: v for v in real_volumes("calibration")}
+    return [
+        f"{counts[name]} sections of real calibration volume {name} ({by_name[name].contrast}, subject "
+        f"{by_name[name].subject}; {by_name[name].file}, sha256 {by_name[name].sha256}; seed {CALIBRATION_SEEDS['real']})"
+        for name in sorted(counts)
+    ]
+
+
 def main(args: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m siibra_anchor.evaluation.calibrate", description=__doc__.splitlines()[0]
@@ -268,13 +342,20 @@ def main(args: list[str] | None = None) -> int:
     ap.add_argument("--fit-only", action="store_true", help="fit on the rows already collected")
     ap.add_argument("--synth", type=int, default=None, help="sections of synthetic brains (default: n // 2)")
     ap.add_argument("--encoder", default=None, help="a shipped or lineage encoder name (default: the default)")
+    ap.add_argument(
+        "--real-data",
+        default=None,
+        metavar="DIR",
+        help="folder of the real-anatomy volumes: add sections of the real calibration subjects",
+    )
+    ap.add_argument("--real", type=int, default=REAL_SECTIONS_PER_VOLUME, help="sections per real calibration volume")
     ns = ap.parse_args(args)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     warnings.simplefilter("ignore")
     rows = (
         [json.loads(x) for x in Path(ns.rows).read_text().splitlines()]
         if ns.fit_only
-        else collect(ns.n, ns.rows, n_synth=ns.synth, encoder=ns.encoder)
+        else collect(ns.n, ns.rows, n_synth=ns.synth, encoder=ns.encoder, real_data=ns.real_data, n_real=ns.real)
     )
     enc = load_default_encoder(ns.encoder)
     n_synth = ns.n // 2 if ns.synth is None else ns.synth
@@ -288,7 +369,8 @@ def main(args: list[str] | None = None) -> int:
         + [
             f"{n_synth} sections of {-(-n_synth // SYNTH_SECTIONS_PER_BRAIN)} synthetic brains rendered from mni152 "
             f"(training/synth.py, {SYNTH_CALIBRATION}, seeds {CALIBRATION_SEEDS['synth']}000 + i)"
-        ],
+        ]
+        + _real_volume_lines(rows),
         "encoder": encoder_hash(enc),
         "date": time.strftime("%Y-%m-%d"),
         "disjoint_from": "benchmark simulated_set seed 2026, ambiguity_set seed 2027, compare --seed 2027, real-anatomy test subjects",

@@ -41,6 +41,8 @@ __all__ = [
     "summarise_real_tier",
     "failure_kind",
     "format_real_tier",
+    "failure_rows",
+    "failure_figure",
 ]
 
 log = logging.getLogger(__name__)
@@ -535,3 +537,132 @@ def format_real_tier(report: dict[str, Any]) -> str:
     if report["missing"]:
         lines += ["", "Missing volumes (not scored): " + ", ".join(sorted(report["missing"]))]
     return "\n".join(lines)
+
+
+def failure_rows(report: dict[str, Any], key: str = "default") -> list[dict[str, Any]]:
+    """The cases of a real-tier report that ``key`` ("default" or "raw_pixel") failed: placed further than
+    :data:`FAIL_MM` from the truth, or refused."""
+    return [
+        c for c in report["cases"] if c.get(f"{key}_refused") or not (c.get(f"{key}_error_mm") or np.inf) <= FAIL_MM
+    ]
+
+
+def failure_figure(
+    report: dict[str, Any],
+    real_data_dir: str | Path | None,
+    out_png: str | Path,
+    key: str = "default",
+    cases: list[dict[str, Any]] | None = None,
+) -> Path:
+    """QC figure of the sections a real-tier run failed (or of ``cases``): three panels per section (two
+    sections to a line): the section as cut, the template on its true plane and the template where the anchoring put it, with the
+    error, the confidence and the kind of failure.
+
+    The sections are cut again from ``real_data_dir`` with the report's seed and counts (the same cases
+    come back: :func:`real_sections` is deterministic); the anchored placement is the report's stored
+    affine, so nothing is anchored again. Needs matplotlib; writes ``out_png`` atomically and returns it.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..cache import atomic_file
+    from ..errors import InvalidParameterError
+    from ..planes import cut_plane
+    from ..templates import load_volume
+
+    rows = failure_rows(report, key) if cases is None else list(cases)
+    if not rows:
+        raise InvalidParameterError(f"no {key} failures in this report: nothing to draw")
+    wanted = {r["name"] for r in rows}
+    vols = sorted({r["volume"] for r in rows})
+    sections, _ = real_sections(
+        real_data_dir, split=report["split"], n_per_volume=report["n_per_volume"], seed=report["seed"], volumes=vols
+    )
+    by_name = {s.section.name: s for s in sections if s.section.name in wanted}
+    missing = wanted - set(by_name)
+    if missing:
+        raise InvalidParameterError(
+            f"sections {sorted(missing)} are not cut from {real_data_dir!r} with seed {report['seed']}: "
+            "pass the data folder the report was made from"
+        )
+    td, ta = load_volume("mni152")
+    per_line = 2 if len(rows) > 1 else 1  # two sections side by side: (section, true, anchored) x 2
+    n_lines = -(-len(rows) // per_line)
+    fig, axs = plt.subplots(n_lines, 3 * per_line, figsize=(7.5 * per_line, 2.5 * n_lines), squeeze=False)
+    for ax in axs.ravel()[3 * len(rows) :]:
+        ax.axis("off")
+    for i, row in enumerate(rows):
+        ax_row = axs[i // per_line, 3 * (i % per_line) : 3 * (i % per_line) + 3]
+        rs = by_name[row["name"]]
+        img, mask = np.asarray(rs.section.gray, float), rs.section.mask
+        shape = mask.shape
+        panels = [
+            ("section", np.where(mask, img, np.nan)),
+            ("template, true plane", cut_plane(td, ta, rs.true_affine, shape)),
+        ]
+        if row.get(f"{key}_affine") is not None:
+            panels.append(("template, anchored", cut_plane(td, ta, np.asarray(row[f"{key}_affine"], float), shape)))
+        else:
+            panels.append(("refused", np.full(shape, np.nan)))
+        for ax, (title, im) in zip(ax_row, panels, strict=True):
+            ax.imshow(im, cmap="gray")
+            if title != "section":
+                ax.contour(mask, levels=[0.5], colors="r", linewidths=0.5)
+            ax.set_title(title, fontsize=7)
+            ax.axis("off")
+        err = row.get(f"{key}_error_mm")
+        ax_row[0].set_title(
+            f"{row['name']}\n{'refused' if err is None else f'{err:.1f} mm'}, conf {row.get(f'{key}_confidence', 0.0):.2f}, "
+            f"{row.get(f'{key}_outcome', '?')}",
+            fontsize=7,
+        )
+    fig.tight_layout()
+    out = Path(out_png)
+    with atomic_file(out, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=70)
+    plt.close(fig)
+    return out
+
+
+def main(args: list[str] | None = None) -> int:
+    """``python -m siibra_anchor.evaluation.real_tier failures REPORT.json --real-data DIR --out PNG``: the QC
+    figure of a run's failures (REPORT: a benchmark JSON with its ``real_anatomy`` tier, or a tier's own)."""
+    import argparse
+    import json
+    import sys
+
+    from ..errors import AnchorError
+
+    ap = argparse.ArgumentParser(prog="python -m siibra_anchor.evaluation.real_tier", description=main.__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    f = sub.add_parser("failures", help="QC figure of the sections a real-tier run failed")
+    f.add_argument("report", help="benchmark.json (with real_anatomy) or a real-tier report JSON")
+    f.add_argument(
+        "--real-data", default=None, metavar="DIR", help="the folder of the volumes (default: committed only)"
+    )
+    f.add_argument("--out", required=True, help="PNG to write")
+    f.add_argument("--key", default="default", choices=("default", "raw_pixel"))
+    ns = ap.parse_args(args)
+    try:
+        doc = json.loads(Path(ns.report).read_text())
+    except (OSError, ValueError) as exc:
+        sys.stderr.write(f"error: cannot read the report {ns.report}: {exc}\n")
+        return 2
+    report = doc.get("real_anatomy", doc)
+    if not isinstance(report, dict) or "cases" not in report:
+        sys.stderr.write(f"error: {ns.report} holds no real-anatomy tier (run the benchmark with --real-data DIR)\n")
+        return 2
+    try:
+        out = failure_figure(report, ns.real_data, ns.out, key=ns.key)
+    except AnchorError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    n = len(failure_rows(report, ns.key))
+    sys.stdout.write(f"wrote {out} ({n} failed sections)\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
