@@ -25,6 +25,7 @@ __all__ = [
     "atomic_dir",
     "atomic_file",
     "atomic_write_text",
+    "save_figure",
     "file_sha256",
     "cache_lock",
     "remove_stale_temps",
@@ -104,6 +105,18 @@ def atomic_file(target: str | os.PathLike[str], suffix: str = ".tmp") -> Iterato
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def save_figure(fig: Any, target: str | os.PathLike[str], dpi: int = 90) -> Path:
+    """Lay out a matplotlib figure, write it as PNG to ``target`` atomically, close it; returns the path."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    out = Path(target)
+    with atomic_file(out, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    return out
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:

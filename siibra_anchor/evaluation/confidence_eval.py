@@ -138,14 +138,9 @@ def plot_report(report: dict[str, Any], path: str | Path) -> Path:
             plot_reliability(ax, s[rule]["calibration"], label=f"{rule} (ECE {s[rule]['calibration']['ece']:.3f})")
         ax.set_title(f"{tier}: {s['n']} sections")
         ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    out = Path(path)
-    from ..cache import atomic_file
+    from ..cache import save_figure
 
-    with atomic_file(out, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, path, dpi=110)
 
 
 def _template_items(n: int) -> list[tuple[str, Any, Any, dict[str, Any]]]:

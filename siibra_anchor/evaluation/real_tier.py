@@ -567,7 +567,7 @@ def failure_figure(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..cache import atomic_file
+    from ..cache import save_figure
     from ..errors import InvalidParameterError
     from ..planes import cut_plane
     from ..templates import load_volume
@@ -618,12 +618,7 @@ def failure_figure(
             f"{row.get(f'{key}_outcome', '?')}",
             fontsize=7,
         )
-    fig.tight_layout()
-    out = Path(out_png)
-    with atomic_file(out, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=70)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out_png, dpi=70)
 
 
 def main(args: list[str] | None = None) -> int:

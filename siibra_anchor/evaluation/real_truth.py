@@ -301,7 +301,7 @@ def registration_figure(paths: dict[str, str | Path], out_png: str | Path, fixed
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..cache import atomic_file
+    from ..cache import save_figure
     from ..planes import sample_volume
     from ..templates import load_volume
 
@@ -326,9 +326,4 @@ def registration_figure(paths: dict[str, str | Path], out_png: str | Path, fixed
             ax.contour(np.rot90(tsl), [0.35 * float(tsl.max())], colors="r", linewidths=0.4)
             ax.set_axis_off()
             ax.set_title(label, fontsize=7)
-    fig.tight_layout()
-    out = Path(out_png)
-    with atomic_file(out, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=70)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out_png, dpi=70)

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..cache import atomic_dir, atomic_file, atomic_write_text
+from ..cache import atomic_dir, atomic_write_text, save_figure
 from ..errors import InvalidParameterError
 
 __all__ = [
@@ -712,9 +712,4 @@ def plot_scaling(rep: dict[str, Any], path: str | PathLike[str]) -> Path:
     ax.set_ylabel("search s (1200 queries, top-8)")
     ax.legend(fontsize=8)
     ax.set_title("d) search (labels: faiss recall@8)")
-    fig.tight_layout()
-    dest = Path(path)
-    with atomic_file(dest, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    return dest
+    return save_figure(fig, path, dpi=110)
