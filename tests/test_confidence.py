@@ -140,3 +140,24 @@ def test_real_calibration_volumes_need_a_truth_their_two_registrations_agree_on(
     assert sorted(untrusted_volumes(vols, max_spread_mm=0.5)) == ["bad", "edge", "good", "nan"]
     with pytest.raises(RealDataMissingError):  # the calibration split's files are not committed
         real_calibration_sections(tmp_path)
+
+
+def test_shipped_models_evaluated_on_rows_they_were_not_fitted_on(capsys):
+    """calibrate --evaluate: the shipped models' calibration on the committed rows of the real calibration
+    subject (reg-t1, truth by brain-masked registration; not in the shipped fit)."""
+    from pathlib import Path
+
+    from siibra_anchor.evaluation.calibrate import evaluate_rows, main
+
+    path = Path(__file__).parents[1] / "docs/confidence-real-calibration-rows.jsonl"
+    rows = [json.loads(x) for x in path.read_text().splitlines()]
+    assert {r["volume"] for r in rows} == {"reg-t1"} and {r["pass"] for r in rows} == {"first", "wide", "novol"}
+    rep = evaluate_rows(rows)
+    vol = [r for r in rows if r["pass"] in ("first", "wide")]
+    assert rep["volume"]["n"] == len(vol) and rep["no-volume"]["n"] == len(rows) - len(vol)
+    conf = np.array([confidence_model("volume")(r["features"]) for r in vol])
+    ok = np.array([r["correct"] for r in vol])
+    assert rep["volume"]["failures_with_confidence_ge_0.5"] == int(np.sum((conf >= 0.5) & ~ok))  # by hand
+    assert main(["--evaluate", "--rows", str(path), "--kind", "real"]) == 0
+    out = capsys.readouterr().out
+    assert "volume model, 48 rows" in out and "ECE" in out

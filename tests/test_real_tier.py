@@ -240,3 +240,23 @@ def test_a_column_that_was_not_run_is_a_dash_not_failures():
     assert rep["raw_pixel"] == {"n": 0} and rep["default"]["failures"] == 1
     line = [x for x in format_real_tier(rep).splitlines() if x.startswith("| **all**")][0]
     assert line.endswith("| 1/3 | 0 | 1.0 | - | - | - | - | - |")
+
+
+def test_brain_masked_strips_by_the_given_registration():
+    """brain_masked keeps the voxels the registration puts inside the template's brain (+3 mm), and moves
+    that region with the registration: a skull strip by the current estimate."""
+    from siibra_anchor.evaluation.real_truth import brain_masked
+    from siibra_anchor.reference import volume_brain_mask
+
+    data, aff = load_volume("mni152")
+    small = np.asarray(data, np.float32)[::2, ::2, ::2] + 1.0  # every voxel non-zero: "skull" included
+    a2 = np.asarray(aff, float) @ np.diag([2.0, 2.0, 2.0, 1.0])
+    kept = brain_masked(small, a2, np.eye(4)) > 0
+    brain = volume_brain_mask(np.asarray(data))[::2, ::2, ::2]
+    assert kept[brain].mean() > 0.99  # the brain stays
+    assert 0.2 < kept.mean() < 0.8 and kept.sum() > brain.sum()  # a margin, and the rest of the field is cut
+    shift = np.eye(4)
+    shift[0, 3] = 20.0  # the subject sits 20 mm to the left of where the template has it
+    moved = brain_masked(small, a2, shift) > 0
+    xs = np.argwhere(moved)[:, 0].mean() - np.argwhere(kept)[:, 0].mean()
+    assert abs(xs * 2.0 + 20.0 * np.sign(a2[0, 0])) < 2.0  # the kept region moved 20 mm the other way

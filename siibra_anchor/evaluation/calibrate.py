@@ -51,6 +51,7 @@ __all__ = [
     "real_calibration_sections",
     "collect",
     "fit_models",
+    "evaluate_rows",
     "main",
 ]
 
@@ -314,6 +315,24 @@ def fit_models(rows: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, An
     return {"within_mm": WITHIN_MM, "features": FEATURES, "models": models}
 
 
+def evaluate_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """How the *shipped* models (``weights/confidence.json``) do on anchored rows they were not fitted on
+    (e.g. a new real calibration subject's): ``{"volume": calibration_report, "no-volume": ...}``, the
+    "volume" model on the first and wide passes, "no-volume" on the novol ones; refused rows are left out
+    (the pipeline reports no confidence for them), rows of no brain count as wrong."""
+    from ..confidence import confidence_model
+    from .benchmark import calibration_report
+
+    out = {}
+    for kind, passes in (("volume", ("first", "wide")), ("no-volume", ("novol",))):
+        use = [r for r in rows if r.get("pass") in passes and "features" in r]
+        if use:
+            m = confidence_model(kind)
+            err = [float("inf") if r["error_mm"] is None else float(r["error_mm"]) for r in use]
+            out[kind] = calibration_report([m(r["features"]) for r in use], err)
+    return out
+
+
 def _real_volume_lines(rows: list[dict[str, Any]]) -> list[str]:
     """One line per real calibration volume the rows use: its name, sections, source and sha256."""
     from .real_data import real_volumes
@@ -340,6 +359,12 @@ def main(args: list[str] | None = None) -> int:
         "--out", default=None, help="write the fitted models here (e.g. siibra_anchor/weights/confidence.json)"
     )
     ap.add_argument("--fit-only", action="store_true", help="fit on the rows already collected")
+    ap.add_argument(
+        "--evaluate",
+        action="store_true",
+        help="print how the shipped models do on --rows (only the kind given by --kind), fit nothing",
+    )
+    ap.add_argument("--kind", default=None, help="with --evaluate: only rows of this kind (e.g. real)")
     ap.add_argument("--synth", type=int, default=None, help="sections of synthetic brains (default: n // 2)")
     ap.add_argument("--encoder", default=None, help="a shipped or lineage encoder name (default: the default)")
     ap.add_argument(
@@ -352,6 +377,17 @@ def main(args: list[str] | None = None) -> int:
     ns = ap.parse_args(args)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     warnings.simplefilter("ignore")
+    if ns.evaluate:
+        from .benchmark import calibration_lines
+
+        rows = [json.loads(x) for x in Path(ns.rows).read_text().splitlines()]
+        rows = [r for r in rows if ns.kind is None or r.get("kind") == ns.kind]
+        for kind, rep in evaluate_rows(rows).items():
+            sys.stdout.write(
+                f"{kind} model, {rep['n']} rows of {ns.rows}" + (f" (kind {ns.kind})" if ns.kind else "") + ":\n"
+            )
+            sys.stdout.write("\n".join(calibration_lines(rep)) + "\n")
+        return 0
     rows = (
         [json.loads(x) for x in Path(ns.rows).read_text().splitlines()]
         if ns.fit_only

@@ -35,6 +35,8 @@ class RealVolume:
 
     register_via : name of another entry of the same subject through which the volume is registered to the
     template (see :func:`~siibra_anchor.evaluation.real_truth.real_truth`); None: registered directly.
+    truth_mask_iterations : re-register this many times with the volume skull-stripped by each run's previous
+    estimate (whole-head scans; see :func:`~siibra_anchor.evaluation.real_truth.real_truth`).
     """
 
     name: str
@@ -49,6 +51,7 @@ class RealVolume:
     repo_path: str | None = None
     notes: str = ""
     register_via: str | None = None
+    truth_mask_iterations: int = 0
 
     def how_to_get(self, folder: str | Path | None = None) -> str:
         """A sentence that says where to download the file and where to put it."""
@@ -78,6 +81,7 @@ def _entry(d: dict[str, Any]) -> RealVolume:
         repo_path=d.get("repo_path"),
         notes=str(d.get("notes", "")),
         register_via=d.get("register_via"),
+        truth_mask_iterations=int(d.get("truth_mask_iterations", 0)),
     )
 
 

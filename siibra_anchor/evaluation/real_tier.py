@@ -245,7 +245,7 @@ def real_sections(
                 via = real_volume_path(v.register_via, real_data_dir)
             except RealDataMissingError:
                 log.warning("%s: %s is missing, registering %s directly", v.name, v.register_via, v.name)
-        truth = real_truth(path, via=via)
+        truth = real_truth(path, via=via, mask_iterations=v.truth_mask_iterations)
         info["volumes"][v.name] = {
             "subject": v.subject,
             "contrast": v.contrast,

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+from scipy import ndimage
 
 __all__ = [
     "RegistrationRun",
@@ -31,6 +32,7 @@ __all__ = [
     "register_to_template",
     "register_rigid",
     "real_truth",
+    "brain_masked",
     "affine_spread_mm",
     "registration_figure",
 ]
@@ -231,14 +233,42 @@ def register_rigid(moving: str | Path, fixed: str | Path, run: RegistrationRun |
     }
 
 
+def brain_masked(
+    data: NDArray, affine: NDArray, moving_to_fixed: NDArray, fixed: str = "mni152", grow_mm: float = 3.0
+) -> NDArray:
+    """``data`` (a subject volume, voxel -> mm ``affine``) with every voxel zeroed that ``moving_to_fixed``
+    does not put inside the template's brain grown by ``grow_mm``: a skull strip by the current estimate of
+    the registration, for whole-head scans whose skull and neck pull a brain-to-brain registration."""
+    from ..planes import sample_volume
+    from ..reference import volume_brain_mask
+    from ..templates import load_volume
+
+    td, ta = load_volume(fixed)
+    vsp = float(np.mean(np.linalg.norm(np.asarray(ta, float)[:3, :3], axis=0)))
+    brain = ndimage.binary_dilation(volume_brain_mask(td), iterations=max(1, int(round(grow_mm / vsp))))
+    d = np.asarray(data, np.float32)
+    ii = np.stack(np.meshgrid(*[np.arange(n) for n in d.shape], indexing="ij"), -1).reshape(-1, 3).astype(float)
+    a, t = np.asarray(affine, float), np.asarray(moving_to_fixed, float)
+    world = ii @ a[:3, :3].T + a[:3, 3]
+    inside = sample_volume(brain.astype(np.float32), ta, world @ t[:3, :3].T + t[:3, 3], order=0).reshape(d.shape)
+    return np.where(inside > 0.5, d, 0.0).astype(np.float32)
+
+
 def real_truth(
-    path: str | Path, fixed: str = "mni152", cache: bool = True, via: str | Path | None = None
+    path: str | Path,
+    fixed: str = "mni152",
+    cache: bool = True,
+    via: str | Path | None = None,
+    mask_iterations: int = 0,
 ) -> dict[str, Any]:
     """The registered truth of one volume, with its own uncertainty (cached on disk).
 
     via : a volume of the same subject whose registration to the template is more reliable (a whole-brain
         T1 for a PD or T2 volume with a short field of view): the truth is then the rigid registration of
         ``path`` onto ``via`` followed by ``via``'s truth, run A after A and run B after B.
+    mask_iterations : for a whole-head scan, register again this many times with the volume skull-stripped
+        by the run's own previous estimate (:func:`brain_masked`). Runs A and B iterate apart, each from its
+        own start, so their spread still measures the truth's uncertainty.
 
     Returns ``{"moving_to_fixed": (4, 4) list (run A, the truth), "second": (4, 4) list (run B),
     "metric": [A, B], "spread": {"mean_mm", "p90_mm", "max_mm"} (A vs B over the template's brain),
@@ -250,6 +280,8 @@ def real_truth(
     params = {"sha256": file_sha256(p), "fixed": fixed, "runs": [asdict(r) for r in RUNS], "v": 1}
     if via is not None:
         params["via"] = file_sha256(via)
+    if mask_iterations:
+        params["mask_iterations"] = int(mask_iterations)
     entry = cache_dir("real-truth") / f"{cache_key(params)}.json"
     if cache and entry.is_file():
         try:
@@ -267,6 +299,17 @@ def real_truth(
         b = register_rigid(p, via, RUNS[1])
         a["moving_to_fixed"] = (np.asarray(base["moving_to_fixed"]) @ np.asarray(a["moving_to_fixed"])).tolist()
         b["moving_to_fixed"] = (np.asarray(base["second"]) @ np.asarray(b["moving_to_fixed"])).tolist()
+    if mask_iterations and via is None:
+        from ..templates import load_volume
+
+        md, ma = load_volume(p)
+        for _ in range(int(mask_iterations)):
+            a = register_to_template(
+                (brain_masked(md, ma, np.asarray(a["moving_to_fixed"]), fixed), ma), fixed, RUNS[0]
+            )
+            b = register_to_template(
+                (brain_masked(md, ma, np.asarray(b["moving_to_fixed"]), fixed), ma), fixed, RUNS[1]
+            )
     doc = {
         "volume": p.name,
         "fixed": fixed,
@@ -277,6 +320,7 @@ def real_truth(
         "spread": affine_spread_mm(np.asarray(a["moving_to_fixed"]), np.asarray(b["moving_to_fixed"]), fixed),
         "time_s": [a["time_s"], b["time_s"]],
         "runs": [a["run"], b["run"]],
+        "mask_iterations": int(mask_iterations) if via is None else 0,
     }
     if cache:
         atomic_write_text(entry, json.dumps(doc, indent=1))
