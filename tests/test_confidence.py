@@ -11,7 +11,7 @@ import pytest
 from siibra_anchor.confidence import FEATURES, ConfidenceModel, confidence_model, feature_vector
 from siibra_anchor.errors import CorruptFileError, InvalidParameterError
 from siibra_anchor.evaluation.benchmark import calibration_report
-from siibra_anchor.evaluation.calibrate import NO_VOLUME_FEATURES, VOLUME_FEATURES, fit_models
+from siibra_anchor.evaluation.calibrate import NO_VOLUME_FEATURES, VOLUME_FEATURES, fit_models, read_rows
 
 
 def _rows(n=400, seed=0):
@@ -51,7 +51,7 @@ def test_fitted_model_reproduces_sklearn_and_finds_the_law():
 def test_shipped_models_load_and_give_probabilities():
     from pathlib import Path
 
-    rows = [json.loads(x) for x in (Path(__file__).parents[1] / "docs/confidence-calibration-rows.jsonl").open()]
+    rows = read_rows(Path(__file__).parents[1] / "docs/confidence-calibration-rows.jsonl")
     for kind, passes in (("volume", ("first", "wide")), ("no-volume", ("novol",))):
         m = confidence_model(kind)
         assert set(m.names) <= set(FEATURES) and m.provenance["n_rows"] > 50
@@ -150,7 +150,7 @@ def test_shipped_models_evaluated_on_rows_they_were_not_fitted_on(capsys):
     from siibra_anchor.evaluation.calibrate import evaluate_rows, main
 
     path = Path(__file__).parents[1] / "docs/confidence-real-calibration-rows.jsonl"
-    rows = [json.loads(x) for x in path.read_text().splitlines()]
+    rows = read_rows(path)
     assert {r["volume"] for r in rows} == {"reg-t1"} and {r["pass"] for r in rows} == {"first", "wide", "novol"}
     rep = evaluate_rows(rows)
     vol = [r for r in rows if r["pass"] in ("first", "wide")]

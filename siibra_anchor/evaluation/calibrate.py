@@ -49,6 +49,7 @@ __all__ = [
     "synth_brain_file",
     "untrusted_volumes",
     "real_calibration_sections",
+    "read_rows",
     "collect",
     "fit_models",
     "evaluate_rows",
@@ -83,6 +84,8 @@ VOLUME_FEATURES = (
     "log_patches", "log_area_mm2", "log_scale", "anisotropy",
 )  # fmt: skip
 NO_VOLUME_FEATURES = tuple(f for f in VOLUME_FEATURES if f not in ("nmi_gain", "mirror_margin"))
+#: which passes' rows each model is fitted (and evaluated) on
+MODEL_PASSES = {"volume": ("first", "wide"), "no-volume": ("novol",)}
 
 
 def calibration_cases(n: int) -> list[tuple[str, Any]]:
@@ -194,6 +197,11 @@ def real_calibration_sections(
     return [s for s in sections if s.case.volume not in skipped], skipped
 
 
+def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a calibration rows file (JSON lines, as :func:`collect` appends them)."""
+    return [json.loads(x) for x in Path(path).read_text().splitlines()]
+
+
 def collect(
     n: int,
     rows_path: str | Path,
@@ -211,7 +219,7 @@ def collect(
     ``n_real`` sections of each real calibration subject (hemisphere and mounting hints as the real tier
     gives them)."""
     rows_path = Path(rows_path)
-    rows = [json.loads(x) for x in rows_path.read_text().splitlines()] if rows_path.exists() else []
+    rows = read_rows(rows_path) if rows_path.exists() else []
     done = {r["key"] for r in rows}
     enc = load_default_encoder(encoder)
     ref = sa.Reference.from_space("mni152", encoder=enc)
@@ -283,10 +291,8 @@ def fit_models(rows: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, An
     from sklearn.metrics import brier_score_loss, log_loss
 
     models = {}
-    for kind, names, passes in (
-        ("volume", VOLUME_FEATURES, ("first", "wide")),
-        ("no-volume", NO_VOLUME_FEATURES, ("novol",)),
-    ):
+    for kind, names in (("volume", VOLUME_FEATURES), ("no-volume", NO_VOLUME_FEATURES)):
+        passes = MODEL_PASSES[kind]
         use = [r for r in rows if r["pass"] in passes and "features" in r]
         x = np.array([feature_vector(r["features"], names) for r in use])
         y = np.array([r["correct"] for r in use], int)
@@ -324,7 +330,7 @@ def evaluate_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
     from .benchmark import calibration_report
 
     out = {}
-    for kind, passes in (("volume", ("first", "wide")), ("no-volume", ("novol",))):
+    for kind, passes in MODEL_PASSES.items():
         use = [r for r in rows if r.get("pass") in passes and "features" in r]
         if use:
             m = confidence_model(kind)
@@ -380,8 +386,7 @@ def main(args: list[str] | None = None) -> int:
     if ns.evaluate:
         from .benchmark import calibration_lines
 
-        rows = [json.loads(x) for x in Path(ns.rows).read_text().splitlines()]
-        rows = [r for r in rows if ns.kind is None or r.get("kind") == ns.kind]
+        rows = [r for r in read_rows(ns.rows) if ns.kind is None or r.get("kind") == ns.kind]
         for kind, rep in evaluate_rows(rows).items():
             sys.stdout.write(
                 f"{kind} model, {rep['n']} rows of {ns.rows}" + (f" (kind {ns.kind})" if ns.kind else "") + ":\n"
@@ -389,7 +394,7 @@ def main(args: list[str] | None = None) -> int:
             sys.stdout.write("\n".join(calibration_lines(rep)) + "\n")
         return 0
     rows = (
-        [json.loads(x) for x in Path(ns.rows).read_text().splitlines()]
+        read_rows(ns.rows)
         if ns.fit_only
         else collect(ns.n, ns.rows, n_synth=ns.synth, encoder=ns.encoder, real_data=ns.real_data, n_real=ns.real)
     )

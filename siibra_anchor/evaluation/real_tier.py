@@ -541,10 +541,9 @@ def format_real_tier(report: dict[str, Any]) -> str:
 
 def failure_rows(report: dict[str, Any], key: str = "default") -> list[dict[str, Any]]:
     """The cases of a real-tier report that ``key`` ("default" or "raw_pixel") failed: placed further than
-    :data:`FAIL_MM` from the truth, or refused."""
-    return [
-        c for c in report["cases"] if c.get(f"{key}_refused") or not (c.get(f"{key}_error_mm") or np.inf) <= FAIL_MM
-    ]
+    :data:`FAIL_MM` from the truth or refused, by the outcome :func:`failure_kind` gave each (a column that
+    was not run has no failures)."""
+    return [c for c in report["cases"] if c.get(f"{key}_outcome") not in ("correct", "not run")]
 
 
 def failure_figure(
@@ -606,18 +605,18 @@ def failure_figure(
             panels.append(("template, anchored", cut_plane(td, ta, np.asarray(row[f"{key}_affine"], float), shape)))
         else:
             panels.append(("refused", np.full(shape, np.nan)))
-        for ax, (title, im) in zip(ax_row, panels, strict=True):
+        err = row.get(f"{key}_error_mm")
+        panels[0] = (
+            f"{row['name']}\n{'refused' if err is None else f'{err:.1f} mm'}, conf {row.get(f'{key}_confidence', 0.0):.2f}, "
+            f"{row.get(f'{key}_outcome', '?')}",
+            panels[0][1],
+        )
+        for j, (ax, (title, im)) in enumerate(zip(ax_row, panels, strict=True)):
             ax.imshow(im, cmap="gray")
-            if title != "section":
+            if j:  # the template panels: the section's outline on them
                 ax.contour(mask, levels=[0.5], colors="r", linewidths=0.5)
             ax.set_title(title, fontsize=7)
             ax.axis("off")
-        err = row.get(f"{key}_error_mm")
-        ax_row[0].set_title(
-            f"{row['name']}\n{'refused' if err is None else f'{err:.1f} mm'}, conf {row.get(f'{key}_confidence', 0.0):.2f}, "
-            f"{row.get(f'{key}_outcome', '?')}",
-            fontsize=7,
-        )
     return save_figure(fig, out_png, dpi=70)
 
 
@@ -649,13 +648,13 @@ def main(args: list[str] | None = None) -> int:
     if not isinstance(report, dict) or "cases" not in report:
         sys.stderr.write(f"error: {ns.report} holds no real-anatomy tier (run the benchmark with --real-data DIR)\n")
         return 2
+    rows = failure_rows(report, ns.key)
     try:
-        out = failure_figure(report, ns.real_data, ns.out, key=ns.key)
+        out = failure_figure(report, ns.real_data, ns.out, key=ns.key, cases=rows)
     except AnchorError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
-    n = len(failure_rows(report, ns.key))
-    sys.stdout.write(f"wrote {out} ({n} failed sections)\n")
+    sys.stdout.write(f"wrote {out} ({len(rows)} failed sections)\n")
     return 0
 
 

@@ -19,6 +19,7 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -143,9 +144,6 @@ def register_to_template(
     "run": dict}``; ``T @ [x, y, z, 1]`` is where the structure at ``(x, y, z)`` of ``moving`` lies in
     ``fixed``.
     """
-    from scipy import ndimage
-
-    from ..reference import volume_brain_mask
     from ..templates import load_volume
     from .baselines.sitk import _sitk, _volume_image
 
@@ -161,9 +159,7 @@ def register_to_template(
     md, ma = moving if isinstance(moving, tuple) else load_volume(moving)
     fimg = _volume_image(sitk, _normalised(fd), np.asarray(fa, float))
     mimg = _volume_image(sitk, _normalised(md), np.asarray(ma, float))
-    vsp = float(np.mean(np.linalg.norm(np.asarray(fa, float)[:3, :3], axis=0)))
-    fmask = ndimage.binary_dilation(volume_brain_mask(fd), iterations=max(1, int(round(margin_mm / vsp))))
-    fm = _volume_image(sitk, fmask.astype(np.float32), np.asarray(fa, float))
+    fm = _volume_image(sitk, _grown_brain(fixed, margin_mm).astype(np.float32), np.asarray(fa, float))
     fm = sitk.Cast(fm, sitk.sitkUInt8)
 
     start = _start(sitk, sitk.Similarity3DTransform, r.init, fimg, mimg, (fd, fa), (md, ma))
@@ -233,6 +229,20 @@ def register_rigid(moving: str | Path, fixed: str | Path, run: RegistrationRun |
     }
 
 
+@lru_cache(maxsize=4)
+def _grown_brain(fixed: str, grow_mm: float) -> NDArray:
+    """The brain mask of template ``fixed`` grown by ``grow_mm`` (read-only; its voxels are ``fixed``'s):
+    the region a registration's metric samples, and the region :func:`brain_masked` keeps."""
+    from ..reference import volume_brain_mask
+    from ..templates import load_volume
+
+    fd, fa = load_volume(fixed)
+    vsp = float(np.mean(np.linalg.norm(np.asarray(fa, float)[:3, :3], axis=0)))
+    out = ndimage.binary_dilation(volume_brain_mask(fd), iterations=max(1, int(round(grow_mm / vsp))))
+    out.setflags(write=False)
+    return out
+
+
 def brain_masked(
     data: NDArray, affine: NDArray, moving_to_fixed: NDArray, fixed: str = "mni152", grow_mm: float = 3.0
 ) -> NDArray:
@@ -240,12 +250,10 @@ def brain_masked(
     does not put inside the template's brain grown by ``grow_mm``: a skull strip by the current estimate of
     the registration, for whole-head scans whose skull and neck pull a brain-to-brain registration."""
     from ..planes import sample_volume
-    from ..reference import volume_brain_mask
     from ..templates import load_volume
 
-    td, ta = load_volume(fixed)
-    vsp = float(np.mean(np.linalg.norm(np.asarray(ta, float)[:3, :3], axis=0)))
-    brain = ndimage.binary_dilation(volume_brain_mask(td), iterations=max(1, int(round(grow_mm / vsp))))
+    ta = load_volume(fixed)[1]
+    brain = _grown_brain(fixed, float(grow_mm))
     d = np.asarray(data, np.float32)
     ii = np.stack(np.meshgrid(*[np.arange(n) for n in d.shape], indexing="ij"), -1).reshape(-1, 3).astype(float)
     a, t = np.asarray(affine, float), np.asarray(moving_to_fixed, float)
