@@ -142,22 +142,38 @@ def test_real_calibration_volumes_need_a_truth_their_two_registrations_agree_on(
         real_calibration_sections(tmp_path)
 
 
-def test_shipped_models_evaluated_on_rows_they_were_not_fitted_on(capsys):
-    """calibrate --evaluate: the shipped models' calibration on the committed rows of the real calibration
-    subject (reg-t1, truth by brain-masked registration; not in the shipped fit)."""
+def test_real_calibration_rows_cross_checked_on_rows_no_fit_saw(capsys):
+    """calibrate --cross-check: each real calibration volume's rows (truth by brain-masked registration,
+    reg-t2 through reg-t1) scored by models fitted without them; the shipped models hold no real row."""
     from pathlib import Path
 
-    from siibra_anchor.evaluation.calibrate import evaluate_rows, main
+    from siibra_anchor.evaluation.calibrate import cross_check, evaluate_rows, main
 
-    path = Path(__file__).parents[1] / "docs/confidence-real-calibration-rows.jsonl"
-    rows = read_rows(path)
-    assert {r["volume"] for r in rows} == {"reg-t1"} and {r["pass"] for r in rows} == {"first", "wide", "novol"}
-    rep = evaluate_rows(rows)
-    vol = [r for r in rows if r["pass"] in ("first", "wide")]
-    assert rep["volume"]["n"] == len(vol) and rep["no-volume"]["n"] == len(rows) - len(vol)
-    conf = np.array([confidence_model("volume")(r["features"]) for r in vol])
+    docs = Path(__file__).parents[1] / "docs"
+    paths = [docs / "confidence-calibration-rows.jsonl", docs / "confidence-real-calibration-rows.jsonl"]
+    rows = read_rows(paths)
+    real = [r for r in rows if r.get("kind") == "real"]
+    assert len(real) == len(read_rows(paths[1])) and {r["volume"] for r in real} == {"reg-t1", "reg-t2"}
+    assert {r["pass"] for r in real} == {"first", "wide", "novol"}
+    out = cross_check(rows)
+    assert sorted(out) == ["reg-t1", "reg-t2"]
+    held = [r for r in real if r["volume"] == "reg-t2"]
+    vol = [r for r in held if r["pass"] in ("first", "wide")]
+    rep = out["reg-t2"]["with_other_real"]["volume"]
+    assert rep["n"] == len(vol) and out["reg-t2"]["without_real"]["no-volume"]["n"] == len(held) - len(vol)
+    # by hand: the model fitted on every row but reg-t2's, applied to reg-t2's rows
+    fitted = fit_models([r for r in rows if r.get("volume") != "reg-t2"], {})
+    m = ConfidenceModel.from_dict(fitted["models"]["volume"])
+    conf = np.array([m(r["features"]) for r in vol])
     ok = np.array([r["correct"] for r in vol])
-    assert rep["volume"]["failures_with_confidence_ge_0.5"] == int(np.sum((conf >= 0.5) & ~ok))  # by hand
-    assert main(["--evaluate", "--rows", str(path), "--kind", "real"]) == 0
-    out = capsys.readouterr().out
-    assert "volume model, 48 rows" in out and "ECE" in out
+    assert rep["failures_with_confidence_ge_0.5"] == int(np.sum((conf >= 0.5) & ~ok))
+    assert rep["log_loss"] == pytest.approx(-np.mean(np.log(np.where(ok, conf, 1 - conf))), rel=1e-6)
+    # the shipped models were fitted on the template-family and synthetic rows only: the "without real" fit
+    shipped = evaluate_rows(held)["volume"]
+    assert shipped["log_loss"] == pytest.approx(out["reg-t2"]["without_real"]["volume"]["log_loss"], rel=1e-6)
+    assert shipped["log_loss"] != pytest.approx(rep["log_loss"])
+    assert main(["--cross-check", "--rows", *map(str, paths)]) == 0
+    text = capsys.readouterr().out
+    assert "reg-t1, volume model fitted with other real rows (48 rows, log loss" in text and "ECE" in text
+    assert main(["--evaluate", "--rows", str(paths[1]), "--kind", "real"]) == 0
+    assert "volume model, 96 rows" in capsys.readouterr().out

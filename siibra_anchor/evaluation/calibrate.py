@@ -53,6 +53,7 @@ __all__ = [
     "collect",
     "fit_models",
     "evaluate_rows",
+    "cross_check",
     "main",
 ]
 
@@ -197,14 +198,17 @@ def real_calibration_sections(
     return [s for s in sections if s.case.volume not in skipped], skipped
 
 
-def read_rows(path: str | Path) -> list[dict[str, Any]]:
-    """The rows of a calibration rows file (JSON lines, as :func:`collect` appends them)."""
+def read_rows(path: str | Path | list[str | Path]) -> list[dict[str, Any]]:
+    """The rows of a calibration rows file (JSON lines, as :func:`collect` appends them), or of several in
+    turn."""
+    if isinstance(path, (list, tuple)):
+        return [r for p in path for r in read_rows(p)]
     return [json.loads(x) for x in Path(path).read_text().splitlines()]
 
 
 def collect(
     n: int,
-    rows_path: str | Path,
+    rows_path: str | Path | list[str | Path],
     progress: bool = True,
     n_synth: int | None = None,
     encoder: str | None = None,
@@ -212,14 +216,16 @@ def collect(
     n_real: int = REAL_SECTIONS_PER_VOLUME,
 ) -> list[dict[str, Any]]:
     """Anchor the calibration set (both passes, with and without the template volume) and append one row
-    per pass to ``rows_path`` (JSON lines); rows already there are kept and their sections skipped.
+    per pass to ``rows_path`` (JSON lines); rows already there are kept and their sections skipped. Given
+    several files, the rows of all of them count as done and new rows go to the last.
 
     n_synth : sections of synthetic brains (default ``n // 2``); encoder : a shipped or lineage encoder
     name (default: the default encoder); real_data : the folder of the real-anatomy volumes: adds
     ``n_real`` sections of each real calibration subject (hemisphere and mounting hints as the real tier
     gives them)."""
-    rows_path = Path(rows_path)
-    rows = read_rows(rows_path) if rows_path.exists() else []
+    paths = [Path(p) for p in (rows_path if isinstance(rows_path, (list, tuple)) else [rows_path])]
+    rows = read_rows([p for p in paths if p.exists()])
+    rows_path = paths[-1]
     done = {r["key"] for r in rows}
     enc = load_default_encoder(encoder)
     ref = sa.Reference.from_space("mni152", encoder=enc)
@@ -321,11 +327,12 @@ def fit_models(rows: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, An
     return {"within_mm": WITHIN_MM, "features": FEATURES, "models": models}
 
 
-def evaluate_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """How the *shipped* models (``weights/confidence.json``) do on anchored rows they were not fitted on
-    (e.g. a new real calibration subject's): ``{"volume": calibration_report, "no-volume": ...}``, the
-    "volume" model on the first and wide passes, "no-volume" on the novol ones; refused rows are left out
-    (the pipeline reports no confidence for them), rows of no brain count as wrong."""
+def evaluate_rows(rows: list[dict[str, Any]], models: dict[str, Any] | None = None) -> dict[str, Any]:
+    """How the *shipped* models (``weights/confidence.json``), or ``models`` (a dict as :func:`fit_models`
+    returns), do on anchored rows they were not fitted on (e.g. a new real calibration subject's):
+    ``{"volume": calibration_report, "no-volume": ...}``, the "volume" model on the first and wide passes,
+    "no-volume" on the novol ones; refused rows are left out (the pipeline reports no confidence for them),
+    rows of no brain count as wrong."""
     from ..confidence import confidence_model
     from .benchmark import calibration_report
 
@@ -333,9 +340,29 @@ def evaluate_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
     for kind, passes in MODEL_PASSES.items():
         use = [r for r in rows if r.get("pass") in passes and "features" in r]
         if use:
-            m = confidence_model(kind)
+            m = confidence_model(kind) if models is None else ConfidenceModel.from_dict(models["models"][kind])
             err = [float("inf") if r["error_mm"] is None else float(r["error_mm"]) for r in use]
-            out[kind] = calibration_report([m(r["features"]) for r in use], err)
+            p = np.array([m(r["features"]) for r in use])
+            out[kind] = calibration_report(p.tolist(), err)
+            y = np.array([bool(r["correct"]) for r in use])
+            q = np.clip(np.where(y, p, 1 - p), 1e-9, 1.0)
+            out[kind]["log_loss"] = float(-np.mean(np.log(q)))
+    return out
+
+
+def cross_check(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Whether the real calibration rows help the fit, on rows no fit saw: for each real calibration
+    volume V, the models fitted on every row but V's, beside the models fitted on no real row at all, both
+    evaluated on V's rows (:func:`evaluate_rows`). Volumes of one subject hold out a contrast, not a person.
+
+    Returns ``{V: {"without_real": {...}, "with_other_real": {...}}}`` (each ``{model kind: report}``)."""
+    real = sorted({r["volume"] for r in rows if r.get("kind") == "real"})
+    base = fit_models([r for r in rows if r.get("kind") != "real"], {})
+    out = {}
+    for v in real:
+        held = [r for r in rows if r.get("kind") == "real" and r["volume"] == v]
+        others = fit_models([r for r in rows if not (r.get("kind") == "real" and r["volume"] == v)], {})
+        out[v] = {"without_real": evaluate_rows(held, base), "with_other_real": evaluate_rows(held, others)}
     return out
 
 
@@ -360,7 +387,12 @@ def main(args: list[str] | None = None) -> int:
         prog="python -m siibra_anchor.evaluation.calibrate", description=__doc__.splitlines()[0]
     )
     ap.add_argument("--n", type=int, default=60, help="benchmark-like calibration sections (more are added, see docs)")
-    ap.add_argument("--rows", default="calibration-rows.jsonl", help="JSON lines of the anchored passes (resumable)")
+    ap.add_argument(
+        "--rows",
+        nargs="+",
+        default=["calibration-rows.jsonl"],
+        help="JSON lines of the anchored passes (resumable; several files are read in turn, new rows go to the last)",
+    )
     ap.add_argument(
         "--out", default=None, help="write the fitted models here (e.g. siibra_anchor/weights/confidence.json)"
     )
@@ -371,6 +403,12 @@ def main(args: list[str] | None = None) -> int:
         help="print how the shipped models do on --rows (only the kind given by --kind), fit nothing",
     )
     ap.add_argument("--kind", default=None, help="with --evaluate: only rows of this kind (e.g. real)")
+    ap.add_argument(
+        "--cross-check",
+        action="store_true",
+        help="print, for each real calibration volume in --rows, the models fitted without it (with and "
+        "without the other real rows) on its rows; fit nothing",
+    )
     ap.add_argument("--synth", type=int, default=None, help="sections of synthetic brains (default: n // 2)")
     ap.add_argument("--encoder", default=None, help="a shipped or lineage encoder name (default: the default)")
     ap.add_argument(
@@ -389,9 +427,23 @@ def main(args: list[str] | None = None) -> int:
         rows = [r for r in read_rows(ns.rows) if ns.kind is None or r.get("kind") == ns.kind]
         for kind, rep in evaluate_rows(rows).items():
             sys.stdout.write(
-                f"{kind} model, {rep['n']} rows of {ns.rows}" + (f" (kind {ns.kind})" if ns.kind else "") + ":\n"
+                f"{kind} model, {rep['n']} rows of {' '.join(ns.rows)}"
+                + (f" (kind {ns.kind})" if ns.kind else "")
+                + ":\n"
             )
             sys.stdout.write("\n".join(calibration_lines(rep)) + "\n")
+        return 0
+    if ns.cross_check:
+        from .benchmark import calibration_lines
+
+        for v, fits in cross_check(read_rows(ns.rows)).items():
+            for fit, reps in fits.items():
+                for kind, rep in reps.items():
+                    sys.stdout.write(
+                        f"{v}, {kind} model fitted {fit.replace('_', ' ')} rows ({rep['n']} rows, "
+                        f"log loss {rep['log_loss']:.3f}):\n"
+                    )
+                    sys.stdout.write("\n".join(calibration_lines(rep)[:1]) + "\n")
         return 0
     rows = (
         read_rows(ns.rows)

@@ -239,13 +239,14 @@ def real_sections(
                 raise
             info["missing"][v.name] = str(exc)
             continue
-        via = None
+        via, via_masks = None, 0
         if v.register_via:
             try:
                 via = real_volume_path(v.register_via, real_data_dir)
+                via_masks = next(w.truth_mask_iterations for w in real_volumes() if w.name == v.register_via)
             except RealDataMissingError:
                 log.warning("%s: %s is missing, registering %s directly", v.name, v.register_via, v.name)
-        truth = real_truth(path, via=via, mask_iterations=v.truth_mask_iterations)
+        truth = real_truth(path, via=via, mask_iterations=v.truth_mask_iterations, via_mask_iterations=via_masks)
         info["volumes"][v.name] = {
             "subject": v.subject,
             "contrast": v.contrast,

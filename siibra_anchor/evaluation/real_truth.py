@@ -268,6 +268,7 @@ def real_truth(
     cache: bool = True,
     via: str | Path | None = None,
     mask_iterations: int = 0,
+    via_mask_iterations: int = 0,
 ) -> dict[str, Any]:
     """The registered truth of one volume, with its own uncertainty (cached on disk).
 
@@ -277,6 +278,7 @@ def real_truth(
     mask_iterations : for a whole-head scan, register again this many times with the volume skull-stripped
         by the run's own previous estimate (:func:`brain_masked`). Runs A and B iterate apart, each from its
         own start, so their spread still measures the truth's uncertainty.
+    via_mask_iterations : ``mask_iterations`` of ``via``'s own truth (its manifest entry's).
 
     Returns ``{"moving_to_fixed": (4, 4) list (run A, the truth), "second": (4, 4) list (run B),
     "metric": [A, B], "spread": {"mean_mm", "p90_mm", "max_mm"} (A vs B over the template's brain),
@@ -290,6 +292,8 @@ def real_truth(
         params["via"] = file_sha256(via)
     if mask_iterations:
         params["mask_iterations"] = int(mask_iterations)
+    if via is not None and via_mask_iterations:
+        params["via_mask_iterations"] = int(via_mask_iterations)
     entry = cache_dir("real-truth") / f"{cache_key(params)}.json"
     if cache and entry.is_file():
         try:
@@ -302,7 +306,7 @@ def real_truth(
         a = register_to_template(p, fixed, RUNS[0])
         b = register_to_template(p, fixed, RUNS[1])
     else:
-        base = real_truth(via, fixed, cache)
+        base = real_truth(via, fixed, cache, mask_iterations=via_mask_iterations)
         a = register_rigid(p, via, RUNS[0])
         b = register_rigid(p, via, RUNS[1])
         a["moving_to_fixed"] = (np.asarray(base["moving_to_fixed"]) @ np.asarray(a["moving_to_fixed"])).tolist()
