@@ -202,6 +202,16 @@ def test_quick_tier_on_the_committed_volumes(tmp_path):
         failure_figure(other, None, tmp_path / "x.png", cases=rep["cases"])
     assert main(["failures", str(tmp_path / "missing.json"), "--out", str(tmp_path / "y.png")]) == 2
 
+    # the registration QC draws each volume by the truth the tier used (cached by now: no new registration)
+    from siibra_anchor.evaluation.real_tier import registration_qc
+
+    png, truths = registration_qc(None, tmp_path / "reg.png", split="test")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and set(truths) == committed
+    for name, truth in truths.items():
+        scale = abs(np.linalg.det(np.asarray(truth["moving_to_fixed"])[:3, :3])) ** (1 / 3)
+        assert scale == pytest.approx(rep["volumes"][name]["scale"], rel=1e-9)
+    assert main(["registration", "--out", str(tmp_path / "r.png"), "--split", "calibration"]) == 2  # none committed
+
 
 @pytest.mark.slow
 def test_truth_through_a_same_subject_volume_composes_in_the_right_order(tmp_path):

@@ -37,6 +37,8 @@ __all__ = [
     "real_cases",
     "cut_real_section",
     "real_sections",
+    "volume_truth",
+    "registration_qc",
     "run_real_tier",
     "summarise_real_tier",
     "failure_kind",
@@ -206,6 +208,50 @@ def cut_real_section(
     return RealSection(sec, t_a @ a_s, t_b @ a_s, a_s, case, contrast, subject, hemisphere)
 
 
+def volume_truth(volume: Any, path: str | Path, real_data_dir: str | Path | None = None) -> dict[str, Any]:
+    """The registered truth of manifest ``volume`` (a :class:`~siibra_anchor.evaluation.real_data.RealVolume`
+    whose file is ``path``) as its entry says: through its ``register_via`` volume (skull-stripped as that
+    entry says) when that file is in ``real_data_dir`` or committed, else directly; skull-stripped
+    ``truth_mask_iterations`` times (:func:`~siibra_anchor.evaluation.real_truth.real_truth`)."""
+    from ..errors import RealDataMissingError
+    from .real_data import real_volume_path, real_volumes
+    from .real_truth import real_truth
+
+    via, via_masks = None, 0
+    if volume.register_via:
+        try:
+            via = real_volume_path(volume.register_via, real_data_dir)
+            via_masks = next(w.truth_mask_iterations for w in real_volumes() if w.name == volume.register_via)
+        except RealDataMissingError:
+            log.warning("%s: %s is missing, registering %s directly", volume.name, volume.register_via, volume.name)
+    return real_truth(path, via=via, mask_iterations=volume.truth_mask_iterations, via_mask_iterations=via_masks)
+
+
+def registration_qc(
+    real_data_dir: str | Path | None, out_png: str | Path, split: str | None = None
+) -> tuple[Path, dict[str, dict[str, Any]]]:
+    """The registration QC figure (:func:`~siibra_anchor.evaluation.real_truth.registration_figure`) of every
+    manifest volume of ``split`` (all when None) that is in ``real_data_dir`` or committed, each by the
+    truth the tiers use (:func:`volume_truth`). Returns (the PNG, ``{name: truth}``); missing volumes are
+    left out with a warning."""
+    from ..errors import InvalidParameterError, RealDataMissingError
+    from .real_data import real_volume_path, real_volumes
+    from .real_truth import registration_figure
+
+    paths: dict[str, str | Path] = {}
+    truths: dict[str, dict[str, Any]] = {}
+    for v in real_volumes(split):
+        try:
+            paths[v.name] = real_volume_path(v, real_data_dir)
+        except RealDataMissingError:
+            log.warning("%s is not in %s: left out of the figure", v.name, real_data_dir)
+            continue
+        truths[v.name] = volume_truth(v, paths[v.name], real_data_dir)
+    if not paths:
+        raise InvalidParameterError(f"no volume of split {split!r} is in {real_data_dir!r} or committed")
+    return registration_figure(paths, out_png, truths=truths), truths
+
+
 def real_sections(
     real_data_dir: str | Path | None,
     split: str = "test",
@@ -226,7 +272,6 @@ def real_sections(
     """
     from ..errors import InvalidParameterError, RealDataMissingError
     from .real_data import real_volume_path, real_volumes
-    from .real_truth import real_truth
 
     vols = [v for v in real_volumes(split) if volumes is None or v.name in volumes]
     info: dict[str, Any] = {"volumes": {}, "missing": {}}
@@ -239,14 +284,7 @@ def real_sections(
                 raise
             info["missing"][v.name] = str(exc)
             continue
-        via, via_masks = None, 0
-        if v.register_via:
-            try:
-                via = real_volume_path(v.register_via, real_data_dir)
-                via_masks = next(w.truth_mask_iterations for w in real_volumes() if w.name == v.register_via)
-            except RealDataMissingError:
-                log.warning("%s: %s is missing, registering %s directly", v.name, v.register_via, v.name)
-        truth = real_truth(path, via=via, mask_iterations=v.truth_mask_iterations, via_mask_iterations=via_masks)
+        truth = volume_truth(v, path, real_data_dir)
         info["volumes"][v.name] = {
             "subject": v.subject,
             "contrast": v.contrast,
@@ -623,7 +661,9 @@ def failure_figure(
 
 def main(args: list[str] | None = None) -> int:
     """``python -m siibra_anchor.evaluation.real_tier failures REPORT.json --real-data DIR --out PNG``: the QC
-    figure of a run's failures (REPORT: a benchmark JSON with its ``real_anatomy`` tier, or a tier's own)."""
+    figure of a run's failures (REPORT: a benchmark JSON with its ``real_anatomy`` tier, or a tier's own).
+    ``python -m siibra_anchor.evaluation.real_tier registration --real-data DIR --out PNG [--split S]``: the
+    QC figure of the volumes' truth registrations."""
     import argparse
     import json
     import sys
@@ -639,7 +679,21 @@ def main(args: list[str] | None = None) -> int:
     )
     f.add_argument("--out", required=True, help="PNG to write")
     f.add_argument("--key", default="default", choices=("default", "raw_pixel"))
+    g = sub.add_parser("registration", help="QC figure of the volumes' truth registrations")
+    g.add_argument(
+        "--real-data", default=None, metavar="DIR", help="the folder of the volumes (default: committed only)"
+    )
+    g.add_argument("--out", required=True, help="PNG to write")
+    g.add_argument("--split", default=None, choices=("test", "calibration"), help="one split only (default: all)")
     ns = ap.parse_args(args)
+    if ns.cmd == "registration":
+        try:
+            png, truths = registration_qc(ns.real_data, ns.out, split=ns.split)
+        except AnchorError as exc:
+            sys.stderr.write(f"error: {exc}\n")
+            return 2
+        sys.stdout.write(f"wrote {png} ({len(truths)} volumes: {', '.join(truths)})\n")
+        return 0
     try:
         doc = json.loads(Path(ns.report).read_text())
     except (OSError, ValueError) as exc:

@@ -346,10 +346,18 @@ def real_truth(
     return doc
 
 
-def registration_figure(paths: dict[str, str | Path], out_png: str | Path, fixed: str = "mni152") -> Path:
+def registration_figure(
+    paths: dict[str, str | Path],
+    out_png: str | Path,
+    fixed: str = "mni152",
+    truths: dict[str, dict[str, Any]] | None = None,
+) -> Path:
     """QC figure: each volume resampled into ``fixed`` by its truth (grey), the template's outline (red).
 
     paths : {label: volume path}; one row per volume, an axial and a coronal plane through the template.
+    truths : {label: a :func:`real_truth` result} to draw (a truth through another volume, or skull-stripped,
+        as the manifest says: :func:`siibra_anchor.evaluation.real_tier.volume_truth`); without it each
+        volume is registered directly.
     Needs matplotlib; writes ``out_png`` atomically and returns its path.
     """
     import matplotlib
@@ -365,7 +373,8 @@ def registration_figure(paths: dict[str, str | Path], out_png: str | Path, fixed
     ta = np.asarray(ta, float)
     fig, axs = plt.subplots(len(paths), 2, figsize=(4.0, 2.0 * len(paths)), squeeze=False)
     for i, (label, p) in enumerate(paths.items()):
-        inv = np.linalg.inv(np.asarray(real_truth(p, fixed)["moving_to_fixed"], float))
+        truth = truths[label] if truths is not None else real_truth(p, fixed)
+        inv = np.linalg.inv(np.asarray(truth["moving_to_fixed"], float))
         data, aff = load_volume(p)
         for j, (axis, k) in enumerate(((2, td.shape[2] * 3 // 8), (1, td.shape[1] // 2))):
             idx: list[Any] = [slice(None)] * 3
