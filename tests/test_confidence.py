@@ -46,6 +46,15 @@ def test_fitted_model_reproduces_sklearn_and_finds_the_law():
     nv = ConfidenceModel.from_dict(out["models"]["no-volume"])
     assert nv.names == NO_VOLUME_FEATURES and "nmi_gain" not in nv.names
     assert m.provenance["n_rows"] == len(use) and json.dumps(out)  # serialisable
+    # a candidate without one feature (calibrate --without): both models lose it, the law is still found
+    cand = fit_models(rows, {}, without=("match_similarity",))
+    for kind, names in (("volume", VOLUME_FEATURES), ("no-volume", NO_VOLUME_FEATURES)):
+        got_names = ConfidenceModel.from_dict(cand["models"][kind]).names
+        assert got_names == tuple(f for f in names if f != "match_similarity")
+    c = ConfidenceModel.from_dict(cand["models"]["volume"])
+    assert dict(zip(c.names, c.coef, strict=True))["nmi_gain"] > 1.0
+    with pytest.raises(InvalidParameterError, match="no_such"):
+        fit_models(rows, {}, without=("no_such",))
 
 
 def test_shipped_models_load_and_give_probabilities():

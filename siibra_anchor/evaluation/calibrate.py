@@ -291,13 +291,20 @@ def _row(key, kind, pass_name, section, truth, reference, enc, params, hints) ->
     return row
 
 
-def fit_models(rows: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
-    """Logistic models ("volume": first and wide passes with the template; "no-volume") from ``rows``."""
+def fit_models(rows: list[dict[str, Any]], meta: dict[str, Any], without: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Logistic models ("volume": first and wide passes with the template; "no-volume") from ``rows``;
+    ``without``: features left out of both (a candidate, e.g. ``("match_similarity",)``)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import brier_score_loss, log_loss
 
+    from ..errors import InvalidParameterError
+
+    unknown = sorted(set(without) - set(FEATURES))
+    if unknown:
+        raise InvalidParameterError(f"unknown confidence features {unknown}; the features are {list(FEATURES)}")
     models = {}
-    for kind, names in (("volume", VOLUME_FEATURES), ("no-volume", NO_VOLUME_FEATURES)):
+    for kind, all_names in (("volume", VOLUME_FEATURES), ("no-volume", NO_VOLUME_FEATURES)):
+        names = tuple(f for f in all_names if f not in without)
         passes = MODEL_PASSES[kind]
         use = [r for r in rows if r["pass"] in passes and "features" in r]
         x = np.array([feature_vector(r["features"], names) for r in use])
@@ -409,6 +416,13 @@ def main(args: list[str] | None = None) -> int:
         help="print, for each real calibration volume in --rows, the models fitted without it (with and "
         "without the other real rows) on its rows; fit nothing",
     )
+    ap.add_argument(
+        "--without",
+        nargs="+",
+        default=[],
+        metavar="FEATURE",
+        help="fit the models without these features (a candidate; e.g. match_similarity)",
+    )
     ap.add_argument("--synth", type=int, default=None, help="sections of synthetic brains (default: n // 2)")
     ap.add_argument("--encoder", default=None, help="a shipped or lineage encoder name (default: the default)")
     ap.add_argument(
@@ -468,7 +482,13 @@ def main(args: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d"),
         "disjoint_from": "benchmark simulated_set seed 2026, ambiguity_set seed 2027, compare --seed 2027, real-anatomy test subjects",
     }
-    out = fit_models(rows, meta)
+    if ns.without:
+        meta["without"] = list(ns.without)
+    try:
+        out = fit_models(rows, meta, without=tuple(ns.without))
+    except AnchorError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
     for kind, m in out["models"].items():
         pv = m["provenance"]
         sys.stdout.write(
