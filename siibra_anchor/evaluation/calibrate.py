@@ -340,6 +340,8 @@ def evaluate_rows(rows: list[dict[str, Any]], models: dict[str, Any] | None = No
     ``{"volume": calibration_report, "no-volume": ...}``, the "volume" model on the first and wide passes,
     "no-volume" on the novol ones; refused rows are left out (the pipeline reports no confidence for them),
     rows of no brain count as wrong."""
+    from sklearn.metrics import log_loss
+
     from ..confidence import confidence_model
     from .benchmark import calibration_report
 
@@ -351,9 +353,7 @@ def evaluate_rows(rows: list[dict[str, Any]], models: dict[str, Any] | None = No
             err = [float("inf") if r["error_mm"] is None else float(r["error_mm"]) for r in use]
             p = np.array([m(r["features"]) for r in use])
             out[kind] = calibration_report(p.tolist(), err)
-            y = np.array([bool(r["correct"]) for r in use])
-            q = np.clip(np.where(y, p, 1 - p), 1e-9, 1.0)
-            out[kind]["log_loss"] = float(-np.mean(np.log(q)))
+            out[kind]["log_loss"] = float(log_loss([bool(r["correct"]) for r in use], p, labels=[False, True]))
     return out
 
 

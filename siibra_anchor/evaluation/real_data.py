@@ -19,7 +19,7 @@ from typing import Any
 
 from ..errors import InvalidParameterError, RealDataChecksumError, RealDataMissingError
 
-__all__ = ["RealVolume", "MANIFEST_PATH", "real_volumes", "real_volume_path", "SPLITS"]
+__all__ = ["RealVolume", "MANIFEST_PATH", "real_volumes", "real_volume", "real_volume_path", "SPLITS"]
 
 #: The manifest shipped with the package.
 MANIFEST_PATH = Path(__file__).with_name("real_data.json")
@@ -119,7 +119,7 @@ def real_volume_path(volume: RealVolume | str, real_data_dir: str | Path | None 
     RealDataChecksumError
         The file found differs from the one the manifest records (sha256).
     """
-    vol = volume if isinstance(volume, RealVolume) else _by_name(volume)
+    vol = volume if isinstance(volume, RealVolume) else real_volume(volume)
     candidates = []
     if real_data_dir is not None:
         candidates.append(Path(real_data_dir) / vol.file)
@@ -141,7 +141,8 @@ def real_volume_path(volume: RealVolume | str, real_data_dir: str | Path | None 
     )
 
 
-def _by_name(name: str) -> RealVolume:
+def real_volume(name: str) -> RealVolume:
+    """The manifest's volume called ``name`` (:class:`~siibra_anchor.errors.InvalidParameterError` if none is)."""
     for v in real_volumes():
         if v.name == name:
             return v

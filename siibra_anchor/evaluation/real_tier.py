@@ -214,14 +214,15 @@ def volume_truth(volume: Any, path: str | Path, real_data_dir: str | Path | None
     entry says) when that file is in ``real_data_dir`` or committed, else directly; skull-stripped
     ``truth_mask_iterations`` times (:func:`~siibra_anchor.evaluation.real_truth.real_truth`)."""
     from ..errors import RealDataMissingError
-    from .real_data import real_volume_path, real_volumes
+    from .real_data import real_volume, real_volume_path
     from .real_truth import real_truth
 
     via, via_masks = None, 0
     if volume.register_via:
+        via_volume = real_volume(volume.register_via)
         try:
-            via = real_volume_path(volume.register_via, real_data_dir)
-            via_masks = next(w.truth_mask_iterations for w in real_volumes() if w.name == volume.register_via)
+            via = real_volume_path(via_volume, real_data_dir)
+            via_masks = via_volume.truth_mask_iterations
         except RealDataMissingError:
             log.warning("%s: %s is missing, registering %s directly", volume.name, volume.register_via, volume.name)
     return real_truth(path, via=via, mask_iterations=volume.truth_mask_iterations, via_mask_iterations=via_masks)
