@@ -184,3 +184,31 @@ def test_small_block_with_mostly_wrong_matches_is_found_by_the_wider_search(mni_
     wider = res.diagnostics["retried_wider"]
     assert wider["kept"] == "wider" and wider["first_pass"]["confidence"] < 0.5
     assert res.confidence > wider["first_pass"]["confidence"]
+
+
+def test_a_strip_whose_first_search_finds_nothing_is_searched_again_not_refused(mni_reference):
+    """Case 31 of the confidence calibration draw (seed 5150): a narrow sagittal strip (38 x 93 mm, stated
+    spacing 14 % too small) whose coarse matches give the first RANSAC no hypothesis at all. It used to be
+    refused (AnchoringFailedError); now the wider second search (more matches, votes on the canonical planes)
+    runs, and the section comes back placed and flagged by its low confidence. With retries switched off
+    (retry_below=0) nothing searches again and the typed error stays."""
+    from dataclasses import replace
+
+    from siibra_anchor.errors import AnchoringFailedError
+    from siibra_anchor.evaluation.benchmark import make_section, simulated_set, user_hints
+
+    case = simulated_set(48, 5150)[31]
+    sim = make_section(case)
+    hints = user_hints(case, sim)
+    with pytest.raises(AnchoringFailedError, match="no consistent placement"):
+        sa.anchor(sim.section, reference=mni_reference, seed=0, params=replace(sa.AnchorParams(), retry_below=0.0),
+                  **hints)  # fmt: skip
+    with pytest.warns(sa.errors.LowConfidenceWarning):
+        res = sa.anchor(sim.section, reference=mni_reference, seed=0, **hints)
+    assert res.placed and res.diagnostics["retried_wider"] == {"first_pass": None, "kept": "wider"}
+    assert 0.0 <= res.confidence < 0.5
+    assert np.isfinite(section_error(res.affine, sim.true_affine, sim.section.mask))
+    # the batch path takes the same way
+    (batched,) = sa.anchor_batch([sim.section], reference=mni_reference, seed=0, **hints)
+    assert batched.placed and batched.diagnostics["retried_wider"]["first_pass"] is None
+    np.testing.assert_allclose(batched.affine, res.affine, atol=1e-6)

@@ -17,7 +17,7 @@ from dataclasses import replace
 from typing import Any
 
 from ..encoders import encoder_hash, load_default_encoder
-from ..errors import AnchorError, EncoderError, InvalidParameterError, LowConfidenceWarning
+from ..errors import AnchorError, AnchoringFailedError, EncoderError, InvalidParameterError, LowConfidenceWarning
 from ..reference import Reference
 from ..result import AnchoringResult
 from ..section import Section
@@ -96,7 +96,7 @@ def anchor(
     p = params or AnchorParams()
     run = Run(section, reference, enc, p, seed, hemisphere, flipped, plane_prior, n_patches, device)
     run.timings["reference_s"] = time.perf_counter() - t_start
-    return _finish(run, _pass(run, t_start), t_start, stacklevel=3)
+    return _finish(run, _first_pass(run, t_start), t_start, stacklevel=3)
 
 
 def _resolve(space: Any, reference: Any, encoder: Any, progress: bool) -> tuple[Any, Reference]:
@@ -114,10 +114,28 @@ def _resolve(space: Any, reference: Any, encoder: Any, progress: bool) -> tuple[
     return enc, reference
 
 
-def _finish(run: Run, result: AnchoringResult, t_start: float, stacklevel: int = 2) -> AnchoringResult:
-    """The wider second search when the confidence doubts the first; the low-confidence warning."""
+def _can_widen(run: Run) -> bool:
+    """Whether a second, wider search is allowed (a template volume to choose by, retries not switched off)."""
     p = run.params
-    if run.confidence < p.retry_below and p.retry_widen > 1.0 and run.ref.volume is not None:
+    return p.retry_below > 0 and p.retry_widen > 1.0 and run.ref.volume is not None
+
+
+def _first_pass(run: Run, t_start: float, prepared: bool = False) -> AnchoringResult | None:
+    """The first pass; None when it found no consistent placement at all but the wider search may (a small
+    block whose few coarse matches give RANSAC nothing: that is a section to search harder, not to refuse)."""
+    try:
+        return _pass(run, t_start, prepared=prepared)
+    except AnchoringFailedError as exc:
+        if not _can_widen(run):
+            raise
+        log.info("%s; searching again wider", exc)
+        return None
+
+
+def _finish(run: Run, result: AnchoringResult | None, t_start: float, stacklevel: int = 2) -> AnchoringResult:
+    """The wider second search when the confidence doubts the first (or the first found nothing); the
+    low-confidence warning."""
+    if result is None or (run.confidence < run.params.retry_below and _can_widen(run)):
         result = _wider(run, result, t_start)
     if result.confidence < LOW_CONFIDENCE:
         msg = (
@@ -196,7 +214,7 @@ def anchor_many(
         run.timings["reference_s"] = t_ref
         run.timings["batch_shared_s"] = shared
         try:
-            out[i] = _finish(run, _pass(run, t_sec - shared, prepared=True), t_sec - shared, stacklevel=4)
+            out[i] = _finish(run, _first_pass(run, t_sec - shared, prepared=True), t_sec - shared, stacklevel=4)
         except AnchorError as exc:
             out[i] = exc
     return [o for o in out if o is not None]
@@ -246,7 +264,7 @@ def anchor_batch(
     ]
 
 
-def _wider(first: Run, result: AnchoringResult, t_start: float) -> AnchoringResult:
+def _wider(first: Run, result: AnchoringResult | None, t_start: float) -> AnchoringResult:
     """A hard section (a small block, an unusual contrast): the right placement is often among the matches
     but not among the few RANSAC hypotheses. Search again with ``retry_widen`` times more coarse patches,
     matches per patch, RANSAC trials and hypotheses, and votes on the canonical planes; keep the placement
@@ -267,13 +285,17 @@ def _wider(first: Run, result: AnchoringResult, t_start: float) -> AnchoringResu
     )
     t_again = time.perf_counter()
     again_run.timings["reference_s"] = 0.0
-    again = _pass(again_run, t_again)
-    gain = float(first.best.score)
-    kept = again if (again.diagnostics.get("nmi_gain") or -1.0) > gain else result
-    kept.diagnostics["retried_wider"] = {
-        "first_pass": {"confidence": first.confidence, "nmi_gain": gain, "consistency": first.consistency},
-        "kept": "wider" if kept is again else "first",
-    }
+    again = _pass(again_run, t_again)  # raises when the first pass found nothing and this one neither
+    if result is None:
+        kept = again
+        kept.diagnostics["retried_wider"] = {"first_pass": None, "kept": "wider"}
+    else:
+        gain = float(first.best.score)
+        kept = again if (again.diagnostics.get("nmi_gain") or -1.0) > gain else result
+        kept.diagnostics["retried_wider"] = {
+            "first_pass": {"confidence": first.confidence, "nmi_gain": gain, "consistency": first.consistency},
+            "kept": "wider" if kept is again else "first",
+        }
     kept.diagnostics["timings"]["total_s"] = time.perf_counter() - t_start
     return kept
 
