@@ -557,7 +557,7 @@ def test_compare_encoders_on_benchmark_sections(tmp_path, capsys):
     from siibra_anchor.training.compare import load_any_encoder, main
 
     from siibra_anchor.encoders import default_manifest
-    from siibra_anchor.errors import WeightsChecksumError
+    from siibra_anchor.errors import RealDataMissingError, WeightsChecksumError
 
     name = "patch-cnn-w24-d128-pool2-cpu1h"
     entry = default_manifest()["encoders"][name]
@@ -573,6 +573,14 @@ def test_compare_encoders_on_benchmark_sections(tmp_path, capsys):
     assert "patch top-1 median" in capsys.readouterr().out
     assert main([str(pt), "--cases", "2", "--seed", "2027", "--json", str(out)]) == 0  # fresh sections
     assert json.loads(out.read_text())[str(pt)]["n_patches"] != b["n_patches"]
+    # the calibration set: its own template-family draw, and the real calibration split needs all its volumes
+    assert main([str(pt), "--cases", "2", "--calibration", "--json", str(out)]) == 0
+    calib = json.loads(out.read_text())[str(pt)]
+    assert calib["n_patches"] not in (b["n_patches"], 0)
+    with pytest.raises(SystemExit):
+        main([str(pt), "--cases", "1", "--calibration", "--seed", "2027"])
+    with pytest.raises(RealDataMissingError, match="reg-"):
+        main([str(pt), "--cases", "1", "--calibration", "--real-data", str(tmp_path / "none"), "--real-n", "1"])
     # a sparser reference (its own density, its own patches) and an AnchorParams field for --sections
     sparse = ["--n-sections", "8", "--stride-px", "6", "--sections", "--param", "k=4", "--json", str(out)]
     assert main([str(pt), "--cases", "1", *sparse]) == 0

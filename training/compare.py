@@ -13,6 +13,11 @@ is the default one (``Reference.from_space("mni152")``) unless ``--n-sections``/
 density; ``--param NAME=VALUE`` changes a field of :class:`~siibra_anchor.AnchorParams` for ``--sections``.
 With ``--real-data DIR``: the real-anatomy tier too (``siibra-anchor benchmark --real-data``'s test split,
 ``--real-n`` sections per volume), so that both tiers are measured in one run for every encoder.
+
+With ``--calibration``: the same measurements on the calibration set instead of the test sets, for choosing
+between candidates without looking at what the benchmark reports: template-family sections from the
+calibration's seed (``evaluation.calibrate.CALIBRATION_SEEDS["sections"]``) and, with ``--real-data``, the
+real-anatomy *calibration* split (other volumes than the test split's, sections from the calibration's seed).
 """
 
 from __future__ import annotations
@@ -50,16 +55,20 @@ def compare_encoders(
     real_data: str | None = None,
     real_n: int = 3,
     real_mounting_known: bool = True,
+    real_split: str = "test",
+    real_seed: int = 2026,
 ) -> dict[str, Any]:
     """Figures per encoder (see the module docstring); the same sections for every encoder.
 
     reference : keyword arguments of ``Reference.from_space`` (``n_sections``, ``stride_px``); default ones if None.
     params : fields of :class:`~siibra_anchor.AnchorParams` that differ from the default, for ``sections``.
+    real_split, real_seed : which real-anatomy volumes ("test" or "calibration") and which draw of sections.
     """
     from dataclasses import replace
 
     import siibra_anchor as sa
     from siibra_anchor.anchoring import AnchorParams
+    from siibra_anchor.errors import AnchorError
     from siibra_anchor.evaluation.benchmark import make_section, simulated_set, user_hints
     from siibra_anchor.evaluation.patch_eval import patch_metrics
     from siibra_anchor.evaluation.simulate import section_error
@@ -89,24 +98,29 @@ def compare_encoders(
                 warnings.simplefilter("ignore")
                 for c, s in zip(specs, sims, strict=True):
                     t = time.perf_counter()
-                    res = sa.anchor(
-                        s.section, reference=ref, encoder=enc, seed=0, params=anchor_params, **user_hints(c, s)
-                    )
+                    try:
+                        res = sa.anchor(
+                            s.section, reference=ref, encoder=enc, seed=0, params=anchor_params, **user_hints(c, s)
+                        )
+                        errs.append(section_error(res.affine, s.true_affine, s.section.mask))
+                    except AnchorError:  # refused: a failure, as the benchmark counts it
+                        errs.append(float("inf"))
                     times.append(time.perf_counter() - t)
-                    errs.append(section_error(res.affine, s.true_affine, s.section.mask))
             e = np.asarray(errs)
             r.update(
                 section_median_mm=float(np.median(e)),
                 section_p90_mm=float(np.percentile(e, 90)),
                 failure_rate=float(np.mean(e > 10.0)),
                 failing_cases=[int(i) for i in np.flatnonzero(e > 10.0)],
+                refused_cases=[int(i) for i in np.flatnonzero(~np.isfinite(e))],
                 median_time_s=float(np.median(times)),
             )
         if real_data is not None:
             from siibra_anchor.evaluation.real_tier import run_real_tier
 
             real = run_real_tier(real_data, n_per_volume=real_n, encoder=enc, encoder_name=name, reference=ref,
-                                 raw_baseline=False, mounting_known=real_mounting_known)  # fmt: skip
+                                 raw_baseline=False, mounting_known=real_mounting_known, split=real_split,
+                                 seed=real_seed, require_all=real_split == "calibration")  # fmt: skip
             r["real"] = {k: real[k] for k in ("default", "by_contrast", "outcomes", "truth_uncertainty_mm")}
             r["real"]["cases"] = [
                 {k: c[k] for k in ("name", "contrast", "default_error_mm", "default_confidence", "default_outcome")}
@@ -163,19 +177,33 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--real-mounting-unknown", action="store_true", help="real-anatomy tier with the hemisphere hint only"
     )
+    ap.add_argument(
+        "--calibration",
+        action="store_true",
+        help="measure on the calibration set (its template-family seed and the real calibration split), not the test sets",
+    )
     ap.add_argument("--json", help="write the figures here too")
     a = ap.parse_args(argv)
+    seed, real_split, real_seed = a.seed, "test", 2026
+    if a.calibration:
+        from siibra_anchor.evaluation.calibrate import CALIBRATION_SEEDS
+
+        if a.seed != 2026:
+            ap.error("--calibration draws the calibration's own sections: leave --seed out")
+        seed, real_split, real_seed = CALIBRATION_SEEDS["sections"], "calibration", CALIBRATION_SEEDS["real"]
     reference = {k: v for k, v in (("n_sections", a.n_sections), ("stride_px", a.stride_px)) if v is not None}
     res = compare_encoders(
         a.encoders,
         sections=a.sections,
         cases=a.cases,
-        seed=a.seed,
+        seed=seed,
         reference=reference,
         params=_parse_params(a.param, ap),
         real_data=a.real_data,
         real_n=a.real_n,
         real_mounting_known=not a.real_mounting_unknown,
+        real_split=real_split,
+        real_seed=real_seed,
     )
     for name, r in res.items():
         line = (
