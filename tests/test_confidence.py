@@ -10,7 +10,7 @@ import pytest
 
 from siibra_anchor.confidence import FEATURES, ConfidenceModel, confidence_model, feature_vector
 from siibra_anchor.errors import CorruptFileError, InvalidParameterError
-from siibra_anchor.evaluation.benchmark import calibration_report
+from siibra_anchor.evaluation.benchmark import ECE_DRAWS, calibration_lines, calibration_report, ece_if_calibrated
 from siibra_anchor.evaluation.calibrate import NO_VOLUME_FEATURES, VOLUME_FEATURES, fit_models, read_rows
 
 
@@ -98,6 +98,30 @@ def test_calibration_report_against_a_hand_computation():
     assert cal["failures_with_confidence_ge_0.5"] == 2
     top = cal["reliability_diagram"][9]
     assert top["n"] == 4 and top["observed_correct"] == pytest.approx(0.75)
+
+
+def test_the_ece_of_a_calibrated_confidence_is_read_beside_the_observed_one():
+    """Consistency resampling: the ECE a calibrated confidence shows on this many sections. A confidence
+    that is calibrated is not flagged; one that says 0.95 where half are wrong is; fewer sections give a
+    larger ECE to a calibrated confidence; the figures are seeded."""
+    rng = np.random.default_rng(3)
+    conf = rng.uniform(0.3, 1.0, 400)
+    calibrated = np.where(rng.random(400) < conf, 1.0, 30.0)  # within 10 mm with probability = confidence
+    cal = calibration_report(conf.tolist(), calibrated.tolist())
+    null = cal["ece_if_calibrated"]
+    assert null["draws"] == ECE_DRAWS and null["median"] <= null["p90"]
+    assert null["p_value"] > 0.05  # a calibrated confidence is not flagged
+    assert cal["ece"] < null["p90"] + 0.02
+    overconfident = np.where(rng.random(100) < 0.5, 1.0, 30.0)
+    bad = calibration_report([0.95] * 100, overconfident.tolist())
+    assert bad["ece"] > 0.3 and bad["ece_if_calibrated"]["p_value"] == 0.0
+    small = ece_if_calibrated(conf[:40])
+    assert small["median"] > null["median"]  # the sample size alone raises a calibrated ECE
+    again = ece_if_calibrated(conf[:40])
+    assert (again["median"], again["p90"]) == (small["median"], small["p90"]) and np.isnan(small["p_value"])
+    assert ece_if_calibrated([])["draws"] == 0
+    line = calibration_lines(cal)[1]
+    assert line.startswith("ECE a calibrated confidence would show on these 400 sections")
 
 
 def test_profile_times_every_stage(mni_reference):
