@@ -166,7 +166,11 @@ def test_anchor_params_are_checked_on_construction():
         sa.AnchorParams(guided_radii_mm=())
     with pytest.raises(InvalidParameterError, match="AnchorParams.retry_below"):
         sa.AnchorParams(retry_below=1.5)
+    for bad in ((0, 160), (120,), (120.5, 160), "many"):
+        with pytest.raises(InvalidParameterError, match="AnchorParams.refine_evals"):
+            sa.AnchorParams(refine_evals=bad)
     assert sa.AnchorParams(k=3).as_dict()["k"] == 3
+    assert sa.AnchorParams().as_dict()["refine_evals"] == [120, 160]
 
 
 @pytest.mark.filterwarnings("ignore::siibra_anchor.errors.LowConfidenceWarning")

@@ -62,6 +62,11 @@ class AnchorParams:
     refine: bool = True
     n_sample_points: int = 2000
     n_refine: int = 2
+    #: Powell evaluations of the intensity refinement: (coarse, fine). Coarse: each of the best ``n_refine``
+    #: candidates against the template smoothed by 2 voxels; fine: the winner at 1 and 0 voxels, and the
+    #: winner's mirror image. (240, 320) refines real brains' correct placements closer to their truth but
+    #: loses template-tier sections (docs/method.md has both in one benchmark run)
+    refine_evals: tuple[int, int] = (120, 160)
     # a placement with confidence below ``retry_below`` is searched again with ``retry_widen`` times more
     # coarse patches, matches per patch, RANSAC trials and hypotheses; the better-scoring placement is kept
     retry_below: float = 0.5
@@ -93,6 +98,9 @@ class AnchorParams:
             raise _bad("max_anisotropy", self.max_anisotropy, "a number >= 1")
         if not _is_num(self.retry_below) or not 0.0 <= self.retry_below <= 1.0:
             raise _bad("retry_below", self.retry_below, "a number in [0, 1]")
+        ev = self.refine_evals
+        if not (isinstance(ev, (tuple, list)) and len(ev) == 2 and all(_is_int(x) and x >= 1 for x in ev)):
+            raise _bad("refine_evals", ev, "a pair (coarse, fine) of positive integers")
         sr = self.scale_range
         if not (isinstance(sr, (tuple, list)) and len(sr) == 2 and all(_is_num(x) for x in sr) and 0 < sr[0] <= sr[1]):
             raise _bad("scale_range", sr, "a pair (low, high) with 0 < low <= high")

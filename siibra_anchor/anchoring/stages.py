@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 
 from ..affine_fit import SectionMap, constrain_affine, ransac_section, similarity_fit
 from ..confidence import cap, confidence_model
-from ..errors import AnchoringFailedError, EmptyMaskError, ImageTooSmallError
+from ..errors import AnchoringFailedError, EmptyMaskError, ImageTooSmallError, InvalidReferenceError
 from ..matching import best_in_neighbourhood, search_topk
 from ..patches import grid_centres, normalize_intensity, rotation_angles
 from ..planes import section_affine
@@ -41,6 +41,10 @@ __all__ = [
     "propose",
     "guide",
     "score",
+    "refine_from",
+    "placement_gain",
+    "working_map",
+    "original_affine",
     "disambiguate",
     "confide",
     "assemble",
@@ -364,13 +368,50 @@ def score(r: Run) -> None:
         r.pts = sample_points(r.imgn, r.msk, p.n_sample_points, r.rng)
         ranked = _ranked([replace(c, score=_gain(r, c.placement)) for c in r.candidates])
         if p.refine:
-            ranked[: p.n_refine] = [_refined(r, c, smoothed, (2.0,), 120) for c in ranked[: p.n_refine]]
+            coarse, fine_evals = p.refine_evals
+            ranked[: p.n_refine] = [_refined(r, c, smoothed, (2.0,), coarse) for c in ranked[: p.n_refine]]
             ranked = _ranked(ranked)
-            fine = _refined(r, ranked[0], smoothed, (1.0, 0.0), 160)
+            fine = _refined(r, ranked[0], smoothed, (1.0, 0.0), fine_evals)
             if fine.score >= ranked[0].score:
                 ranked[0] = fine
         r.candidates = ranked
     r.timings["refine_s"] = time.perf_counter() - t0
+
+
+def refine_from(r: Run, m: SectionMap) -> Candidate:
+    """``m`` intensity-refined as :func:`score` refines a winner (coarse against the template smoothed by 2
+    voxels, then fine at 1 and 0, the fine result kept only if it scores higher), scored by its NMI gain.
+    Needs a template volume; draws the NMI sample points if no stage has. The evaluation uses it to find
+    where the refinement's objective itself puts a section that starts on its truth."""
+    if r.ref.volume is None:
+        raise InvalidReferenceError("refine_from needs a reference with a template volume")
+    if r.pts is None:
+        r.pts = sample_points(r.imgn, r.msk, r.params.n_sample_points, r.rng)
+    smoothed = {sg: r.ref.smoothed_volume(sg) for sg in (2.0, 1.0, 0.0)}
+    coarse, fine_evals = r.params.refine_evals
+    c = _refined(r, Candidate(m), smoothed, (2.0,), coarse)
+    f = _refined(r, c, smoothed, (1.0, 0.0), fine_evals)
+    return f if f.score >= c.score else c
+
+
+def placement_gain(r: Run, m: SectionMap) -> float:
+    """NMI gain with the template of working-pixel placement ``m`` (on the NMI sample points; drawn here if
+    no stage has)."""
+    if r.pts is None:
+        r.pts = sample_points(r.imgn, r.msk, r.params.n_sample_points, r.rng)
+    return _gain(r, m)
+
+
+def working_map(r: Run, affine: NDArray) -> SectionMap:
+    """A (4, 4) affine of the original pixel grid as a working-pixel placement (the inverse of
+    :func:`original_affine`); :func:`prepare` must have run."""
+    a = np.asarray(affine, float)
+    return SectionMap(a[:3, :2] * r.scale[None, :], a[:3, 3].copy())
+
+
+def original_affine(r: Run, m: SectionMap) -> NDArray:
+    """A working-pixel placement as the (4, 4) affine of the original pixel grid."""
+    return _original_affine(r, m)
 
 
 def _mirror_candidate(r: Run) -> Candidate | None:
@@ -387,7 +428,7 @@ def _mirror_candidate(r: Run) -> Candidate | None:
     if r.plane_prior is not None and not r.plane_prior.agrees(mir, r.tissue_rc):
         return None
     smoothed = {sg: r.ref.smoothed_volume(sg) for sg in (2.0, 1.0, 0.0)}
-    refined = _refined(r, Candidate(mir), smoothed, (2.0, 0.0), 160)
+    refined = _refined(r, Candidate(mir), smoothed, (2.0, 0.0), r.params.refine_evals[1])
     again = guided_rematch(r, refined.placement, radii_mm=(r.params.guided_radii_mm[-1],))
     return replace(refined, matches=again.matches or top.matches)
 
