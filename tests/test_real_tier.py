@@ -189,6 +189,13 @@ def test_quick_tier_on_the_committed_volumes(tmp_path):
     text = format_real_tier(rep)
     assert "**all**" in text and all(name in text for name in committed)
     assert "refine floor" in text and f"| {rep['refine_floor_mm']:.2f} |" in text
+    # params reach the anchoring and the floor: one Powell evaluation per stage leaves the truth where it is
+    # and the anchored placements unrefined
+    from siibra_anchor import AnchorParams
+
+    stuck = run_real_tier(None, n_per_volume=1, seed=5, raw_baseline=False, params=AnchorParams(refine_evals=(1, 1)))
+    assert all(c["refine_floor_mm"] < 1e-6 for c in stuck["cases"])
+    assert any(c["default_affine"] != d["default_affine"] for c, d in zip(stuck["cases"], rep["cases"], strict=True))
 
     # the QC figure of the failures re-cuts the same sections from the report's seed (here: of every case)
     from siibra_anchor.evaluation.real_tier import failure_figure, failure_rows, main

@@ -125,6 +125,26 @@ def test_score_without_a_volume_ranks_by_consistency(after, mni_reference):
         assert c.score == pytest.approx(r.coarse_consistency(c.placement))
 
 
+def test_refine_from_is_the_winners_refinement_and_needs_a_volume(after, sim, mni_reference):
+    """refine_from(r, m) refines a placement as score refines its winner: from the score stage's winner it
+    stays as good (within a voxel of the truth); the original-grid affine round-trips through working_map;
+    without a template volume it is a typed error."""
+    from dataclasses import replace
+
+    from siibra_anchor.errors import InvalidReferenceError
+
+    r = copy.copy(after["score"])
+    win = r.candidates[0].placement
+    again = stages.refine_from(r, win)
+    assert again.score >= stages.placement_gain(r, win) - 0.01
+    assert _placement_error_mm(again.placement, sim, r.scale) < 3.0
+    back = stages.working_map(r, stages.original_affine(r, win))
+    assert np.allclose(back.linear, win.linear) and np.allclose(back.translation, win.translation)
+    r.ref = replace(mni_reference, volume=None)
+    with pytest.raises(InvalidReferenceError, match="template volume"):
+        stages.refine_from(r, win)
+
+
 def test_disambiguate_picks_the_best_and_describes_it(after):
     r = after["disambiguate"]
     assert r.best is r.candidates[0]

@@ -61,7 +61,8 @@ def compare_encoders(
     """Figures per encoder (see the module docstring); the same sections for every encoder.
 
     reference : keyword arguments of ``Reference.from_space`` (``n_sections``, ``stride_px``); default ones if None.
-    params : fields of :class:`~siibra_anchor.AnchorParams` that differ from the default, for ``sections``.
+    params : fields of :class:`~siibra_anchor.AnchorParams` that differ from the default, for ``sections``
+        and the real-anatomy sections (before 2026-12-03, stop 33, the real ones ran with the defaults).
     real_split, real_seed : which real-anatomy volumes ("test" or "calibration") and which draw of sections.
     """
     from dataclasses import replace
@@ -120,7 +121,8 @@ def compare_encoders(
 
             real = run_real_tier(real_data, n_per_volume=real_n, encoder=enc, encoder_name=name, reference=ref,
                                  raw_baseline=False, mounting_known=real_mounting_known, split=real_split,
-                                 seed=real_seed, require_all=real_split == "calibration")  # fmt: skip
+                                 seed=real_seed, require_all=real_split == "calibration",
+                                 params=anchor_params, refinement_floors=False)  # fmt: skip
             r["real"] = {k: real[k] for k in ("default", "by_contrast", "outcomes", "truth_uncertainty_mm")}
             r["real"]["cases"] = [
                 {k: c[k] for k in ("name", "contrast", "default_error_mm", "default_confidence", "default_outcome")}

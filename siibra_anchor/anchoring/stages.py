@@ -385,8 +385,7 @@ def refine_from(r: Run, m: SectionMap) -> Candidate:
     where the refinement's objective itself puts a section that starts on its truth."""
     if r.ref.volume is None:
         raise InvalidReferenceError("refine_from needs a reference with a template volume")
-    if r.pts is None:
-        r.pts = sample_points(r.imgn, r.msk, r.params.n_sample_points, r.rng)
+    _ensure_points(r)
     smoothed = {sg: r.ref.smoothed_volume(sg) for sg in (2.0, 1.0, 0.0)}
     coarse, fine_evals = r.params.refine_evals
     c = _refined(r, Candidate(m), smoothed, (2.0,), coarse)
@@ -397,9 +396,14 @@ def refine_from(r: Run, m: SectionMap) -> Candidate:
 def placement_gain(r: Run, m: SectionMap) -> float:
     """NMI gain with the template of working-pixel placement ``m`` (on the NMI sample points; drawn here if
     no stage has)."""
+    _ensure_points(r)
+    return _gain(r, m)
+
+
+def _ensure_points(r: Run) -> None:
+    """The NMI sample points, drawn as :func:`score` draws them unless a stage already has."""
     if r.pts is None:
         r.pts = sample_points(r.imgn, r.msk, r.params.n_sample_points, r.rng)
-    return _gain(r, m)
 
 
 def working_map(r: Run, affine: NDArray) -> SectionMap:

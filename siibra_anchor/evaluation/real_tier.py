@@ -369,6 +369,7 @@ def run_real_tier(
     raw_baseline: bool = True,
     mounting_known: bool = True,
     refinement_floors: bool = True,
+    params: Any = None,
 ) -> dict[str, Any]:
     """Anchor the real-anatomy sections with the default encoder and the raw-pixel baseline.
 
@@ -388,6 +389,8 @@ def run_real_tier(
     refinement_floors : also refine each section's truth with the pipeline's own intensity refinement
         (:func:`refinement_floor`, about 0.3 s a section): the "refine floor" of the report, how far from
         the registered truth the objective itself lies.
+    params : :class:`~siibra_anchor.AnchorParams` of the "default" column's anchoring and of the refine floor
+        (default: the defaults); the raw-pixel baseline always runs with the defaults.
 
     Returns a JSON-safe dict: ``{"split", "n_per_volume", "seed", "volumes", "missing", "default",
     "raw_pixel", "by_contrast": {contrast: {"default", "raw_pixel", "truth_uncertainty_mm"}},
@@ -429,7 +432,7 @@ def run_real_tier(
             "truth_uncertainty_mm": section_error(rs.second_affine, rs.true_affine, mask),
         }
         if refinement_floors:
-            fl = refinement_floor(rs.section, rs.true_affine, ref, enc)
+            fl = refinement_floor(rs.section, rs.true_affine, ref, enc, params=params)
             row.update({"refine_floor_mm": fl["floor_mm"], "truth_nmi_gain": fl["gain_truth"],
                         "refined_truth_nmi_gain": fl["gain_refined"]})  # fmt: skip
         for key in ("default", "raw_pixel"):
@@ -443,7 +446,8 @@ def run_real_tier(
                 with warnings.catch_warnings():  # the confidence is recorded; no warning per section
                     warnings.simplefilter("ignore", LowConfidenceWarning)
                     res = sa.anchor(rs.section, reference=r, encoder=e, seed=0, hemisphere=rs.hemisphere,
-                                    flipped=False if mounting_known else None)  # fmt: skip
+                                    flipped=False if mounting_known else None,
+                                    params=params if key == "default" else None)  # fmt: skip
                 err, conf, why = section_error(res.affine, rs.true_affine, mask), float(res.confidence), None
                 row[f"{key}_affine"] = np.asarray(res.affine, float).tolist()
                 row[f"{key}_outcome"] = failure_kind(res.affine, rs.true_affine, mask)
