@@ -351,6 +351,18 @@ def _refined(r: Run, c: Candidate, smoothed: dict, sigmas: tuple, evals: int) ->
     return replace(c, placement=gm, score=_gain(r, gm))
 
 
+def _smoothed(r: Run) -> dict[float, NDArray]:
+    """The template smoothed by 2, 1 and 0 voxels, as the refinement's coarse-to-fine stages read it."""
+    return {sg: r.ref.smoothed_volume(sg) for sg in (2.0, 1.0, 0.0)}
+
+
+def _finer(r: Run, c: Candidate, smoothed: dict) -> Candidate:
+    """The fine step of the refinement (template smoothed by 1, then 0 voxels): ``c`` refined, or ``c``
+    itself when that scores higher."""
+    fine = _refined(r, c, smoothed, (1.0, 0.0), r.params.refine_evals[1])
+    return fine if fine.score >= c.score else c
+
+
 def _ranked(cands: list[Candidate]) -> list[Candidate]:
     return sorted(cands, key=lambda c: -c.score)  # stable: ties keep their order
 
@@ -364,16 +376,14 @@ def score(r: Run) -> None:
     if ref.volume is None:
         r.candidates = _ranked([replace(c, score=r.coarse_consistency(c.placement)) for c in r.candidates])
     else:
-        smoothed = {sg: ref.smoothed_volume(sg) for sg in (2.0, 1.0, 0.0)}
+        smoothed = _smoothed(r)
         r.pts = sample_points(r.imgn, r.msk, p.n_sample_points, r.rng)
         ranked = _ranked([replace(c, score=_gain(r, c.placement)) for c in r.candidates])
         if p.refine:
-            coarse, fine_evals = p.refine_evals
+            coarse = p.refine_evals[0]
             ranked[: p.n_refine] = [_refined(r, c, smoothed, (2.0,), coarse) for c in ranked[: p.n_refine]]
             ranked = _ranked(ranked)
-            fine = _refined(r, ranked[0], smoothed, (1.0, 0.0), fine_evals)
-            if fine.score >= ranked[0].score:
-                ranked[0] = fine
+            ranked[0] = _finer(r, ranked[0], smoothed)
         r.candidates = ranked
     r.timings["refine_s"] = time.perf_counter() - t0
 
@@ -386,11 +396,8 @@ def refine_from(r: Run, m: SectionMap) -> Candidate:
     if r.ref.volume is None:
         raise InvalidReferenceError("refine_from needs a reference with a template volume")
     _ensure_points(r)
-    smoothed = {sg: r.ref.smoothed_volume(sg) for sg in (2.0, 1.0, 0.0)}
-    coarse, fine_evals = r.params.refine_evals
-    c = _refined(r, Candidate(m), smoothed, (2.0,), coarse)
-    f = _refined(r, c, smoothed, (1.0, 0.0), fine_evals)
-    return f if f.score >= c.score else c
+    smoothed = _smoothed(r)
+    return _finer(r, _refined(r, Candidate(m), smoothed, (2.0,), r.params.refine_evals[0]), smoothed)
 
 
 def placement_gain(r: Run, m: SectionMap) -> float:
@@ -413,11 +420,6 @@ def working_map(r: Run, affine: NDArray) -> SectionMap:
     return SectionMap(a[:3, :2] * r.scale[None, :], a[:3, 3].copy())
 
 
-def original_affine(r: Run, m: SectionMap) -> NDArray:
-    """A working-pixel placement as the (4, 4) affine of the original pixel grid."""
-    return _original_affine(r, m)
-
-
 def _mirror_candidate(r: Run) -> Candidate | None:
     """The winner's mirror image across the mid-sagittal plane (x -> -x), the classic left/right
     confusion, refined and scored; None where it is the same place or a hint or the prior rules it out."""
@@ -431,7 +433,7 @@ def _mirror_candidate(r: Run) -> Candidate | None:
         return None
     if r.plane_prior is not None and not r.plane_prior.agrees(mir, r.tissue_rc):
         return None
-    smoothed = {sg: r.ref.smoothed_volume(sg) for sg in (2.0, 1.0, 0.0)}
+    smoothed = _smoothed(r)
     refined = _refined(r, Candidate(mir), smoothed, (2.0, 0.0), r.params.refine_evals[1])
     again = guided_rematch(r, refined.placement, radii_mm=(r.params.guided_radii_mm[-1],))
     return replace(refined, matches=again.matches or top.matches)
@@ -509,8 +511,8 @@ def confide(r: Run) -> None:
     r.confidence = confidence_model("volume" if r.ref.volume is not None else "no-volume")(r.features)
 
 
-def _original_affine(r: Run, m: SectionMap) -> NDArray:
-    """Working-pixel map -> (4, 4) affine of the original pixel grid (working = original / scale)."""
+def original_affine(r: Run, m: SectionMap) -> NDArray:
+    """A working-pixel placement as the (4, 4) affine of the original pixel grid (working = original / scale)."""
     return section_affine(m.linear / r.scale[None, :], m.translation, float(np.mean(r.section.spacing_mm)))
 
 
@@ -552,7 +554,7 @@ def _alternatives(r: Run) -> list[dict[str, Any]]:
             label = "mirrored / reversed normal"
         out.append(
             {
-                "affine": _original_affine(r, g),
+                "affine": original_affine(r, g),
                 "score": float(c.score),
                 "inlier_fraction": r.coarse_consistency(g),
                 "label": label,
@@ -583,7 +585,7 @@ def assemble(r: Run) -> AnchoringResult:
     if r.plane_prior is not None:
         diagnostics["plane_prior"] = r.plane_prior.as_dict()
     return AnchoringResult(
-        affine=_original_affine(r, r.best.placement),
+        affine=original_affine(r, r.best.placement),
         space=ref.space,
         confidence=r.confidence,
         matches=_match_table(r),
