@@ -122,7 +122,7 @@ def bigbrain_sections(
     from .siibra_spaces import fetch_volume
 
     feats = bigbrain_section_features(online=online, timeout_s=min(timeout_s, 120.0))
-    if names:
+    if names is not None:  # an empty list selects none
         feats = [f for f in feats if any(n in str(f.name) for n in names)]
     if limit is not None:
         feats = feats[: int(limit)]

@@ -13,6 +13,7 @@ from siibra_anchor.affine_fit import (
     ransac_section,
     similarity_fit,
 )
+from siibra_anchor.anchoring.params import AnchorParams
 from siibra_anchor.planes import plane_affine, section_affine
 
 
@@ -123,8 +124,19 @@ def test_constrain_affine_limits_scale_and_anisotropy():
     lin = np.array([[3.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
     c = constrain_affine(lin, spacing=1.0, scale_range=(0.7, 1.4), max_anisotropy=1.15)
     s = np.linalg.svd(c, compute_uv=False)
-    assert s.max() <= 1.4 + 1e-9 and s.min() >= 0.7 - 1e-9
-    assert s.max() / s.min() <= 1.15 + 1e-9
+    assert np.sqrt(s.prod()) == pytest.approx(1.4)  # the mean scale sqrt(3) is clipped to the range
+    assert s.max() / s.min() == pytest.approx(1.15)
+    # a similarity outside the range is clipped to it, direction kept
+    c = constrain_affine(np.array([[2.0, 0.0], [0.0, 2.0], [0.0, 0.0]]), 0.5, (0.7, 1.4), max_anisotropy=1.0)
+    np.testing.assert_allclose(c, np.array([[0.7, 0.0], [0.0, 0.7], [0.0, 0.0]]))
+    # degenerate maps (a fit to collinear or coincident points) come back finite, inside the prior
+    for lin0 in (np.zeros((3, 2)), np.array([[1.0, 2.0], [0.0, 0.0], [0.0, 0.0]])):
+        s0 = np.linalg.svd(constrain_affine(lin0, 0.5, (0.7, 1.4), max_anisotropy=1.35), compute_uv=False)
+        assert np.all(np.isfinite(s0)) and np.sqrt(s0.prod()) == pytest.approx(0.35) and s0[0] / s0[1] <= 1.35 + 1e-9
+    # BigBrain's histological geometry on a coronal section (z 1.44 against x 1.12) is inside the default prior
+    bb = np.array([[0.0, 1.12], [0.0, 0.0], [-1.44, 0.0]]) * 0.4
+    p = AnchorParams()
+    np.testing.assert_allclose(constrain_affine(bb, 0.4, p.scale_range, p.max_anisotropy), bb, atol=1e-12)
 
 
 def test_section_affine_convention():

@@ -134,7 +134,7 @@ def test_template_floor_registration_recovers_a_known_motion(tmp_path):
 
 
 @pytest.mark.slow
-def test_small_benchmark_writes_every_figure_and_strict_json(tmp_path, mni_reference):
+def test_small_benchmark_writes_every_figure_and_strict_json(tmp_path, mni_reference, monkeypatch):
     cfg = BenchConfig(
         name="test",
         cases=(36, 38),  # 38 is cut from the white-matter map, a volume the default encoder was trained on
@@ -148,8 +148,10 @@ def test_small_benchmark_writes_every_figure_and_strict_json(tmp_path, mni_refer
         ambiguity_per_kind=1,
         ambiguity_kinds=("mirrored-mounting",),
     )
-    rep = run_benchmark(config=cfg, out=tmp_path, progress=False, reference=mni_reference)
+    monkeypatch.setenv("SIIBRA_ANCHOR_OFFLINE", "1")  # the BigBrain block needs siibra online: not measured
+    rep = run_benchmark(config=cfg, out=tmp_path, progress=False, reference=mni_reference, bigbrain=4)
     data = _strict_json(tmp_path / "benchmark.json")
+    assert set(data["bigbrain"]) == {"skipped"} and "SpaceUnavailableError" in data["bigbrain"]["skipped"]
     assert data["config"]["name"] == "test" and len(data["cases"]) == 2
     for key in ("default", "baseline_raw_pixel", "baseline_no_refine", "baseline_best_patch", "baseline_centroid"):
         assert data[key]["n"] == 2 and data[key]["median_mm"] >= 0
@@ -196,6 +198,7 @@ def test_small_benchmark_writes_every_figure_and_strict_json(tmp_path, mni_refer
     text = format_table(rep)
     assert "SimpleITK" in text and "ambiguity" in text and "reference density" in text
     assert "held-out volumes only (not mni152, mni152-2009a-wm" in text
+    assert "BigBrain sections through siibra: not measured (SpaceUnavailableError" in text
     md = format_markdown(rep)
     assert md.startswith("# Benchmarks") and "benchmark-density.png" in md
     assert "It was trained on mni152, mni152-2009a-wm" in md and "the *held-out* lines" in md

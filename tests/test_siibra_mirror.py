@@ -194,10 +194,10 @@ def test_julich_brain_3_1_regions_through_siibra_in_both_spaces(ebrains_mirror, 
 
 
 def test_bigbrain_sections_come_as_sections_with_their_affine(ebrains_mirror, siibra_mirror):
-    from ebrains_mirror.mirror import BIGBRAIN_SECTION, BIGBRAIN_SECTION_Y_MM
+    from ebrains_mirror.mirror import BIGBRAIN_SECTION, BIGBRAIN_SECTION_Y_MM, bigbrain_to_mni
     from siibra_anchor.adapters.siibra_sections import bigbrain_sections
 
-    from siibra_anchor.planes import cut_plane
+    from siibra_anchor.planes import sample_volume
     from siibra_anchor.templates import load_volume
 
     pairs = bigbrain_sections(limit=2, resolution_mm=0.32, timeout_s=120)
@@ -210,8 +210,11 @@ def test_bigbrain_sections_come_as_sections_with_their_affine(ebrains_mirror, si
     corners = np.array([[0, 0, 0, 1], [sec.shape[0] - 1, sec.shape[1] - 1, 0, 1]], float) @ aff.T
     # (siibra shifts precomputed voxels by half a voxel of the finest scale: 0.08 mm here)
     assert np.allclose(corners[:, 1], corners[0, 1]) and abs(corners[0, 1] - BIGBRAIN_SECTION_Y_MM) < 0.1
+    # the stand-in BigBrain shows the MNI152 template where its (nonlinear) warp to MNI puts each point
     data, vaff = load_volume("mni152")
-    cut = cut_plane(data, vaff, aff, sec.shape[:2], order=1)
+    rr, cc = np.meshgrid(np.arange(sec.shape[0]), np.arange(sec.shape[1]), indexing="ij")
+    world_bb = np.stack([rr.ravel(), cc.ravel(), np.zeros(rr.size), np.ones(rr.size)], 1) @ aff.T
+    cut = sample_volume(data, vaff, bigbrain_to_mni(world_bb[:, :3])).reshape(sec.shape[:2])
     cut = cut / cut.max() * 255.0
     inner = (slice(5, -5), slice(5, -5))
     assert np.corrcoef(cut[inner].ravel(), sec.image[inner].ravel())[0, 1] > 0.98
@@ -246,9 +249,54 @@ def test_sections_from_volume_orient_rows_down_and_columns_right():
 
 def test_a_warp_the_service_refuses_is_a_typed_error(ebrains_mirror, siibra_mirror):
     res = _coronal_result(shape=(62, 84))  # points no earlier test warped: siibra's request cache cannot answer
-    # the stand-in service links MNI152 and Colin27 only: BigBrain answers HTTP 400
+    # a space the service does not know answers HTTP 400
+    ebrains_mirror.fail("siibra-spatial-backend.apps.ebrains.eu/v1/transform-points", "400")
     with pytest.raises(SpaceUnavailableError, match="bigbrain"):
         res.transform.to_space("bigbrain", timeout_s=30)
     ebrains_mirror.fail("siibra-spatial-backend.apps.ebrains.eu/v1/transform-points", "404")
     with pytest.raises(SpaceUnavailableError, match="colin27"):
         res.to_siibra(space="colin27", timeout_s=30)
+
+
+def test_bigbrain_tier_measures_the_anchoring_against_the_services_nonlinear_warp(ebrains_mirror, siibra_mirror):
+    """The BigBrain block of the real-anatomy tier, end to end through siibra: the section listed and fetched
+    from its precomputed pyramid, its tissue warped BigBrain -> MNI152 by the transformation service, anchored
+    in MNI152 in its histological geometry, the error taken against the warp."""
+    from ebrains_mirror.mirror import BIGBRAIN_TO_MNI152, BIGBRAIN_WARP_MM, bigbrain_to_mni
+    from siibra_anchor.adapters.siibra_sections import bigbrain_sections
+
+    from siibra_anchor.evaluation.bigbrain_tier import (
+        affine_of_points,
+        bigbrain_truth,
+        format_bigbrain_tier,
+        run_bigbrain_tier,
+        select_bigbrain_sections,
+    )
+
+    assert select_bigbrain_sections(5, timeout_s=60) == [next(iter(select_bigbrain_sections(1, timeout_s=60)))]
+    ((sec, aff),) = bigbrain_sections(limit=1, resolution_mm=0.64, timeout_s=120)
+    before = ebrains_mirror.count("transform-points")
+    rc, xyz = bigbrain_truth(sec, aff, timeout_s=60)
+    assert ebrains_mirror.count("transform-points") > before and len(rc) > 1000  # > 1000 points: several requests
+    bb = rc @ aff[:3, :2].T + aff[:3, 3]
+    np.testing.assert_allclose(xyz, bigbrain_to_mni(bb), atol=1e-6)  # the service's answer, point for point
+    assert np.all(sec.mask[rc[:, 0].astype(int), rc[:, 1].astype(int)])
+    fit, resid = affine_of_points(rc, xyz)
+    # the warp is not affine; its displacement is at most BIGBRAIN_WARP_MM along each axis
+    assert 0.2 < resid.mean() < BIGBRAIN_WARP_MM * np.sqrt(3)
+
+    rep = run_bigbrain_tier(n=4, resolution_mm=0.64, timeout_s=120)
+    assert rep["n"] == 1  # the mirror's configuration declares one section
+    (c,) = rep["cases"]
+    assert c["number"] == 1001 and c["flipped_hint"] is False and c["hemisphere_hint"] is None
+    # a coronal section: rows run along z (BigBrain shrunk 1.44 against MNI), columns along x (1.12)
+    assert c["truth_scale"] == pytest.approx([BIGBRAIN_TO_MNI152[2, 2], BIGBRAIN_TO_MNI152[0, 0]], abs=0.03)
+    assert c["affine_floor_mm"] == pytest.approx(rep["affine_floor_mm"]) and c["affine_floor_mm"] > 0.2
+    # the stand-in shows the template itself: the anchoring finds it, stretched unevenly as the truth is
+    assert c["default_error_mm"] < 3.5 and c["default_confidence"] > 0.5
+    rows_scale, cols_scale = c["default_scale"]
+    # z's 1.44 is reached: the prior bounds the mean scale, not each axis (it clipped rows to 1.40 before)
+    assert rows_scale > 1.41 and rows_scale / cols_scale > 1.2
+    assert c["raw_pixel_error_mm"] is not None and rep["raw_pixel"]["n"] == 1
+    text = format_bigbrain_tier(rep)
+    assert "| #1001 |" in text and "affine floor" in text and "nonlinear" in text

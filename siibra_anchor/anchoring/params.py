@@ -48,6 +48,8 @@ class AnchorParams:
     ransac_trials: int = 3000
     ransac_threshold_mm: float = 7.5
     n_hypotheses: int = 6
+    #: range of a placement's mean pixel scale (true / stated spacing, the geometric mean over the two in-plane
+    #: axes; with ``max_anisotropy`` one axis reaches up to 1.4 * sqrt(1.35) = 1.63)
     scale_range: tuple[float, float] = (0.7, 1.4)
     #: largest ratio of the two fitted in-plane scales the intensity refinement may reach (histology shrinks
     #: anisotropically: BigBrain's shrinkage relative to MNI, 1.12 / 1.23 / 1.44 along x / y / z, gives

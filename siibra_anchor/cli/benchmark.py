@@ -32,6 +32,15 @@ def register(sub: Any) -> None:
         help="real-anatomy tier with the hemisphere hint only (default: the mounting is known too, as in the "
         "template-family tier)",
     )
+    p.add_argument(
+        "--bigbrain",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also anchor N BigBrain cell-body sections fetched through siibra (needs the network; errors "
+        "against siibra's BigBrain -> MNI152 warp; docs/real-anatomy.md)",
+    )
+    p.add_argument("--bigbrain-resolution-mm", type=float, default=0.32, help="pixel spacing of the BigBrain sections")
     p.set_defaults(run=benchmark_cmd)
 
     p = sub.add_parser("benchmark-scaling", help="time and peak memory vs sections, section size, reference size")
@@ -83,6 +92,8 @@ def benchmark_cmd(ns: argparse.Namespace) -> int:
         sections=ns.sections,
         real_data=ns.real_data,
         real_mounting_known=not ns.real_mounting_unknown,
+        bigbrain=ns.bigbrain,
+        bigbrain_resolution_mm=ns.bigbrain_resolution_mm,
     )
     emit(format_table(rep))
     if ns.doc:

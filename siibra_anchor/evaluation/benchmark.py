@@ -565,11 +565,16 @@ def run_benchmark(
     sections: str | Path | None = None,
     real_data: str | Path | None = None,
     real_mounting_known: bool = True,
+    bigbrain: int = 0,
+    bigbrain_resolution_mm: float = 0.32,
 ) -> dict[str, Any]:
     """Run the benchmark; returns (and writes to ``out``) every figure.
 
     ``real_data``: also run the real-anatomy tier (:func:`~siibra_anchor.evaluation.real_tier.run_real_tier`)
     on the volumes of that folder, checked against the manifest (docs/real-anatomy.md).
+    ``bigbrain``: also anchor that many BigBrain sections fetched through siibra
+    (:func:`~siibra_anchor.evaluation.bigbrain_tier.run_bigbrain_tier`, at ``bigbrain_resolution_mm``); needs
+    siibra online: without it the report says why the block was not measured (``{"skipped": reason}``).
 
     Parameters
     ----------
@@ -805,6 +810,18 @@ def run_benchmark(
         report["real_anatomy"] = run_real_tier(
             real_data, quick=cfg.name == "quick", seed=seed, reference=ref, mounting_known=real_mounting_known
         )
+    if bigbrain > 0:
+        from ..errors import NetworkError, SpaceUnavailableError
+        from .bigbrain_tier import run_bigbrain_tier
+
+        try:
+            report["bigbrain"] = run_bigbrain_tier(
+                bigbrain, bigbrain_resolution_mm, reference=ref, encoder=enc, encoder_name=report["encoder_name"],
+                mounting_known=real_mounting_known, progress=progress,
+            )  # fmt: skip
+        except (SpaceUnavailableError, NetworkError) as exc:
+            log.warning("BigBrain sections not measured: %s", exc)
+            report["bigbrain"] = {"skipped": f"{type(exc).__name__}: {exc}"}
     if cfg.histology_n > 0:
         from .histology_block import run_histology_block
 
@@ -1172,6 +1189,11 @@ def format_table(report: dict[str, Any]) -> str:
 
         lines += ["", "real-anatomy tier (individual brains, truth by registration; docs/real-anatomy.md):"]
         lines.append(format_real_tier(report["real_anatomy"]))
+    if report.get("bigbrain"):
+        from .bigbrain_tier import format_bigbrain_tier
+
+        lines += ["", "BigBrain sections (real histology, truth by siibra's nonlinear warp; docs/real-anatomy.md):"]
+        lines.append(format_bigbrain_tier(report["bigbrain"]))
     if report.get("histology"):
         from .histology_block import format_histology_block
 

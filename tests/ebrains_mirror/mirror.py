@@ -24,12 +24,15 @@ Stand-ins, each in the layout the real service has:
   format of siibra's ``SparseIndex.save``; areas without a stand-in have an empty bounding box.
 * ``1um.brainatlas.eu/registered_sections/bigbrain/B20_1001/precomputed`` -- the BigBrain cell-body section
   the configuration declares, as a neuroglancer precomputed pyramid (``info``, ``transform.json``, raw
-  64 x 1 x 64 chunks at 0.16, 0.32 and 0.64 mm in-plane, 20 um thick); its content is the MNI152 2009c
-  template on a coronal plane (no BigBrain data ships with any package). The BigBrain template pyramid
-  itself is not served (404).
+  64 x 1 x 64 chunks at 0.16, 0.32 and 0.64 mm in-plane, 20 um thick) on a coronal plane of a stand-in
+  BigBrain: the MNI152 2009c template as BigBrain's geometry holds it (shrunk by 1.12 / 1.23 / 1.44 along
+  x / y / z and displaced smoothly by up to 1.5 mm: :func:`bigbrain_to_mni`; no BigBrain data ships with
+  any package). The BigBrain template pyramid itself is not served (404).
 * ``siibra-spatial-backend.apps.ebrains.eu/v1/transform-points`` (POST) and ``/transform-point`` (GET):
-  the spatial transformation service's protocol, answered with the affine :data:`COLIN27_FROM_MNI152`
-  (the real service applies a nonlinear warp).
+  the spatial transformation service's protocol between the names siibra sends ("MNI 152 ICBM 2009c
+  Nonlinear Asymmetric", "MNI Colin 27", "Big Brain (Histology)"), answered with the affine
+  :data:`COLIN27_FROM_MNI152` for Colin27 and the stand-in BigBrain's nonlinear :func:`bigbrain_to_mni`
+  (the real service applies nonlinear warps).
 """
 
 from __future__ import annotations
@@ -74,10 +77,46 @@ COLIN27_FROM_MNI152 = (
     @ _rot(2, -2.0)
     @ np.diag([0.96, 0.98, 0.95, 1.0])
 )
-#: names the transformation service uses (siibra's ``Location.SPACEWARP_IDS`` values) -> to-MNI152 affine
-_WARP_SPACES = {
-    "MNI 152 ICBM 2009c Nonlinear Asymmetric": np.eye(4),
-    "MNI Colin 27": COLIN27_FROM_MNI152,
+#: world mm of the stand-in BigBrain -> world mm MNI152 2009c, its affine part: BigBrain's histological
+#: shrinkage relative to MNI (about 1.12 / 1.23 / 1.44 along x / y / z) and a small shift
+BIGBRAIN_TO_MNI152 = np.array([[1.12, 0, 0, 0.5], [0, 1.23, 0, -1.5], [0, 0, 1.44, 2.0], [0, 0, 0, 1.0]])
+#: amplitude (mm, per axis) of the smooth displacement added to :data:`BIGBRAIN_TO_MNI152`: the real
+#: service's BigBrain warp is nonlinear, and so is the stand-in's
+BIGBRAIN_WARP_MM = 1.5
+
+
+def _bigbrain_displacement(p: np.ndarray) -> np.ndarray:
+    """Smooth displacement (mm) at stand-in BigBrain points ``p`` (N, 3): wavelengths of 75-95 mm."""
+    return BIGBRAIN_WARP_MM * np.stack(
+        [np.sin(p[:, 2] / 12.0), np.sin(p[:, 0] / 15.0), np.cos(p[:, 0] / 14.0 + p[:, 2] / 20.0)], axis=1
+    )
+
+
+def bigbrain_to_mni(points: Any) -> np.ndarray:
+    """(N, 3) stand-in BigBrain mm -> MNI152 2009c mm: :data:`BIGBRAIN_TO_MNI152` plus the displacement."""
+    p = np.asarray(points, float).reshape(-1, 3)
+    return p @ BIGBRAIN_TO_MNI152[:3, :3].T + BIGBRAIN_TO_MNI152[:3, 3] + _bigbrain_displacement(p)
+
+
+def mni_to_bigbrain(points: Any) -> np.ndarray:
+    """The inverse of :func:`bigbrain_to_mni` (fixed-point iteration; the displacement's gradient is small)."""
+    q = np.asarray(points, float).reshape(-1, 3)
+    inv = np.linalg.inv(BIGBRAIN_TO_MNI152)
+    p = q @ inv[:3, :3].T + inv[:3, 3]
+    for _ in range(40):
+        p = (q - _bigbrain_displacement(p)) @ inv[:3, :3].T + inv[:3, 3]
+    return p
+
+
+def _affine_map(a: np.ndarray) -> Callable[[Any], np.ndarray]:
+    return lambda pts: np.asarray(pts, float).reshape(-1, 3) @ a[:3, :3].T + a[:3, 3]
+
+
+#: names the transformation service uses (siibra's ``Location.SPACEWARP_IDS`` values) -> (to MNI152, from MNI152)
+_WARP_SPACES: dict[str, tuple[Callable[[Any], np.ndarray], Callable[[Any], np.ndarray]]] = {
+    "MNI 152 ICBM 2009c Nonlinear Asymmetric": (_affine_map(np.eye(4)), _affine_map(np.eye(4))),
+    "MNI Colin 27": (_affine_map(np.linalg.inv(COLIN27_FROM_MNI152)), _affine_map(COLIN27_FROM_MNI152)),
+    "Big Brain (Histology)": (bigbrain_to_mni, mni_to_bigbrain),
 }
 
 COLIN27_SHAPE = (181, 217, 181)
@@ -228,9 +267,10 @@ BIGBRAIN_SECTION_EXTENT_MM = (150.0, 145.0)  # x, z
 
 def _bigbrain_section_routes(routes: dict[str, Callable[[], bytes]]) -> None:
     """A BigBrain section in neuroglancer precomputed (``info``, ``transform.json``, raw chunks of 64 x 1 x 64
-    per scale), read by siibra as the real ``B20_xxxx/precomputed`` sections are. Its content is the MNI152
-    2009c template on the plane y = :data:`BIGBRAIN_SECTION_Y_MM` (the stand-in "BigBrain" is that template),
-    sampled where siibra's reading of the pyramid puts each voxel (``shift_ng_transfrom``)."""
+    per scale), read by siibra as the real ``B20_xxxx/precomputed`` sections are. It lies on the plane
+    y = :data:`BIGBRAIN_SECTION_Y_MM` of the stand-in BigBrain, whose every point shows the MNI152 2009c template
+    where the stand-in warp puts it (:func:`bigbrain_to_mni`: the histological shrinkage and a smooth
+    displacement), at the world position siibra's reading of the pyramid gives each voxel (``shift_ng_transfrom``)."""
     res0 = np.array([BIGBRAIN_SECTION_RES_NM[0], 20000, BIGBRAIN_SECTION_RES_NM[0]], float)
     tf = np.eye(4)
     tf[:3, 3] = BIGBRAIN_SECTION_ORIGIN_NM
@@ -265,7 +305,7 @@ def _bigbrain_section_routes(routes: dict[str, Callable[[], bytes]]) -> None:
         vox = np.stack([ii.ravel(), np.zeros(ii.size), kk.ravel()], 1)
         world = (vox * res + tf[:3, 3] + res0 * 0.5) / 1e6  # siibra: transform @ diag(res), + finest res / 2
         mni = nib.load(str(volume_path("mni152")))
-        vals = sample_volume(np.asarray(mni.dataobj, np.float32), mni.affine, world)
+        vals = sample_volume(np.asarray(mni.dataobj, np.float32), mni.affine, bigbrain_to_mni(world))
         img = np.clip(vals / max(float(vals.max()), 1.0) * 255.0, 0, 255).astype(np.uint8)
         return img.reshape(sc["size"][0], 1, sc["size"][2])
 
@@ -323,7 +363,7 @@ def _sparse_index_files(vols: dict[int, np.ndarray], n_volumes: int, affine: np.
 class Mirror:
     """A running mirror: ``url`` (http://127.0.0.1:port), ``config`` (the siibra configuration folder).
 
-    ``requests`` lists every (method, path) served; ``fail(path_prefix, "404" | "stall")`` makes requests
+    ``requests`` lists every (method, path) served; ``fail(path_prefix, "404" | "400" | "stall")`` makes requests
     under a prefix fail (``clear_failures()`` undoes it). ``truth`` holds the stand-ins' ground truth.
     """
 
@@ -384,6 +424,8 @@ def _handler(mirror: Mirror) -> type[BaseHTTPRequestHandler]:
                     if kind == "stall":
                         mirror.release.wait(60)
                         self.close_connection = True
+                    elif kind == "400":  # what the transformation service answers for a space it does not know
+                        self._send(400, b"unknown space (mirror failure injected)", "text/plain")
                     else:
                         self._send(404, b"not found (mirror failure injected)", "text/plain")
                     return True
@@ -439,9 +481,7 @@ def _handler(mirror: Mirror) -> type[BaseHTTPRequestHandler]:
 def _warp(src: str, tgt: str, points: list[list[float]]) -> list[list[float]] | None:
     if src not in _WARP_SPACES or tgt not in _WARP_SPACES:
         return None
-    m = _WARP_SPACES[tgt] @ np.linalg.inv(_WARP_SPACES[src])
-    p = np.asarray(points, float).reshape(-1, 3)
-    return (p @ m[:3, :3].T + m[:3, 3]).tolist()
+    return _WARP_SPACES[tgt][1](_WARP_SPACES[src][0](points)).tolist()
 
 
 def _rewrite(text: str, url: str) -> str:
