@@ -154,22 +154,15 @@ def run_bigbrain_tier(
     from ..adapters.siibra_sections import bigbrain_sections
     from ..affine_fit import SectionMap
     from ..anchoring.hypotheses import mounting_mirrored
-    from ..encoders import RawPixelEncoder, load_default_encoder
     from ..errors import AnchorError, LowConfidenceWarning
-    from ..reference import Reference
-    from .real_tier import _default_name, _summary
+    from .real_tier import _default_name, _summary, tier_methods
     from .simulate import one_side_of_midline
 
     names = select_bigbrain_sections(n, online=online, timeout_s=min(timeout_s, 120.0))
     pairs = bigbrain_sections(limit=None, resolution_mm=resolution_mm, names=names, online=online,
                               timeout_s=timeout_s)  # fmt: skip
     pairs = sorted(pairs, key=lambda p: _number(p[0].name))
-    enc = encoder if encoder is not None else load_default_encoder()
-    ref = reference if reference is not None else Reference.from_space("mni152", encoder=enc)
-    methods = {"default": (ref, enc)}
-    if raw_baseline:
-        raw = RawPixelEncoder()
-        methods["raw_pixel"] = (Reference.from_space("mni152", encoder=raw), raw)
+    methods = tier_methods(reference, encoder, raw_baseline)
     items: Any = pairs
     if progress:
         from tqdm.auto import tqdm

@@ -100,19 +100,12 @@ def run_histology_block(
     """
     import siibra_anchor as sa
 
-    from ..encoders import RawPixelEncoder, load_default_encoder
     from ..errors import AnchorError, LowConfidenceWarning
-    from ..reference import Reference
-    from .real_tier import _default_name, _summary, failure_kind
+    from .real_tier import _default_name, _summary, failure_kind, tier_methods
 
     geo = _geometry()
     sims = histology_sections(n, seed, geo)
-    enc = encoder if encoder is not None else load_default_encoder()
-    ref = reference if reference is not None else Reference.from_space("mni152", encoder=enc)
-    methods = {"default": (ref, enc)}
-    if raw_baseline:
-        raw = RawPixelEncoder()
-        methods["raw_pixel"] = (Reference.from_space("mni152", encoder=raw), raw)
+    methods = tier_methods(reference, encoder, raw_baseline)
     rows = []
     for s in sims:
         drawn = s.params["histology"]["drawn"]

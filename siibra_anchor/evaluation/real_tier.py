@@ -40,6 +40,7 @@ __all__ = [
     "volume_truth",
     "registration_qc",
     "run_real_tier",
+    "tier_methods",
     "summarise_real_tier",
     "failure_kind",
     "format_real_tier",
@@ -327,6 +328,22 @@ def _summary(errors: list[float], refused: list[bool], times: list[float]) -> di
     }
 
 
+def tier_methods(reference: Any, encoder: Any, raw_baseline: bool = True) -> dict[str, tuple[Any, Any]]:
+    """What a tier anchors with: ``{"default": (reference, encoder)}`` (the shipped default encoder and its
+    MNI152 reference where None is given) and, with ``raw_baseline``, ``"raw_pixel"``: the raw-pixel encoder
+    with its own MNI152 reference."""
+    from ..encoders import RawPixelEncoder, load_default_encoder
+    from ..reference import Reference
+
+    enc = encoder if encoder is not None else load_default_encoder()
+    ref = reference if reference is not None else Reference.from_space("mni152", encoder=enc)
+    methods = {"default": (ref, enc)}
+    if raw_baseline:
+        raw = RawPixelEncoder()
+        methods["raw_pixel"] = (Reference.from_space("mni152", encoder=raw), raw)
+    return methods
+
+
 def refinement_floor(
     section: Any, true_affine: NDArray, reference: Any, encoder: Any, seed: int = 0, params: Any = None
 ) -> dict[str, float]:
@@ -399,21 +416,15 @@ def run_real_tier(
     """
     import siibra_anchor as sa
 
-    from ..encoders import RawPixelEncoder, load_default_encoder
     from ..errors import AnchorError, LowConfidenceWarning
-    from ..reference import Reference
     from .simulate import section_error
 
     n = n_per_volume if n_per_volume is not None else (3 if quick else 12)
     sections, info = real_sections(
         real_data_dir, split=split, n_per_volume=n, seed=seed, require_all=require_all, volumes=volumes
     )
-    enc = encoder if encoder is not None else load_default_encoder()
-    ref = reference if reference is not None else Reference.from_space("mni152", encoder=enc)
-    methods = {"default": (ref, enc)}
-    if raw_baseline:
-        raw = RawPixelEncoder()
-        methods["raw_pixel"] = (Reference.from_space("mni152", encoder=raw), raw)
+    methods = tier_methods(reference, encoder, raw_baseline)
+    ref, enc = methods["default"]
     items: Any = sections
     if progress:
         from tqdm.auto import tqdm
