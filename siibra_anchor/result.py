@@ -269,6 +269,11 @@ class AnchoringResult:
         amb = self.ambiguity()
         if amb:
             lines.append(f"AMBIGUOUS   {amb}")
+        if self.diagnostics.get("hints_unmet"):
+            lines.append(
+                "HINTS UNMET no placement respected the hints given (hemisphere, cut); this is the best one that "
+                "does not: check the hints, or treat the section as unplaced"
+            )
         return "\n".join(lines)
 
     def ambiguity(self, margin: float = AMBIGUOUS_MARGIN) -> str | None:

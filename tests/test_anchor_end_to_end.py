@@ -136,6 +136,10 @@ def test_bad_inputs_raise_typed_errors(mni_reference):
     sim = simulate_section(volume="fsl-mni152-t1", seed=1, spacing_mm=0.8)
     with pytest.raises(InvalidParameterError, match="hemisphere"):
         sa.anchor(sim.section, reference=mni_reference, hemisphere="middle")
+    with pytest.raises(InvalidParameterError, match="cut must be None or one of"):
+        sa.anchor(sim.section, reference=mni_reference, cut="oblique")
+    with pytest.raises(InvalidParameterError, match="AnchorParams.cut_max_angle_deg"):
+        sa.AnchorParams(cut_max_angle_deg=90.0)
     with pytest.raises(InvalidParameterError, match="seed"):
         sa.anchor(sim.section, reference=mni_reference, seed=-1)
     with pytest.raises(InvalidParameterError, match="AnchorParams.ransac_threshold_mm"):
@@ -212,3 +216,29 @@ def test_a_strip_whose_first_search_finds_nothing_is_searched_again_not_refused(
     (batched,) = sa.anchor_batch([sim.section], reference=mni_reference, seed=0, **hints)
     assert batched.placed and batched.diagnostics["retried_wider"]["first_pass"] is None
     np.testing.assert_allclose(batched.affine, res.affine, atol=1e-6)
+
+
+def test_a_placement_no_hint_allows_is_searched_again_and_flagged(mni_reference):
+    """With a cutting-plane tolerance of 0.001 degrees no placement of the first search meets the hint (RANSAC
+    and re-matching never land exactly on a canonical plane): the wider search runs although the first guess
+    was confident, and its votes on the canonical planes give placements exactly on the coronal plane, which
+    it keeps. With retries off the first guess stays, and the result says the hints were not met
+    (diagnostics, summary) instead of passing it off as what was asked. With the usual tolerance the
+    section is placed on the coronal plane it was cut along, flagged nowhere."""
+    from dataclasses import replace
+
+    sim = simulate_section(volume="fsl-mni152-t1", orientation="coronal", rotation_deg=10, seed=3, spacing_mm=0.6)
+    res = sa.anchor(sim.section, reference=mni_reference, seed=0, cut="coronal")
+    assert res.diagnostics["cut"] == "coronal" and not res.diagnostics["hints_unmet"]
+    assert section_error(res.affine, sim.true_affine, sim.section.mask) < 4.0
+    assert "HINTS UNMET" not in res.summary() and "retried_wider" not in res.diagnostics
+    strict = replace(sa.AnchorParams(), cut_max_angle_deg=0.001)
+    res = sa.anchor(sim.section, reference=mni_reference, seed=0, cut="coronal", params=strict)
+    assert res.diagnostics["hints_unmet"] is False
+    assert res.diagnostics["retried_wider"]["kept"] == "wider"
+    assert res.diagnostics["retried_wider"]["first_pass"]["confidence"] >= 0.5  # searched again for the hint
+    # nothing searches again with retries off: the guess stays, flagged
+    res = sa.anchor(sim.section, reference=mni_reference, seed=0, cut="coronal",
+                    params=replace(strict, retry_below=0.0))  # fmt: skip
+    assert res.diagnostics["hints_unmet"] is True and "retried_wider" not in res.diagnostics
+    assert "HINTS UNMET" in res.summary()

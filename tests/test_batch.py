@@ -56,6 +56,8 @@ def test_batch_hints_are_one_for_all_or_one_per_section(sims, mni_reference):
         sa.anchor_batch(secs, reference=mni_reference, hemisphere=["left"])
     with pytest.raises(InvalidParameterError, match="hemisphere"):
         sa.anchor_batch(secs, reference=mni_reference, hemisphere=["left", "middle"])
+    with pytest.raises(InvalidParameterError, match="cut"):
+        sa.anchor_batch(secs, reference=mni_reference, cut=["coronal", "frontal"])
     with pytest.raises(InvalidParameterError, match="batch_size"):
         sa.anchor_batch(secs, reference=mni_reference, batch_size=0)
     with pytest.raises(InvalidParameterError, match="not a torch device"):
@@ -110,3 +112,17 @@ def test_topk_on_a_device_matches_the_cpu_search(device):
     best = np.einsum("qad,rd->qar", q, refs).max(axis=1)
     best[:, ~mask] = -2
     np.testing.assert_array_equal(i1[:, 0], best.argmax(axis=1))
+
+
+def test_batch_cut_hint_per_section_is_each_sections_own(sims, mni_reference):
+    """``cut`` as a list: each section gets its own cutting-plane hint, recorded in its result, and is placed
+    as ``anchor(cut=...)`` places it, within 30 degrees of the named plane (plus the refinement's few)."""
+    secs = [s.section for s in sims]
+    batch = sa.anchor_batch(secs, reference=mni_reference, seed=3, flipped=False, cut=["coronal", "axial"])
+    for sim, r, cut, axis in zip(sims, batch, ("coronal", "axial"), (1, 2), strict=True):
+        assert r.diagnostics["cut"] == cut
+        single = sa.anchor(sim.section, reference=mni_reference, seed=3, flipped=False, cut=cut)
+        np.testing.assert_allclose(r.affine, single.affine, atol=0.05)
+        n = np.cross(r.affine[:3, 0], r.affine[:3, 1])
+        assert abs(n[axis]) / np.linalg.norm(n) >= np.cos(np.deg2rad(35.0))
+        assert sim.error(r.affine) < 5.0

@@ -40,7 +40,19 @@ def test_cli_anchor_writes_result_and_prints_summary(tmp_path, mni_reference):
     png = tmp_path / "s0042.png"
     Image.fromarray((np.clip(sim.section.image, 0, 1) * 255).astype(np.uint8)).save(png)
     out = tmp_path / "s0042.anchor.json"
-    p = _run(["--quiet", "anchor", str(png), "--spacing-mm", "0.5", "--out", str(out), "--not-flipped"], tmp_path)
+    args = [
+        "--quiet",
+        "anchor",
+        str(png),
+        "--spacing-mm",
+        "0.5",
+        "--out",
+        str(out),
+        "--not-flipped",
+        "--cut",
+        "coronal",
+    ]
+    p = _run(args, tmp_path)
     assert p.returncode == 0, p.stderr
     for word in ("space", "confidence", "centre", "plane", "rotation"):
         assert word in p.stdout
@@ -51,6 +63,10 @@ def test_cli_anchor_writes_result_and_prints_summary(tmp_path, mni_reference):
     err = section_error(res.affine, sim.true_affine, sim.section.mask)
     assert np.isfinite(err)
     assert json.loads(out.read_text())["schema_version"] == 1
+    # the cutting-plane hint reached anchor(): recorded, and the plane is within 30 degrees of coronal (plus the refinement's few)
+    assert res.diagnostics["cut"] == "coronal" and res.diagnostics["hints_unmet"] is False
+    n = np.cross(res.affine[:3, 0], res.affine[:3, 1])
+    assert abs(n[1]) / np.linalg.norm(n) >= np.cos(np.deg2rad(35.0))
     # what later steps need: the pixel grid of the affine (this file, not reduced) and the tissue mask
     assert res.pixel_grid == {"file": str(png.resolve()), "reduction": [1.0, 1.0]}
     assert res.mask is not None and res.mask.shape == tuple(sim.section.shape) and res.mask.any()
@@ -70,6 +86,8 @@ def test_cli_errors_are_one_line_and_nonzero(tmp_path):
     assert p.returncode == 2 and "unknown space" in p.stderr
     p = _run(["anchor", str(png), "--spacing-mm", "0.5", "--device", "banana"], tmp_path)
     assert p.returncode == 2 and "Traceback" not in p.stderr and "not a torch device" in p.stderr
+    p = _run(["anchor", str(png), "--spacing-mm", "0.5", "--cut", "oblique"], tmp_path)
+    assert p.returncode == 2 and "Traceback" not in p.stderr and "--cut" in p.stderr and "coronal" in p.stderr
 
 
 def test_cli_demo_reports_error_against_truth(tmp_path, mni_reference):

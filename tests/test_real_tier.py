@@ -164,11 +164,12 @@ def test_quick_tier_on_the_committed_volumes(tmp_path):
     """The tier as CI runs it: no data folder, so only the committed volumes; the others are listed."""
     from siibra_anchor.evaluation.real_tier import format_real_tier, run_real_tier
 
-    rep = run_real_tier(None, n_per_volume=1, seed=5)
+    rep = run_real_tier(None, n_per_volume=1, seed=5, cut_known=True)
     committed = {v.name for v in real_volumes("test") if v.repo_path}
     assert set(rep["volumes"]) == committed
     assert set(rep["missing"]) == {v.name for v in real_volumes("test")} - committed
-    assert rep["default"]["n"] == rep["raw_pixel"]["n"] == len(committed)
+    assert rep["default"]["n"] == rep["raw_pixel"]["n"] == rep["cut_known"]["n"] == len(committed)
+    assert rep["calibration_cut_known"]["n"] == len(committed) and "cutting plane" in rep["hints_cut_known"]
     for case in rep["cases"]:
         # the two registrations' distance over a section is within their largest distance over the brain
         spread = rep["volumes"][case["volume"]]["registration_spread"]
@@ -176,7 +177,7 @@ def test_quick_tier_on_the_committed_volumes(tmp_path):
         # the refinement started on the truth moves some mm on another brain (up to ~10 mm on an EPI volume
         # or a small FLAIR block), not to another plane
         assert 0.0 < case["refine_floor_mm"] < 20.0
-        for key in ("default", "raw_pixel"):
+        for key in ("default", "raw_pixel", "cut_known"):
             assert (case[f"{key}_error_mm"] is None) == (case[f"{key}_refused"] is not None)
             assert case[f"{key}_outcome"] in (
                 "correct",
@@ -189,6 +190,16 @@ def test_quick_tier_on_the_committed_volumes(tmp_path):
     text = format_real_tier(rep)
     assert "**all**" in text and all(name in text for name in committed)
     assert "refine floor" in text and f"| {rep['refine_floor_mm']:.2f} |" in text
+    assert "With the cutting plane known too" in text
+    # the hinted placements lie within 30 degrees of the plane each section was cut along (sections cut along
+    # a template plane, tilted up to 12 degrees), plus the few degrees the intensity refinement may turn them,
+    # unless the result says no placement met the hints
+    axis = {"sagittal": 0, "coronal": 1, "axial": 2}
+    for case in rep["cases"]:
+        if case["cut_known_affine"] is not None and not case["cut_known_hints_unmet"]:
+            a = np.asarray(case["cut_known_affine"])
+            n = np.cross(a[:3, 0], a[:3, 1])
+            assert abs(n[axis[case["orientation"]]]) / np.linalg.norm(n) >= np.cos(np.deg2rad(35.0))
     # params reach the anchoring and the floor: one Powell evaluation per stage leaves the truth where it is
     # and the anchored placements unrefined
     from siibra_anchor import AnchorParams

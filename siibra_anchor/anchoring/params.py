@@ -14,7 +14,15 @@ from ..affine_fit import SectionMap
 from ..errors import InvalidParameterError, InvalidReferenceError, InvalidSectionError
 from ..section import Section
 
-__all__ = ["AnchorParams", "PlanePrior", "LOW_CONFIDENCE", "SEARCH_BACKENDS", "check_anchor_call", "check_device"]
+__all__ = [
+    "AnchorParams",
+    "PlanePrior",
+    "LOW_CONFIDENCE",
+    "SEARCH_BACKENDS",
+    "CUTS",
+    "check_anchor_call",
+    "check_device",
+]
 
 #: Below this confidence :func:`~siibra_anchor.anchor` logs a warning and emits
 #: :class:`~siibra_anchor.errors.LowConfidenceWarning`.
@@ -22,6 +30,10 @@ LOW_CONFIDENCE = 0.5
 
 #: global top-k search back ends (:func:`siibra_anchor.matching.search_topk`)
 SEARCH_BACKENDS = ("auto", "exact", "faiss", "faiss-hnsw")
+
+#: The cutting planes the ``cut`` hint of :func:`~siibra_anchor.anchor` names (the reference space's canonical
+#: planes, :data:`~siibra_anchor.planes.CANONICAL_PLANES`).
+CUTS = ("coronal", "sagittal", "axial")
 
 
 def _bad(name: str, value: Any, want: str) -> InvalidParameterError:
@@ -78,6 +90,10 @@ class AnchorParams:
     canonical_votes: bool = False
     #: densest vote cells kept per canonical orientation as hypotheses (each is re-matched and scored)
     canonical_keep: int = 6
+    #: with the ``cut`` hint (``anchor(cut="coronal")``): placements whose plane is further than this from
+    #: the named canonical plane are rejected (sections are cut within a few degrees of one; a brain's own
+    #: axes may sit 10-15 degrees off the template's)
+    cut_max_angle_deg: float = 30.0
     #: global top-k search: "auto" (faiss from 1e6 reference patches if installed), "exact", "faiss", "faiss-hnsw"
     search: str = "auto"
 
@@ -96,6 +112,8 @@ class AnchorParams:
             v = getattr(self, name)
             if not _is_num(v) or v <= 0:
                 raise _bad(name, v, "a positive number")
+        if not _is_num(self.cut_max_angle_deg) or not 0.0 < self.cut_max_angle_deg < 90.0:
+            raise _bad("cut_max_angle_deg", self.cut_max_angle_deg, "a number of degrees in (0, 90)")
         if not _is_num(self.max_anisotropy) or self.max_anisotropy < 1.0:
             raise _bad("max_anisotropy", self.max_anisotropy, "a number >= 1")
         if not _is_num(self.retry_below) or not 0.0 <= self.retry_below <= 1.0:
@@ -162,6 +180,7 @@ def check_anchor_call(
     params: Any,
     device: Any,
     plane_prior: Any = None,
+    cut: Any = None,
 ) -> None:
     """Typed errors for the arguments of :func:`~siibra_anchor.anchor`: the section
     (:class:`~siibra_anchor.errors.InvalidSectionError`), the reference
@@ -178,6 +197,8 @@ def check_anchor_call(
         raise InvalidParameterError(f"hemisphere must be None, 'left' or 'right', got {hemisphere!r}")
     if flipped not in (None, True, False):
         raise InvalidParameterError(f"flipped must be None, True or False, got {flipped!r}")
+    if cut is not None and cut not in CUTS:
+        raise InvalidParameterError(f"cut must be None or one of {', '.join(map(repr, CUTS))}, got {cut!r}")
     if n_patches is not None and (not _is_int(n_patches) or n_patches < 6):
         raise InvalidParameterError(f"n_patches must be an integer >= 6 or None, got {n_patches!r}")
     if not _is_int(seed) or seed < 0:

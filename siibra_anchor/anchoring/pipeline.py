@@ -57,6 +57,7 @@ def anchor(
     flipped: bool | None = None,
     params: AnchorParams | None = None,
     plane_prior: PlanePrior | None = None,
+    cut: str | None = None,
 ) -> AnchoringResult:
     """Find where ``section`` lies in ``space``.
 
@@ -79,6 +80,10 @@ def anchor(
     plane_prior : :class:`PlanePrior`, where the plane is expected (series anchoring passes the series'
         plane): matching is restricted to reference patches near it, placements on it are proposed, and
         placements off it are rejected unless nothing else is left.
+    cut : "coronal", "sagittal" or "axial" if the section was cut near that plane of the reference space
+        (a hint, as in QuickNII and DeepSlice): matching is restricted to reference patches of that
+        orientation and placements more than ``params.cut_max_angle_deg`` (30) degrees off it are rejected
+        unless nothing else is left. None (default): any plane.
 
     Returns
     -------
@@ -90,11 +95,11 @@ def anchor(
     reference was built with another encoder), EmptyMaskError / ImageTooSmallError (nothing to match),
     AnchoringFailedError (no placement at all); offline spaces raise SpaceUnavailableError.
     """
-    check_anchor_call(section, hemisphere, flipped, n_patches, seed, reference, params, device, plane_prior)
+    check_anchor_call(section, hemisphere, flipped, n_patches, seed, reference, params, device, plane_prior, cut)
     t_start = time.perf_counter()
     enc, reference = _resolve(space, reference, encoder, progress)
     p = params or AnchorParams()
-    run = Run(section, reference, enc, p, seed, hemisphere, flipped, plane_prior, n_patches, device)
+    run = Run(section, reference, enc, p, seed, hemisphere, flipped, plane_prior, n_patches, device, cut=cut)
     run.timings["reference_s"] = time.perf_counter() - t_start
     return _finish(run, _first_pass(run, t_start), t_start, stacklevel=3)
 
@@ -133,10 +138,16 @@ def _first_pass(run: Run, t_start: float, prepared: bool = False) -> AnchoringRe
 
 
 def _finish(run: Run, result: AnchoringResult | None, t_start: float, stacklevel: int = 2) -> AnchoringResult:
-    """The wider second search when the confidence doubts the first (or the first found nothing); the
-    low-confidence warning."""
-    if result is None or (run.confidence < run.params.retry_below and _can_widen(run)):
+    """The wider second search when the confidence doubts the first, the first found nothing, or nothing it
+    found respected the hints; the low-confidence warning."""
+    if result is None or ((run.confidence < run.params.retry_below or run.hints_unmet) and _can_widen(run)):
         result = _wider(run, result, t_start)
+    if result.diagnostics.get("hints_unmet"):
+        msg = (
+            f"no placement of section {run.section.name!r} respects the hints (hemisphere={run.hemisphere!r}, "
+            f"cut={run.cut!r}); the result is the best one that does not: check the hints, or treat it as unplaced"
+        )
+        log.warning(msg)
     if result.confidence < LOW_CONFIDENCE:
         msg = (
             f"low confidence {result.confidence:.2f} for section {run.section.name!r}: the placement may be wrong "
@@ -179,16 +190,18 @@ def anchor_many(
     flipped: Any = None,
     params: AnchorParams | None = None,
     batch_size: int = 4096,
+    cut: Any = None,
 ) -> list[AnchoringResult | AnchorError]:
     """:func:`anchor_batch`, where a section that cannot be placed gives the typed error that stopped it
     (an :class:`~siibra_anchor.errors.AnchorError` object, not raised) in its place."""
     secs = list(sections)
     hems = _per_section(hemisphere, len(secs), "hemisphere")
     flips = _per_section(flipped, len(secs), "flipped")
+    cuts = _per_section(cut, len(secs), "cut")
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise InvalidParameterError(f"batch_size must be a positive integer, got {batch_size!r}")
-    for s, h, f in zip(secs, hems, flips, strict=True):
-        check_anchor_call(s, h, f, n_patches, seed, reference, params, device, None)
+    for s, h, f, c in zip(secs, hems, flips, cuts, strict=True):
+        check_anchor_call(s, h, f, n_patches, seed, reference, params, device, None, c)
     t_start = time.perf_counter()
     enc, ref = _resolve(space, reference, encoder, progress)
     p = params or AnchorParams()
@@ -196,8 +209,8 @@ def anchor_many(
     out: list[AnchoringResult | AnchorError | None] = [None] * len(secs)
     runs: list[tuple[int, Run]] = []
     t0 = time.perf_counter()
-    for i, (s, h, f) in enumerate(zip(secs, hems, flips, strict=True)):
-        run = Run(s, ref, enc, p, seed, h, f, None, n_patches, device)
+    for i, (s, h, f, c) in enumerate(zip(secs, hems, flips, cuts, strict=True)):
+        run = Run(s, ref, enc, p, seed, h, f, None, n_patches, device, cut=c)
         try:
             prepare(run)
         except AnchorError as exc:
@@ -233,6 +246,7 @@ def anchor_batch(
     flipped: Any = None,
     params: AnchorParams | None = None,
     batch_size: int = 4096,
+    cut: Any = None,
 ) -> list[AnchoringResult]:
     """Anchor many sections at once: each placed as :func:`anchor` places it, with the encoder run on all
     their coarse patches together and the reference's embeddings uploaded once (on a GPU this fills the
@@ -242,7 +256,7 @@ def anchor_batch(
     ----------
     sections : the sections (any mix of brains and planes; for one brain's series see
         :func:`~siibra_anchor.anchor_series`, which also fits them jointly).
-    hemisphere, flipped : one value for all sections, or a sequence with one per section.
+    hemisphere, flipped, cut : one value for all sections, or a sequence with one per section.
     batch_size : patches per encoder call.
     Other parameters : as for :func:`anchor`.
 
@@ -256,7 +270,7 @@ def anchor_batch(
     """
     secs = list(sections)
     done = anchor_many(
-        secs, space, reference, encoder, n_patches, seed, device, progress, hemisphere, flipped, params, batch_size
+        secs, space, reference, encoder, n_patches, seed, device, progress, hemisphere, flipped, params, batch_size, cut
     )
     return [
         r if isinstance(r, AnchoringResult) else AnchoringResult.unplaced(s, reason=f"{type(r).__name__}: {r}")
@@ -268,7 +282,7 @@ def _wider(first: Run, result: AnchoringResult | None, t_start: float) -> Anchor
     """A hard section (a small block, an unusual contrast): the right placement is often among the matches
     but not among the few RANSAC hypotheses. Search again with ``retry_widen`` times more coarse patches,
     matches per patch, RANSAC trials and hypotheses, and votes on the canonical planes; keep the placement
-    with the higher NMI gain."""
+    with the higher NMI gain (or the one that respects the hints, where only one does)."""
     wide = wider_params(first.params)
     again_run = Run(
         first.section,
@@ -282,6 +296,7 @@ def _wider(first: Run, result: AnchoringResult | None, t_start: float) -> Anchor
         first.n_patches,
         first.device,
         reuse_views=first.emb,
+        cut=first.cut,
     )
     t_again = time.perf_counter()
     again_run.timings["reference_s"] = 0.0
@@ -291,7 +306,10 @@ def _wider(first: Run, result: AnchoringResult | None, t_start: float) -> Anchor
         kept.diagnostics["retried_wider"] = {"first_pass": None, "kept": "wider"}
     else:
         gain = float(first.best.score)
-        kept = again if (again.diagnostics.get("nmi_gain") or -1.0) > gain else result
+        if first.hints_unmet != again_run.hints_unmet:  # the one that respects the hints
+            kept = result if again_run.hints_unmet else again
+        else:
+            kept = again if (again.diagnostics.get("nmi_gain") or -1.0) > gain else result
         kept.diagnostics["retried_wider"] = {
             "first_pass": {"confidence": first.confidence, "nmi_gain": gain, "consistency": first.consistency},
             "kept": "wider" if kept is again else "first",

@@ -25,7 +25,7 @@ from ..confidence import cap, confidence_model
 from ..errors import AnchoringFailedError, EmptyMaskError, ImageTooSmallError, InvalidReferenceError
 from ..matching import best_in_neighbourhood, search_topk
 from ..patches import grid_centres, normalize_intensity, rotation_angles
-from ..planes import section_affine
+from ..planes import CANONICAL_PLANES, section_affine
 from ..refine import SamplePoints, nmi_gain, refine_map, sample_points
 from ..result import AnchoringResult, pixel_grid_of
 from ..section import Section
@@ -59,7 +59,7 @@ class Run:
     """State of one anchoring pass. The caller fills the inputs; each stage fills its own fields.
 
     Inputs: section, ref (a :class:`~siibra_anchor.reference.Reference`), encoder, params, seed, hints
-    (hemisphere, flipped), plane_prior, n_patches, device.
+    (hemisphere, flipped, cut), plane_prior, n_patches, device.
     sample: img/msk/imgn (H, W) working-resolution image, tissue mask and normalised image; scale (2,)
         original / working pixels; cen (N, 2) working pixel patch centres; emb (:class:`PatchViews`);
         coarse (C,) indices of the patches searched globally, emb_coarse (C, V, D) all their views' embeddings;
@@ -85,6 +85,10 @@ class Run:
     #: the patch embeddings of an earlier pass over the same section (the wider search reuses the views
     #: it already encoded when its patches are the same)
     reuse_views: Any = None
+    #: the cutting-plane hint: "coronal", "sagittal" or "axial" (None: any plane)
+    cut: str | None = None
+    #: True when no placement respected the hints (hemisphere, cut) and the winner is one that does not
+    hints_unmet: bool = field(default=False, init=False)
     rng: np.random.Generator = field(init=False)
     timings: dict[str, float] = field(default_factory=dict)
     img: NDArray = field(init=False)
@@ -124,8 +128,20 @@ class Run:
         d = np.linalg.norm(self.ref.centres_mm[self.idx] - pred[:, None, :], axis=2).min(axis=1)
         return float((d < self.params.ransac_threshold_mm).mean())
 
+    @property
+    def cut_normal(self) -> NDArray | None:
+        """World normal of the hinted cutting plane (None without the hint)."""
+        if self.cut is None:
+            return None
+        row, col = CANONICAL_PLANES[self.cut]
+        return np.cross(row, col)
+
     def violates_hints(self, m: SectionMap) -> bool:
-        """True if ``m`` puts the tissue's centre in the hemisphere the hint rules out."""
+        """True if ``m`` puts the tissue's centre in the hemisphere the hint rules out, or its plane further
+        than ``cut_max_angle_deg`` from the hinted cutting plane."""
+        n = self.cut_normal
+        if n is not None and abs(float(m.normal @ n)) < np.cos(np.deg2rad(self.params.cut_max_angle_deg)):
+            return True
         if self.hemisphere is None:
             return False
         x_c = float(m.apply(self.tissue_rc)[:, 0].mean())
@@ -218,12 +234,23 @@ def prepare(r: Run) -> None:
 
 
 def _reference_mask(r: Run, cpos: NDArray) -> NDArray | None:
-    """Which coarse reference patches may be matched: the hinted hemisphere (10 mm over the midline) and
-    the plane prior's slab (plus a patch half-width: a patch centre off the plane still overlaps it)."""
+    """Which coarse reference patches may be matched: the hinted hemisphere (10 mm over the midline), the
+    hinted cutting plane (patches of reference planes within ``cut_max_angle_deg`` + 15 degrees of it, when
+    the reference has any) and the plane prior's slab (plus a patch half-width: a patch centre off the plane
+    still overlaps it)."""
     ref_mask = None
     if r.hemisphere is not None:
         xs = r.ref.centres_mm[cpos, 0]
         ref_mask = xs < 10.0 if r.hemisphere == "left" else xs > -10.0
+    n = r.cut_normal
+    if n is not None:
+        axes = r.ref.plane_axes
+        normals = np.cross(axes[:, :, 0], axes[:, :, 1])
+        normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
+        near = np.abs(normals @ n) >= np.cos(np.deg2rad(min(r.params.cut_max_angle_deg + 15.0, 89.0)))
+        on_cut = near[r.ref.plane_ids[cpos]]
+        if on_cut.any():
+            ref_mask = on_cut if ref_mask is None else (ref_mask & on_cut)
     if r.plane_prior is not None:
         prior, spec = r.plane_prior, r.ref.spec
         d_ref = r.ref.centres_mm[cpos] @ np.asarray(prior.normal, float) - prior.offset_mm
@@ -323,8 +350,9 @@ def guide(r: Run) -> None:
     prior = r.plane_prior
     if prior is not None and any(prior.agrees(c.placement, r.tissue_rc) for c in cands):
         cands = [c for c in cands if prior.agrees(c.placement, r.tissue_rc)]
-    if not cands:
+    if not cands:  # nothing the hints allow: the best guess, flagged (the wider search looks again)
         cands = [guided_rematch(r, r.hyps[0])]
+        r.hints_unmet = True
     r.candidates = cands
     r.timings["guided_s"] = time.perf_counter() - t0
 
@@ -580,6 +608,8 @@ def assemble(r: Run) -> AnchoringResult:
         "seed": int(r.seed),
         "hemisphere": r.hemisphere,
         "flipped": r.flipped,
+        "cut": r.cut,
+        "hints_unmet": r.hints_unmet,
         "params": r.params.as_dict(),
     }
     if r.plane_prior is not None:

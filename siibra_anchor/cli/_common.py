@@ -21,7 +21,7 @@ def emit(*a: Any) -> None:
 
 
 def add_anchor_options(p: argparse.ArgumentParser) -> None:
-    """Options of every command that anchors: space, seed, patches and the two hints."""
+    """Options of every command that anchors: space, seed, patches and the three hints."""
     p.add_argument("--space", default="mni152", help="reference space (default: mni152, embedded)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--n-patches", type=int, default=None, help="about how many section patches to use")
@@ -33,6 +33,13 @@ def add_anchor_options(p: argparse.ArgumentParser) -> None:
         choices=["left", "right"],
         default=None,
         help="hint: section holds only this hemisphere",
+    )
+    p.add_argument(
+        "--cut",
+        choices=["coronal", "sagittal", "axial"],
+        default=None,
+        help="hint: section was cut near this plane of the reference space (placements more than 30 degrees "
+        "off it are rejected)",
     )
     fl = p.add_mutually_exclusive_group()
     fl.add_argument("--flipped", dest="flipped", action="store_true", default=None, help="section is mounted face down")

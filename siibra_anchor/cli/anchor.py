@@ -54,6 +54,7 @@ def anchor_cmd(ns: argparse.Namespace) -> int:
         progress=not ns.quiet,
         hemisphere=ns.hemisphere,
         flipped=ns.flipped,
+        cut=ns.cut,
         device=ns.device,
     )
     out = Path(ns.out) if ns.out else Path(str(ns.image).rstrip("/") + ".anchor.json")
@@ -101,6 +102,7 @@ def demo_cmd(ns: argparse.Namespace) -> int:
         progress=not ns.quiet,
         hemisphere=ns.hemisphere,
         flipped=ns.flipped,
+        cut=ns.cut,
         device=ns.device,
         n_patches=ns.n_patches,
     )

@@ -76,6 +76,7 @@ def series_cmd(ns: argparse.Namespace) -> int:
         n_patches=ns.n_patches,
         hemisphere=ns.hemisphere,
         flipped=ns.flipped,
+        cut=ns.cut,
         device=ns.device,
         scheduler=scheduler,
         n_workers=ns.workers,

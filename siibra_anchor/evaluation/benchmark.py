@@ -571,7 +571,8 @@ def run_benchmark(
     """Run the benchmark; returns (and writes to ``out``) every figure.
 
     ``real_data``: also run the real-anatomy tier (:func:`~siibra_anchor.evaluation.real_tier.run_real_tier`)
-    on the volumes of that folder, checked against the manifest (docs/real-anatomy.md).
+    on the volumes of that folder, checked against the manifest (docs/real-anatomy.md), each section also
+    with the cutting-plane hint (``cut_known``).
     ``bigbrain``: also anchor that many BigBrain sections fetched through siibra
     (:func:`~siibra_anchor.evaluation.bigbrain_tier.run_bigbrain_tier`, at ``bigbrain_resolution_mm``); needs
     siibra online: without it the report says why the block was not measured (``{"skipped": reason}``).
@@ -808,8 +809,9 @@ def run_benchmark(
         from .real_tier import run_real_tier
 
         report["real_anatomy"] = run_real_tier(
-            real_data, quick=cfg.name == "quick", seed=seed, reference=ref, mounting_known=real_mounting_known
-        )
+            real_data, quick=cfg.name == "quick", seed=seed, reference=ref, mounting_known=real_mounting_known,
+            cut_known=True,
+        )  # fmt: skip
     if bigbrain > 0:
         from ..errors import NetworkError, SpaceUnavailableError
         from .bigbrain_tier import run_bigbrain_tier

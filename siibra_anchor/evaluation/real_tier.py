@@ -387,6 +387,7 @@ def run_real_tier(
     mounting_known: bool = True,
     refinement_floors: bool = True,
     params: Any = None,
+    cut_known: bool = False,
 ) -> dict[str, Any]:
     """Anchor the real-anatomy sections with the default encoder and the raw-pixel baseline.
 
@@ -408,6 +409,9 @@ def run_real_tier(
         the registered truth the objective itself lies.
     params : :class:`~siibra_anchor.AnchorParams` of the "default" column's anchoring and of the refine floor
         (default: the defaults); the raw-pixel baseline always runs with the defaults.
+    cut_known : also anchor each section with the default encoder and the cutting-plane hint
+        (``anchor(cut=...)``: the template plane it was cut along, before its tilt of up to 12 degrees): the
+        "cut_known" column, what a user who says "coronal" gets.
 
     Returns a JSON-safe dict: ``{"split", "n_per_volume", "seed", "volumes", "missing", "default",
     "raw_pixel", "by_contrast": {contrast: {"default", "raw_pixel", "truth_uncertainty_mm"}},
@@ -446,22 +450,24 @@ def run_real_tier(
             fl = refinement_floor(rs.section, rs.true_affine, ref, enc, params=params)
             row.update({"refine_floor_mm": fl["floor_mm"], "truth_nmi_gain": fl["gain_truth"],
                         "refined_truth_nmi_gain": fl["gain_refined"]})  # fmt: skip
-        for key in ("default", "raw_pixel"):
-            if key not in methods:
+        for key in ("default", "raw_pixel", *(("cut_known",) if cut_known else ())):
+            if key not in methods and key != "cut_known":
                 row.update({f"{key}_error_mm": float("nan"), f"{key}_confidence": float("nan"), f"{key}_refused": None,
                             f"{key}_time_s": float("nan"), f"{key}_affine": None, f"{key}_outcome": "not run"})  # fmt: skip
                 continue
-            r, e = methods[key]
+            r, e = methods["default" if key == "cut_known" else key]
             t0 = time.perf_counter()
             try:
                 with warnings.catch_warnings():  # the confidence is recorded; no warning per section
                     warnings.simplefilter("ignore", LowConfidenceWarning)
                     res = sa.anchor(rs.section, reference=r, encoder=e, seed=0, hemisphere=rs.hemisphere,
                                     flipped=False if mounting_known else None,
-                                    params=params if key == "default" else None)  # fmt: skip
+                                    params=params if key != "raw_pixel" else None,
+                                    cut=rs.case.orientation if key == "cut_known" else None)  # fmt: skip
                 err, conf, why = section_error(res.affine, rs.true_affine, mask), float(res.confidence), None
                 row[f"{key}_affine"] = np.asarray(res.affine, float).tolist()
                 row[f"{key}_outcome"] = failure_kind(res.affine, rs.true_affine, mask)
+                row[f"{key}_hints_unmet"] = bool(res.diagnostics.get("hints_unmet"))
             except AnchorError as exc:
                 err, conf, why = float("inf"), 0.0, f"{type(exc).__name__}: {exc}"
                 row[f"{key}_affine"] = None
@@ -474,6 +480,8 @@ def run_real_tier(
 
     report = summarise_real_tier(rows, info, split=split, n_per_volume=n, seed=seed)
     report["hints"] = "hemisphere and mounting" if mounting_known else "hemisphere only"
+    if cut_known:
+        report["hints_cut_known"] = report["hints"] + ", and the cutting plane"
     if encoder is not None:
         report["encoder_name"] = encoder_name or "(given encoder)"
     return report
@@ -485,6 +493,8 @@ def summarise_real_tier(
     """The report of :func:`run_real_tier` from its per-section rows (``report["cases"]`` of one or more
     runs: refused sections may carry ``None`` errors) and the volumes' info."""
     rows = [{k: (float("inf") if k.endswith("_error_mm") and v is None else v) for k, v in r.items()} for r in rows]
+    # the columns: default and raw pixels always (NaN where skipped); "cut_known" where the run measured it
+    keys = ("default", "raw_pixel", *(("cut_known",) if any("cut_known_error_mm" in r for r in rows) else ()))
 
     def stats(sel: list[dict[str, Any]], key: str) -> dict[str, Any]:
         sel = [r for r in sel if r.get(f"{key}_outcome") != "not run"]  # a column skipped in the run
@@ -502,8 +512,7 @@ def summarise_real_tier(
         "encoder_name": _default_name(),
         "volumes": info["volumes"],
         "missing": info["missing"],
-        "default": stats(rows, "default"),
-        "raw_pixel": stats(rows, "raw_pixel"),
+        **{key: stats(rows, key) for key in keys},
         "truth_uncertainty_mm": _median([r["truth_uncertainty_mm"] for r in rows]),
         "refine_floor_mm": _floor_median(rows),
         "outcomes": {
@@ -511,23 +520,24 @@ def summarise_real_tier(
                 o: sum(r.get(f"{key}_outcome") == o for r in rows)
                 for o in sorted({str(r.get(f"{key}_outcome")) for r in rows})
             }
-            for key in ("default", "raw_pixel")
+            for key in keys
         },
         "by_contrast": {},
     }
     for c in sorted({r["contrast"] for r in rows}):
         sel = [r for r in rows if r["contrast"] == c]
         report["by_contrast"][c] = {
-            "default": stats(sel, "default"),
-            "raw_pixel": stats(sel, "raw_pixel"),
+            **{key: stats(sel, key) for key in keys},
             "truth_uncertainty_mm": _median([r["truth_uncertainty_mm"] for r in sel]),
             "refine_floor_mm": _floor_median(sel),
         }
     from .benchmark import calibration_report
 
-    report["calibration"] = calibration_report(
-        [r["default_confidence"] for r in rows], [r["default_error_mm"] for r in rows]
-    )
+    for key, name in (("default", "calibration"), ("cut_known", "calibration_cut_known")):
+        if key in keys:
+            report[name] = calibration_report(
+                [r[f"{key}_confidence"] for r in rows], [r[f"{key}_error_mm"] for r in rows]
+            )
     report["cases"] = [
         {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in r.items()} for r in rows
     ]
@@ -632,6 +642,24 @@ def format_real_tier(report: dict[str, Any]) -> str:
         from .benchmark import calibration_lines
 
         lines += ["", "```", *calibration_lines(report["calibration"]), "```"]
+    if "cut_known" in report:
+        lines += [
+            "",
+            f"With the cutting plane known too (`anchor(cut=...)`, hints: {report.get('hints_cut_known', '')}; the "
+            "same sections, default encoder):",
+            "",
+            "| contrast | n | median | p90 | failures | refusals | s/section | without the hint: median | failures |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, g in groups:
+            d, c = g["default"], g["cut_known"]
+            lines.append(
+                f"| {name} | {c.get('n', 0)} | {summary_cells(c)} | {d['median_mm']:.1f} | {d['failures']}/{d['n']} |"
+            )
+        if report.get("calibration_cut_known"):
+            from .benchmark import calibration_lines
+
+            lines += ["", "```", *calibration_lines(report["calibration_cut_known"]), "```"]
     if report["missing"]:
         lines += ["", "Missing volumes (not scored): " + ", ".join(sorted(report["missing"]))]
     return "\n".join(lines)
