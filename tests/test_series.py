@@ -330,7 +330,7 @@ def test_series_cli_writes_results_and_reports_typed_errors(mni_reference, small
     assert [p.name for p in series_images(folder)] == ["s8.png", "s9.png", "s10.png"]
     out = tmp_path / "out"
     rc = main(
-        ["--quiet", "series", str(folder), "--spacing-mm", "0.5", "--in-process", "--not-flipped"]
+        ["--quiet", "series", str(folder), "--spacing-mm", "0.5", "--in-process", "--not-flipped", "--cut", "coronal"]
         + ["--n-patches", "150", "--numbers-from-names", "--out", str(out), "--report", str(out / "report.html")]
     )
     assert rc == 0
@@ -340,6 +340,7 @@ def test_series_cli_writes_results_and_reports_typed_errors(mni_reference, small
     for name in ("s8", "s9", "s10"):
         r = sa.AnchoringResult.load(out / f"{name}.anchor.json")
         assert "flags" in r.diagnostics
+        assert r.diagnostics["cut"] == "coronal"  # the series' cutting-plane hint reached every section
     assert "series confidence" in capsys.readouterr().out
     assert main(["series", str(tmp_path / "nope")]) == 2
     assert "series folder not found" in capsys.readouterr().err
