@@ -587,7 +587,8 @@ def anchor_series(
     thickness_mm : cutting thickness: consecutive numbers lie this far apart along the normal. Unknown
         (None): the spacing is fitted.
     reference, encoder, seed, hemisphere, flipped, params : as for :func:`~siibra_anchor.anchor`, shared by
-        all sections; other keyword arguments (``n_patches``, ``device``) go to it too.
+        all sections; other keyword arguments (``n_patches``, ``device``, ``cut``: one cutting plane for the
+        whole series) go to it too.
     joint : False gives the independent placements (with the series fit only reported).
     scheduler : None (in this process), "local" (a Dask ``LocalCluster`` of ``n_workers`` processes), a
         scheduler address, or a ``distributed.Client``.
