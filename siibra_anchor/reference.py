@@ -162,6 +162,13 @@ class Reference:
         a = self.planes[:, :3, :2]
         return a / np.linalg.norm(a, axis=1, keepdims=True)
 
+    @property
+    def plane_normals(self) -> NDArray:
+        """(S, 3) unit normals ``cross(row dir, col dir)`` of each reference section."""
+        axes = self.plane_axes
+        n = np.cross(axes[:, :, 0], axes[:, :, 1])
+        return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
+
     # -- construction -----------------------------------------------------------------------------
     @classmethod
     def from_space(

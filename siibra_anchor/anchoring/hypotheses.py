@@ -142,9 +142,7 @@ def canonical_hypotheses(
     take it from there.
     """
     rc, xyz, w, spacing, flipped, threshold_mm = votes
-    axes = ref.plane_axes
-    normals = np.cross(axes[:, :, 0], axes[:, :, 1])
-    normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
+    normals = ref.plane_normals
     pair_n = normals[ref.plane_ids[ref_idx]]
     binw = threshold_mm / 2.0
     out: list[SectionMap] = []

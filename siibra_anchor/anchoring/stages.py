@@ -244,10 +244,7 @@ def _reference_mask(r: Run, cpos: NDArray) -> NDArray | None:
         ref_mask = xs < 10.0 if r.hemisphere == "left" else xs > -10.0
     n = r.cut_normal
     if n is not None:
-        axes = r.ref.plane_axes
-        normals = np.cross(axes[:, :, 0], axes[:, :, 1])
-        normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
-        near = np.abs(normals @ n) >= np.cos(np.deg2rad(min(r.params.cut_max_angle_deg + 15.0, 89.0)))
+        near = np.abs(r.ref.plane_normals @ n) >= np.cos(np.deg2rad(min(r.params.cut_max_angle_deg + 15.0, 89.0)))
         on_cut = near[r.ref.plane_ids[cpos]]
         if on_cut.any():
             ref_mask = on_cut if ref_mask is None else (ref_mask & on_cut)

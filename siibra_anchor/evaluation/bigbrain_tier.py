@@ -25,6 +25,7 @@ import argparse
 import json
 import logging
 import re
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -272,7 +273,7 @@ def main(args: list[str] | None = None) -> int:
         from ..cache import atomic_write_text
 
         atomic_write_text(a.out, json.dumps(rep, indent=1))
-    print(format_bigbrain_tier(rep))
+    sys.stdout.write(format_bigbrain_tier(rep) + "\n")
     return 0
 
 

@@ -429,6 +429,8 @@ def run_real_tier(
     )
     methods = tier_methods(reference, encoder, raw_baseline)
     ref, enc = methods["default"]
+    if cut_known:  # the default encoder again, told the cutting plane
+        methods["cut_known"] = methods["default"]
     items: Any = sections
     if progress:
         from tqdm.auto import tqdm
@@ -451,11 +453,11 @@ def run_real_tier(
             row.update({"refine_floor_mm": fl["floor_mm"], "truth_nmi_gain": fl["gain_truth"],
                         "refined_truth_nmi_gain": fl["gain_refined"]})  # fmt: skip
         for key in ("default", "raw_pixel", *(("cut_known",) if cut_known else ())):
-            if key not in methods and key != "cut_known":
+            if key not in methods:
                 row.update({f"{key}_error_mm": float("nan"), f"{key}_confidence": float("nan"), f"{key}_refused": None,
                             f"{key}_time_s": float("nan"), f"{key}_affine": None, f"{key}_outcome": "not run"})  # fmt: skip
                 continue
-            r, e = methods["default" if key == "cut_known" else key]
+            r, e = methods[key]
             t0 = time.perf_counter()
             try:
                 with warnings.catch_warnings():  # the confidence is recorded; no warning per section
