@@ -140,6 +140,9 @@ def test_bad_inputs_raise_typed_errors(mni_reference):
         sa.anchor(sim.section, reference=mni_reference, cut="oblique")
     with pytest.raises(InvalidParameterError, match="AnchorParams.cut_max_angle_deg"):
         sa.AnchorParams(cut_max_angle_deg=90.0)
+    for bad in (-1.0, 90.0, "25"):
+        with pytest.raises(InvalidParameterError, match="AnchorParams.snap_max_deg"):
+            sa.AnchorParams(snap_max_deg=bad)
     with pytest.raises(InvalidParameterError, match="seed"):
         sa.anchor(sim.section, reference=mni_reference, seed=-1)
     with pytest.raises(InvalidParameterError, match="AnchorParams.ransac_threshold_mm"):

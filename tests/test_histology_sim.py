@@ -75,10 +75,11 @@ def test_histology_block_sections_are_seeded_and_shrunk_within_the_block_range()
 
 @pytest.mark.slow
 def test_histology_block_runs_with_both_hints_and_formats_its_failures(mni_reference):
-    """The block as the benchmark runs it: the default encoder with the mounting and hemisphere hints."""
+    """The block as the benchmark runs it: the default encoder with the mounting and hemisphere hints, and
+    again told the cutting plane."""
     from siibra_anchor.evaluation.histology_block import format_histology_block, run_histology_block
 
-    rep = run_histology_block(2, seed=4, reference=mni_reference, raw_baseline=False)
+    rep = run_histology_block(2, seed=4, reference=mni_reference, raw_baseline=False, cut_known=True)
     assert rep["hints"] == "hemisphere and mounting" and rep["default"]["n"] == 2
     assert rep["raw_pixel"] == {"n": 0}
     for c in rep["cases"]:
@@ -93,3 +94,13 @@ def test_histology_block_runs_with_both_hints_and_formats_its_failures(mni_refer
         c["name"] for c in rep["cases"] if not (c["default_error_mm"] is not None and c["default_error_mm"] <= 10)
     ]
     assert all(name in text for name in failed) and (("Failures:" in text) == bool(failed))
+    # the cut column: the same sections, anchored with cut= their orientation
+    assert rep["cut_known"]["n"] == 2
+    errs = [c["cut_known_error_mm"] for c in rep["cases"]]
+    assert all(e is None or e >= c["affine_floor_mm"] for e, c in zip(errs, rep["cases"], strict=True))
+    n_fail = sum(e is None or e > 10 for e in errs)
+    assert rep["cut_known"]["failures"] == n_fail
+    assert "| all, cutting plane known | " in text and f"{n_fail}/2" in text.split("cutting plane known |")[1]
+    assert "Failures with the cutting plane known: " in text
+    no_cut = run_histology_block(1, seed=4, reference=mni_reference, raw_baseline=False)
+    assert no_cut["cut_known"] == {"n": 0} and "cutting plane known" not in format_histology_block(no_cut)

@@ -114,6 +114,72 @@ def test_score_ranks_by_nmi_gain_and_refines_the_winner(after, sim):
     assert _placement_error_mm(s.candidates[0].placement, sim, s.scale) < 3.0
 
 
+def _tilted(m, deg, axis_px=(1.0, 0.0), centre_px=None):
+    """Working-pixel map ``m`` turned by ``deg`` about its in-plane direction ``axis_px`` through ``centre_px``."""
+    from scipy.spatial.transform import Rotation
+
+    from siibra_anchor.affine_fit import SectionMap
+
+    ax = m.linear @ np.asarray(axis_px, float)
+    rot = Rotation.from_rotvec(ax / np.linalg.norm(ax) * np.deg2rad(deg)).as_matrix()
+    c = np.asarray(centre_px, float)
+    lin = rot @ m.linear
+    return SectionMap(lin, m.apply(c[None])[0] - lin @ c, score=m.score)
+
+
+def test_snapped_turns_the_winner_onto_the_nearest_canonical_plane(after, sim):
+    """The refinement's restart: the placement turned about its tissue's centre onto the canonical plane
+    nearest to it (coronal here), in-plane scales and the tissue's centre kept; not within 3 degrees of it,
+    not beyond snap_max_deg, not when it would break the cut hint."""
+    from dataclasses import replace
+
+    r = copy.copy(after["score"])
+    c_px = r.tissue_rc.mean(axis=0)
+    win = r.candidates[0].placement
+    coronal = np.array([0.0, 1.0, 0.0])
+    for deg in (8.0, 20.0):
+        m = _tilted(win, deg, axis_px=(1.0, 1.0), centre_px=c_px + 7.0)
+        s = stages._snapped(r, m)
+        assert s is not None and abs(abs(s.normal @ coronal) - 1.0) < 1e-9
+        assert np.allclose(s.apply(c_px[None]), m.apply(c_px[None]))
+        assert np.allclose(s.scales, m.scales)
+    flat = stages._snapped(r, _tilted(win, 8.0, centre_px=c_px))  # exactly coronal
+    assert stages._snapped(r, _tilted(flat, 2.0, centre_px=c_px)) is None
+    assert stages._snapped(r, _tilted(flat, 30.0, centre_px=c_px)) is None  # beyond snap_max_deg (25)
+    r.params = replace(r.params, snap_max_deg=35.0)
+    assert stages._snapped(r, _tilted(flat, 30.0, centre_px=c_px)) is not None
+    r.cut = "axial"  # the coronal placement is 90 degrees off the hinted plane: nothing to snap to
+    assert stages._snapped(r, _tilted(flat, 10.0, centre_px=c_px)) is None
+    r.cut = "coronal"
+    assert stages._snapped(r, _tilted(flat, 10.0, centre_px=c_px)) is not None
+
+
+def test_score_restarts_a_tilted_winner_on_the_canonical_plane(after, sim):
+    """A winner stuck 15 degrees off its (near-coronal, 5 degrees tilted) plane: the restart from the
+    coronal plane is tried; kept only if it scores higher, and then nearer the truth than the stuck one.
+    Switched off (snap_max_deg=0), it is not tried."""
+    from dataclasses import replace
+
+    base = copy.copy(after["guide"])
+    top = base.candidates[0]
+    c_px = after["sample"].tissue_rc.mean(axis=0)
+    stuck = replace(top, placement=_tilted(top.placement, 15.0, axis_px=(0.0, 1.0), centre_px=c_px))
+    results = {}
+    for snap in (25.0, 0.0):
+        r = copy.copy(base)
+        r.params, r.candidates, r.rng = replace(r.params, snap_max_deg=snap), [stuck], np.random.default_rng(0)
+        stages.score(r)
+        results[snap] = r
+    on, off = results[25.0], results[0.0]
+    assert off.snapped is None and on.snapped is not None
+    assert on.candidates[0].score >= off.candidates[0].score
+    if on.snapped:
+        assert _placement_error_mm(on.candidates[0].placement, sim, on.scale) < _placement_error_mm(
+            off.candidates[0].placement, sim, off.scale
+        )
+    assert _placement_error_mm(on.candidates[0].placement, sim, on.scale) < 3.0
+
+
 def test_score_without_a_volume_ranks_by_consistency(after, mni_reference):
     r = copy.copy(after["guide"])
     from dataclasses import replace

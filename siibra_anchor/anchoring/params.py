@@ -94,6 +94,11 @@ class AnchorParams:
     #: the named canonical plane are rejected (sections are cut within a few degrees of one; a brain's own
     #: axes may sit 10-15 degrees off the template's)
     cut_max_angle_deg: float = 30.0
+    #: the intensity refinement's winner is refined once more from its plane turned onto the nearest
+    #: canonical plane of the reference (the hinted one with ``cut=``) when it lies 3 to ``snap_max_deg``
+    #: degrees off it, and replaced when that scores a higher NMI gain (the refinement stops in a tilted
+    #: local optimum otherwise: docs/method.md); 0 switches it off. Not with a ``plane_prior``.
+    snap_max_deg: float = 25.0
     #: global top-k search: "auto" (faiss from 1e6 reference patches if installed), "exact", "faiss", "faiss-hnsw"
     search: str = "auto"
 
@@ -114,6 +119,8 @@ class AnchorParams:
                 raise _bad(name, v, "a positive number")
         if not _is_num(self.cut_max_angle_deg) or not 0.0 < self.cut_max_angle_deg < 90.0:
             raise _bad("cut_max_angle_deg", self.cut_max_angle_deg, "a number of degrees in (0, 90)")
+        if not _is_num(self.snap_max_deg) or not 0.0 <= self.snap_max_deg < 90.0:
+            raise _bad("snap_max_deg", self.snap_max_deg, "a number of degrees in [0, 90)")
         if not _is_num(self.max_anisotropy) or self.max_anisotropy < 1.0:
             raise _bad("max_anisotropy", self.max_anisotropy, "a number >= 1")
         if not _is_num(self.retry_below) or not 0.0 <= self.retry_below <= 1.0:

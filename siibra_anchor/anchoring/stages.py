@@ -19,6 +19,7 @@ from typing import Any, cast
 
 import numpy as np
 from numpy.typing import NDArray
+from scipy.spatial.transform import Rotation
 
 from ..affine_fit import SectionMap, constrain_affine, ransac_section, similarity_fit
 from ..confidence import cap, confidence_model
@@ -67,7 +68,8 @@ class Run:
     propose: idx (C, k) reference patches matched by each coarse patch, sims (C, k); hyps (placements);
         voted (those from canonical-plane votes).
     guide: candidates (re-matched placements that respect the hints).
-    score: candidates ranked best first (``score`` filled); pts (NMI sample points, None without volume).
+    score: candidates ranked best first (``score`` filled); pts (NMI sample points, None without volume);
+        snapped (whether the winner came from the restart on a canonical plane).
     disambiguate: best (:class:`Candidate`), consistency, margin, features (of the confidence model).
     confide: confidence (calibrated probability of being within 10 mm).
     """
@@ -89,6 +91,9 @@ class Run:
     cut: str | None = None
     #: True when no placement respected the hints (hemisphere, cut) and the winner is one that does not
     hints_unmet: bool = field(default=False, init=False)
+    #: the refinement's restart from the winner snapped onto a canonical plane: None (not tried), False
+    #: (tried, the winner kept), True (it scored higher and replaced the winner)
+    snapped: bool | None = field(default=None, init=False)
     rng: np.random.Generator = field(init=False)
     timings: dict[str, float] = field(default_factory=dict)
     img: NDArray = field(init=False)
@@ -388,13 +393,47 @@ def _finer(r: Run, c: Candidate, smoothed: dict) -> Candidate:
     return fine if fine.score >= c.score else c
 
 
+def _snapped(r: Run, m: SectionMap) -> SectionMap | None:
+    """``m`` turned about its tissue's centre onto the nearest canonical plane (the hinted cut's when given),
+    in-plane scale and shear kept; None when it lies within 3 degrees of that plane already, more than
+    ``snap_max_deg`` off it, or the turned placement breaks a hint."""
+    n = m.normal
+    if r.cut_normal is not None:
+        a = np.asarray(r.cut_normal, float)
+    else:
+        axes = np.array([np.cross(*CANONICAL_PLANES[k]) for k in CANONICAL_PLANES])
+        a = axes[int(np.argmax(np.abs(axes @ n)))]
+    a = a * np.sign(float(a @ n))
+    angle = np.degrees(np.arccos(np.clip(float(a @ n), -1.0, 1.0)))
+    if angle < 3.0 or angle > r.params.snap_max_deg:
+        return None
+    axis = np.cross(n, a)
+    rot = Rotation.from_rotvec(axis / np.linalg.norm(axis) * np.deg2rad(angle)).as_matrix()
+    c_px = r.tissue_rc.mean(axis=0)
+    lin = rot @ m.linear
+    out = SectionMap(lin, m.apply(c_px[None])[0] - lin @ c_px, score=m.score)
+    return None if r.violates_hints(out) else out
+
+
+def _snap_start(r: Run, top: Candidate, smoothed: dict) -> Candidate | None:
+    """The winner refined again from its plane snapped onto the nearest canonical one (:func:`_snapped`),
+    as :func:`score` refines a winner; None when not tried."""
+    if r.plane_prior is not None or r.params.snap_max_deg <= 0:
+        return None
+    s = _snapped(r, top.placement)
+    if s is None:
+        return None
+    return _finer(r, _refined(r, replace(top, placement=s), smoothed, (2.0,), r.params.refine_evals[0]), smoothed)
+
+
 def _ranked(cands: list[Candidate]) -> list[Candidate]:
     return sorted(cands, key=lambda c: -c.score)  # stable: ties keep their order
 
 
 def score(r: Run) -> None:
     """Rank the candidates by NMI gain with the template; refine the best ``n_refine`` coarsely, re-rank
-    (refinement can overturn a close call), refine the winner finely. Without a template volume: rank by
+    (refinement can overturn a close call), refine the winner finely, and again from its plane snapped onto
+    the nearest canonical one (:func:`_snap_start`; kept if it scores higher). Without a template volume: rank by
     coarse-match consistency."""
     t0 = time.perf_counter()
     p, ref = r.params, r.ref
@@ -409,6 +448,10 @@ def score(r: Run) -> None:
             ranked[: p.n_refine] = [_refined(r, c, smoothed, (2.0,), coarse) for c in ranked[: p.n_refine]]
             ranked = _ranked(ranked)
             ranked[0] = _finer(r, ranked[0], smoothed)
+            snap = _snap_start(r, ranked[0], smoothed)
+            r.snapped = None if snap is None else bool(snap.score > ranked[0].score)
+            if snap is not None and r.snapped:
+                ranked = [snap, *ranked]
         r.candidates = ranked
     r.timings["refine_s"] = time.perf_counter() - t0
 
@@ -607,6 +650,7 @@ def assemble(r: Run) -> AnchoringResult:
         "flipped": r.flipped,
         "cut": r.cut,
         "hints_unmet": r.hints_unmet,
+        "snapped": r.snapped,
         "params": r.params.as_dict(),
     }
     if r.plane_prior is not None:

@@ -828,7 +828,7 @@ def run_benchmark(
         from .histology_block import run_histology_block
 
         report["histology"] = run_histology_block(
-            cfg.histology_n, seed=seed, reference=ref, encoder=enc, encoder_name=report["encoder_name"]
+            cfg.histology_n, seed=seed, reference=ref, encoder=enc, encoder_name=report["encoder_name"], cut_known=True
         )
     report["targets"] = _targets(report)
     report["total_s"] = time.perf_counter() - t_run

@@ -85,6 +85,7 @@ def run_histology_block(
     encoder_name: str | None = None,
     mounting_known: bool = True,
     raw_baseline: bool = True,
+    cut_known: bool = False,
 ) -> dict[str, Any]:
     """Anchor :func:`histology_sections` with the default encoder and the raw-pixel baseline.
 
@@ -92,10 +93,13 @@ def run_histology_block(
     that lies in one hemisphere and, with
     ``mounting_known``, the mounting (these sections are mounted face up: ``flipped=False``).
     ``encoder`` (``reference`` built with it): another encoder in the "default" column, named
-    ``encoder_name``; ``raw_baseline`` False skips the raw-pixel column.
+    ``encoder_name``; ``raw_baseline`` False skips the raw-pixel column. ``cut_known``: also anchor each
+    section with the default encoder told the cutting plane (``anchor(cut=...)``, the template plane it was
+    cut along before its tilt): the "cut_known" column, as in the real-anatomy tier.
 
-    Returns ``{"n", "seed", "geometry", "default": summary, "raw_pixel": summary, "affine_floor_mm": median,
-    "frame_filling": summary of the default on frame-filling sections, "cases": [...]}``; summaries as
+    Returns ``{"n", "seed", "geometry", "default": summary, "raw_pixel": summary, "cut_known": summary
+    ({"n": 0} when not run), "affine_floor_mm": median, "frame_filling": summary of the default on
+    frame-filling sections, "cases": [...]}``; summaries as
     :func:`~siibra_anchor.evaluation.real_tier.run_real_tier` gives them (refusals count as failures).
     """
     import siibra_anchor as sa
@@ -106,6 +110,8 @@ def run_histology_block(
     geo = _geometry()
     sims = histology_sections(n, seed, geo)
     methods = tier_methods(reference, encoder, raw_baseline)
+    if cut_known:  # the default encoder again, told the cutting plane
+        methods["cut_known"] = methods["default"]
     rows = []
     for s in sims:
         drawn = s.params["histology"]["drawn"]
@@ -127,7 +133,8 @@ def run_histology_block(
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", LowConfidenceWarning)
                     res = sa.anchor(s.section, reference=r, encoder=e, seed=0, hemisphere=hemi,
-                                    flipped=False if mounting_known else None)  # fmt: skip
+                                    flipped=False if mounting_known else None,
+                                    cut=s.params["orientation"] if key == "cut_known" else None)  # fmt: skip
                 err, why = s.error(res.affine), None
                 row[f"{key}_confidence"] = float(res.confidence)
                 row[f"{key}_outcome"] = failure_kind(res.affine, s.true_affine, s.section.mask)
@@ -157,6 +164,7 @@ def run_histology_block(
         "geometry": asdict(geo),
         "default": stats(rows, "default"),
         "raw_pixel": stats(rows, "raw_pixel"),
+        "cut_known": stats(rows, "cut_known"),
         "affine_floor_mm": float(np.median([r["affine_floor_mm"] for r in rows])),
         "frame_filling": stats([r for r in rows if r["frame_fill"]], "default"),
         "cases": [
@@ -185,6 +193,8 @@ def format_histology_block(report: dict[str, Any]) -> str:
         f"| all | {cell(report['default'])} | {cell(report['raw_pixel'])} |",
         f"| frame-filling | {cell(report['frame_filling'])} | - | - | - | - | - |",
     ]
+    if report.get("cut_known", {}).get("n"):
+        lines.append(f"| all, cutting plane known | {cell(report['cut_known'])} | - | - | - | - | - |")
     bad = [c for c in report["cases"] if not (c["default_error_mm"] is not None and c["default_error_mm"] <= 10.0)]
     if bad:
         lines += ["", "Failures: " + "; ".join(
@@ -193,4 +203,13 @@ def format_histology_block(report: dict[str, Any]) -> str:
             f"confidence {c.get('default_confidence', float('nan')):.2f})"
             for c in bad
         )]  # fmt: skip
+    bad_cut = [c for c in report["cases"] if "cut_known_error_mm" in c
+               and not (c["cut_known_error_mm"] is not None and c["cut_known_error_mm"] <= 10.0)]  # fmt: skip
+    if report.get("cut_known", {}).get("n"):
+        lines += ["", "Failures with the cutting plane known: " + ("; ".join(
+            f"{c['name']} ({c.get('cut_known_outcome', '?')}, "
+            f"{'refused' if c['cut_known_error_mm'] is None else format(c['cut_known_error_mm'], '.1f') + ' mm'}, "
+            f"confidence {c.get('cut_known_confidence', float('nan')):.2f})"
+            for c in bad_cut
+        ) or "none")]  # fmt: skip
     return "\n".join(lines)
