@@ -134,6 +134,7 @@ def test_snapped_turns_the_winner_onto_the_nearest_canonical_plane(after, sim):
     from dataclasses import replace
 
     r = copy.copy(after["score"])
+    r.params = replace(r.params, snap_max_deg=25.0)  # off by default
     c_px = r.tissue_rc.mean(axis=0)
     win = r.candidates[0].placement
     coronal = np.array([0.0, 1.0, 0.0])
@@ -157,7 +158,7 @@ def test_snapped_turns_the_winner_onto_the_nearest_canonical_plane(after, sim):
 def test_score_restarts_a_tilted_winner_on_the_canonical_plane(after, sim):
     """A winner stuck 15 degrees off its (near-coronal, 5 degrees tilted) plane: the restart from the
     coronal plane is tried; kept only if it scores higher, and then nearer the truth than the stuck one.
-    Switched off (snap_max_deg=0), it is not tried."""
+    Switched off (snap_max_deg=0, the default), it is not tried."""
     from dataclasses import replace
 
     base = copy.copy(after["guide"])
@@ -172,6 +173,7 @@ def test_score_restarts_a_tilted_winner_on_the_canonical_plane(after, sim):
         results[snap] = r
     on, off = results[25.0], results[0.0]
     assert off.snapped is None and on.snapped is not None
+    assert sa.AnchorParams().snap_max_deg == 0.0
     assert on.candidates[0].score >= off.candidates[0].score
     if on.snapped:
         assert _placement_error_mm(on.candidates[0].placement, sim, on.scale) < _placement_error_mm(
