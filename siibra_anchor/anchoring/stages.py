@@ -432,9 +432,9 @@ def _ranked(cands: list[Candidate]) -> list[Candidate]:
 
 def score(r: Run) -> None:
     """Rank the candidates by NMI gain with the template; refine the best ``n_refine`` coarsely, re-rank
-    (refinement can overturn a close call), refine the winner finely, and again from its plane snapped onto
-    the nearest canonical one (:func:`_snap_start`; kept if it scores higher). Without a template volume: rank by
-    coarse-match consistency."""
+    (refinement can overturn a close call), refine the winner finely (with ``snap_max_deg`` > 0, off by
+    default, also from its plane snapped onto the nearest canonical one: :func:`_snap_start`, kept if it
+    scores higher). Without a template volume: rank by coarse-match consistency."""
     t0 = time.perf_counter()
     p, ref = r.params, r.ref
     if ref.volume is None:
