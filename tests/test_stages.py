@@ -116,15 +116,7 @@ def test_score_ranks_by_nmi_gain_and_refines_the_winner(after, sim):
 
 def _tilted(m, deg, axis_px=(1.0, 0.0), centre_px=None):
     """Working-pixel map ``m`` turned by ``deg`` about its in-plane direction ``axis_px`` through ``centre_px``."""
-    from scipy.spatial.transform import Rotation
-
-    from siibra_anchor.affine_fit import SectionMap
-
-    ax = m.linear @ np.asarray(axis_px, float)
-    rot = Rotation.from_rotvec(ax / np.linalg.norm(ax) * np.deg2rad(deg)).as_matrix()
-    c = np.asarray(centre_px, float)
-    lin = rot @ m.linear
-    return SectionMap(lin, m.apply(c[None])[0] - lin @ c, score=m.score)
+    return stages._turned(m, m.linear @ np.asarray(axis_px, float), deg, centre_px)
 
 
 def test_snapped_turns_the_winner_onto_the_nearest_canonical_plane(after, sim):

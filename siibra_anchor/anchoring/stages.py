@@ -407,12 +407,17 @@ def _snapped(r: Run, m: SectionMap) -> SectionMap | None:
     angle = np.degrees(np.arccos(np.clip(float(a @ n), -1.0, 1.0)))
     if angle < 3.0 or angle > r.params.snap_max_deg:
         return None
-    axis = np.cross(n, a)
-    rot = Rotation.from_rotvec(axis / np.linalg.norm(axis) * np.deg2rad(angle)).as_matrix()
-    c_px = r.tissue_rc.mean(axis=0)
-    lin = rot @ m.linear
-    out = SectionMap(lin, m.apply(c_px[None])[0] - lin @ c_px, score=m.score)
+    out = _turned(m, np.cross(n, a), angle, r.tissue_rc.mean(axis=0))
     return None if r.violates_hints(out) else out
+
+
+def _turned(m: SectionMap, axis: NDArray, deg: float, about_px: NDArray) -> SectionMap:
+    """``m`` turned by ``deg`` degrees about the world ``axis`` through the point where it puts working pixel
+    ``about_px`` (that point stays; in-plane scale and shear are kept)."""
+    rot = Rotation.from_rotvec(np.asarray(axis, float) / np.linalg.norm(axis) * np.deg2rad(deg)).as_matrix()
+    c = np.asarray(about_px, float)
+    lin = rot @ m.linear
+    return SectionMap(lin, m.apply(c[None])[0] - lin @ c, score=m.score)
 
 
 def _snap_start(r: Run, top: Candidate, smoothed: dict) -> Candidate | None:

@@ -173,6 +173,19 @@ def run_histology_block(
     }
 
 
+def _failed(case: dict[str, Any], key: str) -> bool:
+    """Whether column ``key`` of a case failed: refused (no error) or further than 10 mm."""
+    e = case[f"{key}_error_mm"]
+    return not (e is not None and e <= 10.0)
+
+
+def _outcome(case: dict[str, Any], key: str) -> str:
+    """Column ``key``'s outcome, error and confidence of a case, as the failure lines print them."""
+    e = case[f"{key}_error_mm"]
+    err = "refused" if e is None else f"{e:.1f} mm"
+    return f"{case.get(f'{key}_outcome', '?')}, {err}, confidence {case.get(f'{key}_confidence', float('nan')):.2f}"
+
+
 def format_histology_block(report: dict[str, Any]) -> str:
     """A markdown table of :func:`run_histology_block`'s figures (all sections, frame-filling ones) and one
     line per failure."""
@@ -193,23 +206,15 @@ def format_histology_block(report: dict[str, Any]) -> str:
         f"| all | {cell(report['default'])} | {cell(report['raw_pixel'])} |",
         f"| frame-filling | {cell(report['frame_filling'])} | - | - | - | - | - |",
     ]
-    if report.get("cut_known", {}).get("n"):
+    cut_run = bool(report.get("cut_known", {}).get("n"))
+    if cut_run:
         lines.append(f"| all, cutting plane known | {cell(report['cut_known'])} | - | - | - | - | - |")
-    bad = [c for c in report["cases"] if not (c["default_error_mm"] is not None and c["default_error_mm"] <= 10.0)]
+    bad = [c for c in report["cases"] if _failed(c, "default")]
     if bad:
         lines += ["", "Failures: " + "; ".join(
-            f"{c['name']} ({c['orientation']} {c['partial'] or 'whole'}, {c.get('default_outcome', '?')}, "
-            f"{'refused' if c['default_error_mm'] is None else format(c['default_error_mm'], '.1f') + ' mm'}, "
-            f"confidence {c.get('default_confidence', float('nan')):.2f})"
-            for c in bad
+            f"{c['name']} ({c['orientation']} {c['partial'] or 'whole'}, {_outcome(c, 'default')})" for c in bad
         )]  # fmt: skip
-    bad_cut = [c for c in report["cases"] if "cut_known_error_mm" in c
-               and not (c["cut_known_error_mm"] is not None and c["cut_known_error_mm"] <= 10.0)]  # fmt: skip
-    if report.get("cut_known", {}).get("n"):
-        lines += ["", "Failures with the cutting plane known: " + ("; ".join(
-            f"{c['name']} ({c.get('cut_known_outcome', '?')}, "
-            f"{'refused' if c['cut_known_error_mm'] is None else format(c['cut_known_error_mm'], '.1f') + ' mm'}, "
-            f"confidence {c.get('cut_known_confidence', float('nan')):.2f})"
-            for c in bad_cut
-        ) or "none")]  # fmt: skip
+    if cut_run:
+        bad_cut = [f"{c['name']} ({_outcome(c, 'cut_known')})" for c in report["cases"] if _failed(c, "cut_known")]
+        lines += ["", "Failures with the cutting plane known: " + ("; ".join(bad_cut) or "none")]
     return "\n".join(lines)
