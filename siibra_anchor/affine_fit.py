@@ -155,6 +155,43 @@ def constrain_affine(
     return (u * s) @ vt
 
 
+def _squared_residuals(rc: NDArray, xyz: NDArray, lin: NDArray, t: NDArray) -> NDArray:
+    """(h, M) squared distances ``|lin[h] @ rc[m] + t[h] - xyz[m]|^2`` of every pair under every hypothesis,
+    as one (h, 16) x (16, M) product: the square expanded into terms of the hypothesis times terms of the
+    pair (no (h, M, 3) array; the terms are a few hundred mm^2 at most, so float64 keeps far more than the
+    sub-mm^2 the threshold needs)."""
+    r0, r1 = rc[:, 0], rc[:, 1]
+    btb = np.einsum("hij,hik->hjk", lin, lin)  # (h, 2, 2): lin^T lin
+    at = np.einsum("hij,hi->hj", lin, t)  # (h, 2): lin^T t
+    per_h = np.concatenate(
+        [
+            btb[:, 0, 0, None],
+            btb[:, 0, 1, None],
+            btb[:, 1, 1, None],
+            at,
+            lin.reshape(len(lin), 6),
+            (t * t).sum(axis=1, keepdims=True),
+            t,
+            np.ones((len(lin), 1)),
+        ],
+        axis=1,
+    )
+    per_pair = np.concatenate(
+        [
+            (r0 * r0)[None],
+            (2.0 * r0 * r1)[None],
+            (r1 * r1)[None],
+            2.0 * rc.T,
+            (-2.0 * xyz[:, :, None] * rc[:, None, :]).reshape(len(rc), 6).T,
+            np.ones((1, len(rc))),
+            -2.0 * xyz.T,
+            (xyz * xyz).sum(axis=1)[None],
+        ],
+        axis=0,
+    )
+    return np.maximum(per_h @ per_pair, 0.0)
+
+
 def _group_min(res: NDArray, group_start: NDArray) -> NDArray:
     """Per-group minimum along the last axis; pairs sorted by group, ``group_start`` their first indices."""
     return np.minimum.reduceat(res, group_start, axis=-1)
@@ -247,9 +284,8 @@ def ransac_section(
         lin, t = lin[ok_s], t[ok_s]
         if len(lin) == 0:
             continue
-        pred = np.matmul(rc[None], lin.transpose(0, 2, 1)) + t[:, None, :]  # (h, M, 3)
-        res = np.linalg.norm(pred - xyz[None], axis=-1)  # (h, M)
-        inl = _group_min(res, starts) < residual_threshold  # (h, G)
+        res2 = _squared_residuals(rc, xyz, lin, t)  # (h, M)
+        inl = _group_min(res2, starts) < residual_threshold**2  # (h, G)
         score = inl.sum(axis=1).astype(float)
         # tie-break by mean residual of inliers so tighter fits win
         for h in np.argsort(-score)[: max(4 * n_hypotheses, 10)]:

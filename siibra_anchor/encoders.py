@@ -293,6 +293,11 @@ def check_encoder(model: nn.Module, patch_size: int, in_channels: int = 1) -> in
     return int(y.shape[1])
 
 
+#: patches per encoder call on a CPU: 2400 patches took 0.47 s in batches of 512 against 0.57 s in one of 1024
+#: and 0.81 s in one of 2400 (2 cores); on a GPU the caller's batch size holds
+CPU_BATCH = 512
+
+
 def embed_patches(model: nn.Module, patches: NDArray, batch_size: int = 2048, device: str | None = None) -> NDArray:
     """Embed patches with ``model``: (N, P, P) or (N, C, P, P) float32 -> (N, D) float32, L2-normalised."""
     x = np.asarray(patches, np.float32)
@@ -301,6 +306,8 @@ def embed_patches(model: nn.Module, patches: NDArray, batch_size: int = 2048, de
     if x.ndim != 4:
         raise EncoderError(f"patches must be (N, P, P) or (N, C, P, P), got shape {x.shape}")
     dev = torch.device(device or "cpu")
+    if dev.type == "cpu":  # a CPU runs the small CNN fastest on batches that stay in its caches
+        batch_size = min(batch_size, CPU_BATCH)
     model = model.to(dev).eval()
     outs = []
     with torch.inference_mode():

@@ -7,6 +7,7 @@ All searches are chunked so memory stays bounded (about ``chunk * A * R * 4`` by
 
 from __future__ import annotations
 
+import itertools
 import logging
 import weakref
 from typing import Any
@@ -141,6 +142,7 @@ def best_in_neighbourhood(
     radius_mm: float,
     ref_view: NDArray | None = None,
     chunk: int = 256,
+    subset: NDArray | None = None,
 ) -> tuple[NDArray, NDArray, NDArray]:
     """Best reference match of each query among references within ``radius_mm`` of its predicted 3D point.
 
@@ -152,12 +154,14 @@ def best_in_neighbourhood(
     ref_view : optional (R,) int, the view of the query to compare with each reference (the in-plane
         angle that the current placement predicts for that reference's section); -1 excludes the
         reference. Without it, the best view is taken.
+    subset : optional ascending (T,) indices of the references that ``tree`` holds (tree position ``i``
+        is reference ``subset[i]``): a tree over the references that may match at all is cheaper to search.
 
     Returns
     -------
     sim (Q,), idx (Q,), view (Q,); ``idx == -1`` where no usable reference lies within the radius.
     """
-    lazy = hasattr(queries, "take")  # a PatchViews: embeddings computed on demand
+    lazy = hasattr(queries, "all_views")  # a PatchViews: embeddings computed on demand (an array has .take too)
     q: Any = None if lazy else _as_qad(queries)
     n_q = queries.n if lazy else q.shape[0]
     sim = np.full(n_q, -2.0, np.float32)
@@ -166,11 +170,14 @@ def best_in_neighbourhood(
     neigh = tree.query_ball_point(np.asarray(predicted_mm, float), r=float(radius_mm))
     for i in range(0, n_q, chunk):
         lists = neigh[i : i + chunk]
-        counts = np.array([len(x) for x in lists])
-        if counts.sum() == 0:
+        counts = np.fromiter(map(len, lists), np.int64, len(lists))
+        total = int(counts.sum())
+        if total == 0:
             continue
-        rows = np.repeat(np.arange(i, i + len(lists)), counts)
-        cand = np.concatenate([np.asarray(x, np.int64) for x in lists if len(x)])
+        rows = np.repeat(np.arange(i, i + len(lists)), counts)  # sorted: each query's candidates together
+        cand = np.fromiter(itertools.chain.from_iterable(lists), np.int64, total)
+        if subset is not None:
+            cand = subset[cand]
         if ref_view is None:
             qa = queries.all_views(rows) if lazy else q[rows]
             s = np.einsum("pad,pd->pa", qa, refs[cand])  # (pairs, V)
@@ -182,13 +189,29 @@ def best_in_neighbourhood(
             rows, cand, a = rows[keep], cand[keep], a[keep]
             if len(rows) == 0:
                 continue
-            qv = queries.take(rows, a) if lazy else q[rows, a]
-            sbest = np.einsum("pd,pd->p", qv, refs[cand])
-        order = np.lexsort((-sbest, rows))  # by query, best first
-        first = np.ones(len(order), bool)
-        first[1:] = rows[order][1:] != rows[order][:-1]
-        sel = order[first]
+            sbest = _view_similarities(queries if lazy else q, lazy, refs, rows, cand, a)
+        # each query's best pair: the first at its maximum (rows are sorted)
+        starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+        top = np.repeat(np.maximum.reduceat(sbest, starts), np.diff(np.r_[starts, len(rows)]))
+        at_top = np.flatnonzero(sbest == top)
+        sel = at_top[np.r_[True, rows[at_top][1:] != rows[at_top][:-1]]]
         sim[rows[sel]] = sbest[sel]
         idx[rows[sel]] = cand[sel]
         view[rows[sel]] = a[sel]
     return sim, idx, view
+
+
+def _view_similarities(
+    queries: Any, lazy: bool, refs: NDArray, rows: NDArray, cand: NDArray, views: NDArray
+) -> NDArray:
+    """Cosine similarity of each (query ``rows[p]`` in view ``views[p]``, reference ``cand[p]``) pair: per
+    view, one product of the distinct queries by the distinct references (a gather of two (pairs, D)
+    arrays costs more than the product)."""
+    out = np.empty(len(rows), np.float32)
+    for v in np.unique(views):
+        sel = np.flatnonzero(views == v)
+        ur, ir = np.unique(rows[sel], return_inverse=True)
+        uc, ic = np.unique(cand[sel], return_inverse=True)
+        qv = queries.take(ur, np.full(len(ur), v)) if lazy else queries[ur, v]
+        out[sel] = (qv @ refs[uc].T)[ir, ic]
+    return out

@@ -116,6 +116,25 @@ class Reference:
             self._tree = cKDTree(self.centres_mm)
         return self._tree
 
+    def tree_of(self, planes: NDArray) -> tuple[Any, NDArray]:
+        """A KD-tree over the centres of the patches of the reference sections ``planes`` ((S,) bool) and
+        those patches' indices, ascending (tree position ``i`` is patch ``index[i]``). The guided search
+        asks for the sections near the placement's plane, the same few sets again and again: the last
+        eight are kept; most of the sections asked for get the whole tree."""
+        planes = np.asarray(planes, bool)
+        if planes.mean() > 0.8:
+            return self.tree, np.arange(self.n_patches)
+        key = ("tree_of", planes.tobytes())
+        if key not in self._cache:
+            from scipy.spatial import cKDTree
+
+            old = [k for k in self._cache if k[0] == "tree_of"]
+            for k in old[: max(0, len(old) - 7)]:
+                del self._cache[k]
+            index = np.flatnonzero(planes[self.plane_ids])
+            self._cache[key] = (cKDTree(self.centres_mm[index]), index)
+        return self._cache[key]
+
     def __repr__(self) -> str:
         return (
             f"Reference(space={self.space!r}, n_sections={self.n_sections}, n_patches={self.n_patches}, "

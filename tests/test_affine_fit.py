@@ -8,6 +8,7 @@ from scipy.spatial.transform import Rotation
 
 from siibra_anchor.affine_fit import (
     SectionMap,
+    _squared_residuals,
     affine_fit,
     constrain_affine,
     ransac_section,
@@ -96,6 +97,25 @@ def test_ransac_recovers_transform_with_60_percent_outliers():
     assert best.score >= 0.8 * (~bad).sum()
     # the inlier flags point at true pairs
     assert best.inliers[~decoy].sum() >= 0.8 * (~bad).sum()
+
+
+def test_squared_residuals_equal_the_direct_distances():
+    """RANSAC's (hypotheses x pairs) residuals, expanded into one product, against |lin @ rc + t - xyz|^2,
+    mirrored and anisotropic maps included, at the coordinates a section and the reference have."""
+    rng = np.random.default_rng(11)
+    rc = rng.uniform(0, 300, (500, 2))
+    xyz = rng.uniform(-100, 100, (500, 3))
+    lin = rng.normal(0, 1.5, (40, 3, 2))
+    t = rng.uniform(-150, 150, (40, 3))
+    direct = np.linalg.norm(np.matmul(rc[None], lin.transpose(0, 2, 1)) + t[:, None] - xyz[None], axis=-1) ** 2
+    got = _squared_residuals(rc, xyz, lin, t)
+    assert got.shape == (40, 500)
+    np.testing.assert_allclose(got, direct, rtol=1e-9, atol=1e-6)
+    # near the threshold, where an inlier is decided, the error stays far below a mm^2
+    lin0, t0 = _random_map(rng)
+    near = rc[:50] @ lin0.T + t0 + rng.normal(0, 2.0, (50, 3))
+    small = _squared_residuals(rc[:50], near, lin0[None], t0[None])[0]
+    np.testing.assert_allclose(small, ((rc[:50] @ lin0.T + t0 - near) ** 2).sum(axis=1), atol=1e-8)
 
 
 def test_ransac_is_seeded():

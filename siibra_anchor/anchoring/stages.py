@@ -316,8 +316,11 @@ def guided_rematch(r: Run, m: SectionMap, radii_mm: tuple[float, ...] | None = N
     cur, out = m, {}
     for i, rad in enumerate(radii):
         pred = cur.apply(cen)
-        ref_view = plane_views(cur, ref.plane_axes, p.n_rotations, r.mirrors)[ref.plane_ids]
-        sim, idx, _ = best_in_neighbourhood(r.emb, ref.embeddings, ref.tree, pred, rad, ref_view=ref_view)
+        views = plane_views(cur, ref.plane_axes, p.n_rotations, r.mirrors)
+        tree, subset = ref.tree_of(views >= 0)
+        sim, idx, _ = best_in_neighbourhood(
+            r.emb, ref.embeddings, tree, pred, rad, ref_view=views[ref.plane_ids], subset=subset
+        )
         ok = idx >= 0
         if ok.sum() < 3:
             break
