@@ -76,6 +76,11 @@ def topk_cosine(
     q = _as_qad(queries)
     n_q, n_a, _ = q.shape
     dev = torch.device(device or "cpu")
+    keep = None if ref_mask is None else np.flatnonzero(np.asarray(ref_mask, bool))
+    if dev.type == "cpu" and keep is not None and k <= len(keep) < 0.75 * len(refs):
+        # a hint leaves part of the reference: search only that part (the same matches, fewer products)
+        sims, j, ang = topk_cosine(queries, np.asarray(refs)[keep], k, chunk=chunk, device=dev)
+        return sims, keep[j], ang
     r = _refs_on(refs, dev)
     if dev.type != "cpu":
         chunk = max(chunk, 1024)

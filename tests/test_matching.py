@@ -8,7 +8,7 @@ import pytest
 from scipy.spatial import cKDTree
 
 from siibra_anchor.encoders import RawPixelEncoder, embed_patches
-from siibra_anchor.matching import best_in_neighbourhood
+from siibra_anchor.matching import best_in_neighbourhood, topk_cosine
 from siibra_anchor.patches import extract_patches, rotation_angles
 from siibra_anchor.views import PatchViews
 
@@ -104,3 +104,21 @@ def test_a_tree_over_the_usable_references_gives_what_the_whole_tree_gives(mni_r
     empty, none = ref.tree_of(np.zeros(len(planes), bool))
     assert len(none) == 0
     assert (best_in_neighbourhood(q, ref.embeddings, empty, pred, 10.0, ref_view=ref_view, subset=none)[1] == -1).all()
+
+
+@pytest.mark.parametrize("share", [0.3, 0.9])
+def test_topk_with_a_reference_mask_returns_the_best_allowed_references(share):
+    """A hint's mask (half the reference for a hemisphere: searched as its own, smaller reference; most of
+    it: masked in place) gives each query's k best allowed references over its views, as a loop finds them."""
+    rng = np.random.default_rng(4)
+    refs = _unit(rng.normal(size=(600, 12)))
+    q = _unit(rng.normal(size=(20, 3, 12)))
+    mask = rng.random(600) < share
+    sims, idx, ang = topk_cosine(q, refs, 5, ref_mask=mask)
+    s = np.einsum("qad,rd->qra", q, refs)
+    for i in range(20):
+        best = np.where(mask, s[i].max(axis=1), -np.inf)
+        want = np.argsort(-best, kind="stable")[:5]
+        np.testing.assert_array_equal(idx[i], want)
+        np.testing.assert_allclose(sims[i], best[want], atol=1e-6)
+        np.testing.assert_array_equal(ang[i], s[i, want].argmax(axis=1))
