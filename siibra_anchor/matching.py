@@ -79,8 +79,8 @@ def topk_cosine(
     keep = None if ref_mask is None else np.flatnonzero(np.asarray(ref_mask, bool))
     if dev.type == "cpu" and keep is not None and k <= len(keep) < 0.75 * len(refs):
         # a hint leaves part of the reference: search only that part (the same matches, fewer products)
-        sims, j, ang = topk_cosine(queries, np.asarray(refs)[keep], k, chunk=chunk, device=dev)
-        return sims, keep[j], ang
+        s_sub, i_sub, a_sub = topk_cosine(queries, np.asarray(refs)[keep], k, chunk=chunk, device=dev)
+        return s_sub, keep[i_sub], a_sub
     r = _refs_on(refs, dev)
     if dev.type != "cpu":
         chunk = max(chunk, 1024)
