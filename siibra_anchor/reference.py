@@ -128,9 +128,9 @@ class Reference:
         if key not in self._cache:
             from scipy.spatial import cKDTree
 
-            old = [k for k in self._cache if k[0] == "tree_of"]
+            old = [k for k in list(self._cache) if k[0] == "tree_of"]  # a copy: threads may share a reference
             for k in old[: max(0, len(old) - 7)]:
-                del self._cache[k]
+                self._cache.pop(k, None)
             index = np.flatnonzero(planes[self.plane_ids])
             self._cache[key] = (cKDTree(self.centres_mm[index]), index)
         return self._cache[key]

@@ -157,7 +157,7 @@ def test_small_benchmark_writes_every_figure_and_strict_json(tmp_path, mni_refer
         assert data[key]["n"] == 2 and data[key]["median_mm"] >= 0
     assert data["cases"][0]["tears"] > 0
     ec = data["embed_ms_per_patch"]  # measured, never asserted against a time budget
-    assert ec["default"] > 0 and ec["raw_pixel"] > 0 and ec["batch_size"] == 2048
+    assert ec["default"] > 0 and ec["raw_pixel"] > 0 and ec["batch_size"] == 512  # the CPU batch (encoders.CPU_BATCH)
     topk = data["patch_level"]["default"]["topk"]
     assert len(topk) == 50 and np.all(np.diff(topk) >= 0) and 0 <= topk[0] <= topk[-1] <= 1
     # held out: only the section from a volume the encoder never saw, at section and at patch level

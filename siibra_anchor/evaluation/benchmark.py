@@ -606,13 +606,13 @@ def run_benchmark(
     ref_raw = Reference.from_space("mni152", encoder=raw)
     import torch
 
-    from ..encoders import embedding_cost_ms
+    from ..encoders import CPU_BATCH, embedding_cost_ms
 
     embed_cost = {
         "default": embedding_cost_ms(enc),
         "raw_pixel": embedding_cost_ms(raw),
         "torch_threads": torch.get_num_threads(),
-        "batch_size": 2048,
+        "batch_size": min(2048, CPU_BATCH),  # what embed_patches runs on a CPU when asked for 2048
     }
     if sections is not None:
         cases, sims = load_set(sections)
