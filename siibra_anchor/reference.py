@@ -116,24 +116,25 @@ class Reference:
             self._tree = cKDTree(self.centres_mm)
         return self._tree
 
-    def tree_of(self, planes: NDArray) -> tuple[Any, NDArray]:
+    def tree_of(self, planes: NDArray) -> tuple[Any, NDArray | None]:
         """A KD-tree over the centres of the patches of the reference sections ``planes`` ((S,) bool) and
-        those patches' indices, ascending (tree position ``i`` is patch ``index[i]``). The guided search
-        asks for the sections near the placement's plane, the same few sets again and again: the last
-        eight are kept; most of the sections asked for get the whole tree."""
+        those patches' indices, ascending (tree position ``i`` is patch ``index[i]``; None for the whole
+        tree, :attr:`tree`, which most of the sections get). The guided search asks for the sections near
+        the placement's plane, the same few sets again and again: the last eight are kept."""
         planes = np.asarray(planes, bool)
         if planes.mean() > 0.8:
-            return self.tree, np.arange(self.n_patches)
+            return self.tree, None
         key = ("tree_of", planes.tobytes())
-        if key not in self._cache:
+        hit = self._cache.get(key)
+        if hit is None:
             from scipy.spatial import cKDTree
 
             old = [k for k in list(self._cache) if k[0] == "tree_of"]  # a copy: threads may share a reference
             for k in old[: max(0, len(old) - 7)]:
                 self._cache.pop(k, None)
             index = np.flatnonzero(planes[self.plane_ids])
-            self._cache[key] = (cKDTree(self.centres_mm[index]), index)
-        return self._cache[key]
+            hit = self._cache[key] = (cKDTree(self.centres_mm[index]), index)
+        return hit
 
     def __repr__(self) -> str:
         return (

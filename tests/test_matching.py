@@ -100,7 +100,7 @@ def test_a_tree_over_the_usable_references_gives_what_the_whole_tree_gives(mni_r
     for a, b in zip(whole, part, strict=True):
         np.testing.assert_array_equal(a, b)
     # nearly every section usable: the whole tree; none: an empty one that finds nothing
-    assert ref.tree_of(np.ones(len(planes), bool))[0] is ref.tree
+    assert ref.tree_of(np.ones(len(planes), bool)) == (ref.tree, None)
     empty, none = ref.tree_of(np.zeros(len(planes), bool))
     assert len(none) == 0
     assert (best_in_neighbourhood(q, ref.embeddings, empty, pred, 10.0, ref_view=ref_view, subset=none)[1] == -1).all()
