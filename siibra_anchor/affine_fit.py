@@ -155,15 +155,19 @@ def constrain_affine(
     return (u * s) @ vt
 
 
-def _squared_residuals(rc: NDArray, xyz: NDArray, lin: NDArray, t: NDArray) -> NDArray:
+def _from_terms(per_h: NDArray, per_pair: NDArray) -> NDArray:
     """(h, M) squared distances ``|lin[h] @ rc[m] + t[h] - xyz[m]|^2`` of every pair under every hypothesis,
-    as one (h, 16) x (16, M) product: the square expanded into terms of the hypothesis times terms of the
-    pair (no (h, M, 3) array; the terms are a few hundred mm^2 at most, so float64 keeps far more than the
-    sub-mm^2 the threshold needs)."""
-    r0, r1 = rc[:, 0], rc[:, 1]
+    as one (h, 16) x (16, M) product: the square expanded into terms of the hypothesis
+    (:func:`_hypothesis_terms`) times terms of the pair (:func:`_pair_terms`); no (h, M, 3) array. The
+    terms are a few hundred mm^2 at most, so float64 keeps far more than the sub-mm^2 a threshold needs."""
+    return np.maximum(per_h @ per_pair, 0.0)
+
+
+def _hypothesis_terms(lin: NDArray, t: NDArray) -> NDArray:
+    """(h, 16): what :func:`_from_terms` needs of each hypothesis (lin^T lin, lin^T t, lin, |t|^2, t, 1)."""
     btb = np.einsum("hij,hik->hjk", lin, lin)  # (h, 2, 2): lin^T lin
     at = np.einsum("hij,hi->hj", lin, t)  # (h, 2): lin^T t
-    per_h = np.concatenate(
+    return np.concatenate(
         [
             btb[:, 0, 0, None],
             btb[:, 0, 1, None],
@@ -176,7 +180,12 @@ def _squared_residuals(rc: NDArray, xyz: NDArray, lin: NDArray, t: NDArray) -> N
         ],
         axis=1,
     )
-    per_pair = np.concatenate(
+
+
+def _pair_terms(rc: NDArray, xyz: NDArray) -> NDArray:
+    """(16, M): what :func:`_from_terms` needs of each pair, in :func:`_hypothesis_terms`' order."""
+    r0, r1 = rc[:, 0], rc[:, 1]
+    return np.concatenate(
         [
             (r0 * r0)[None],
             (2.0 * r0 * r1)[None],
@@ -189,7 +198,6 @@ def _squared_residuals(rc: NDArray, xyz: NDArray, lin: NDArray, t: NDArray) -> N
         ],
         axis=0,
     )
-    return np.maximum(per_h @ per_pair, 0.0)
 
 
 def _group_min(res: NDArray, group_start: NDArray) -> NDArray:
@@ -250,6 +258,7 @@ def ransac_section(
     # cumulative weight inside each group (each group's weights sum to 1, so subtract the group index)
     cum_in = np.cumsum(w_in) - np.repeat(np.arange(n_groups, dtype=float), sizes)
     centre_px = rc.mean(axis=0)
+    pair_terms = _pair_terms(rc, xyz)  # the pairs' share of every batch's residuals
 
     hyps: list[tuple[float, NDArray, NDArray]] = []
     for start in range(0, n_trials, batch):
@@ -284,7 +293,7 @@ def ransac_section(
         lin, t = lin[ok_s], t[ok_s]
         if len(lin) == 0:
             continue
-        res2 = _squared_residuals(rc, xyz, lin, t)  # (h, M)
+        res2 = _from_terms(_hypothesis_terms(lin, t), pair_terms)  # (h, M) squared residuals
         inl = _group_min(res2, starts) < residual_threshold**2  # (h, G)
         score = inl.sum(axis=1).astype(float)
         # tie-break by mean residual of inliers so tighter fits win

@@ -8,7 +8,9 @@ from scipy.spatial.transform import Rotation
 
 from siibra_anchor.affine_fit import (
     SectionMap,
-    _squared_residuals,
+    _from_terms,
+    _hypothesis_terms,
+    _pair_terms,
     affine_fit,
     constrain_affine,
     ransac_section,
@@ -67,6 +69,10 @@ def test_similarity_fit_is_batched():
     for i, (ml, mt) in enumerate(maps):
         np.testing.assert_allclose(lin[i], ml, atol=1e-9)
         np.testing.assert_allclose(t[i], mt, atol=1e-7)
+
+
+def _squared_residuals(rc, xyz, lin, t):
+    return _from_terms(_hypothesis_terms(lin, t), _pair_terms(rc, xyz))
 
 
 def test_ransac_recovers_transform_with_60_percent_outliers():
