@@ -135,6 +135,18 @@ def test_profile_times_every_stage(mni_reference):
     assert "whole call" in format_profile(rep)
 
 
+def test_profile_batch_throughput_writes_its_report(mni_reference, tmp_path, capsys):
+    import json
+
+    from siibra_anchor.evaluation.profile import main
+
+    assert main(["--batch", "--n", "2", "--device", "cpu", "--json", str(tmp_path / "t.json")]) == 0
+    rep = json.loads((tmp_path / "t.json").read_text())
+    assert rep["n"] == 2 and rep["device"] == "cpu" and rep["machine"]["gpu"] is None
+    assert rep["one_by_one_s"] > 0 and rep["batch_s"] > 0 and rep["max_affine_difference"] < 1e-6
+    assert "one anchor_batch() call" in capsys.readouterr().out
+
+
 def test_calibration_synthetic_brains_are_rendered_once_and_cut_with_a_truth(tmp_path):
     """The calibration set's synthetic brains: seeded renderings cached as NIfTI, cut like the benchmark."""
     import nibabel as nib

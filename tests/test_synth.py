@@ -111,3 +111,26 @@ def test_training_with_synthetic_brains_runs_reproducibly_and_validates_on_held_
     assert any(k.startswith("synth:900001") for k in a["val"]["per_volume"])
     c = train({**cfg, "synth": {"n": 0}, "out_dir": str(tmp_path / "c")}, command="pytest no synth")
     assert [r["loss"] for r in c["curves"]["train"]] != [r["loss"] for r in a["curves"]["train"]]
+    # rendering processes (the next window rendered while this one trains) change nothing that is learned
+    w = train({**cfg, "synth": {"n": 1, "every": 2, "workers": 2}, "out_dir": str(tmp_path / "w")}, command="pytest")
+    assert w["sha256"] == a["sha256"]
+    with pytest.raises(TrainConfigError, match="exclude each other"):
+        load_config({**cfg, "synth": {"n": 1, "workers": 2}, "num_workers": 2})
+
+
+def test_rendering_processes_give_the_same_brains_window_by_window():
+    src = load_training_volumes(["mni152"])[0]
+    plain = SynthVolumes(src, n=2, every=3, seed=11)
+    pooled = SynthVolumes(src, n=2, every=3, seed=11, workers=2)
+    try:
+        for step in (0, 1, 3, 9):  # window 0, the same window, the prefetched next one, one skipped to
+            a, b = plain.volumes(step), pooled.volumes(step)
+            assert [v.name for v in a] == [v.name for v in b]
+            for x, y in zip(a, b, strict=True):
+                np.testing.assert_array_equal(x.data, y.data)
+                np.testing.assert_array_equal(x.mask, y.mask)
+    finally:
+        pooled.close()
+    assert pooled.refresh(12) is not None  # closed: renders in this process again
+    with pytest.raises(TrainConfigError, match="workers"):
+        SynthVolumes(src, n=1, every=1, seed=0, workers=-1)

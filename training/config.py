@@ -106,6 +106,9 @@ class SynthConfig(_Strict):
     n: int = Field(default=0, ge=0)
     every: int = Field(default=50, ge=1)
     source: str = "mni152"
+    #: processes that render the next window's brains while the current one trains (0: render in the
+    #: training process when a window starts); the renderings are the same either way
+    workers: int = Field(default=0, ge=0)
     # how far a rendering strays: defaults and meaning are those of synth.SynthParams
     deform_mm: float = Field(default=SynthParams.deform_mm, ge=0)
     control_mm: float = Field(default=SynthParams.control_mm, gt=0)
@@ -196,6 +199,11 @@ class TrainConfig(_Strict):
             raise ValueError("give training data: volumes (keys or NIfTI paths) and/or patch_stores (zarr)")
         if self.loss == "infonce" and self.views != 2:
             raise ValueError("loss 'infonce' needs views: 2 (two augmented views of each patch)")
+        if self.synth.workers and self.num_workers:
+            raise ValueError(
+                "synth.workers (rendering processes) and num_workers (DataLoader processes) exclude each other: "
+                "set one of them to 0"
+            )
         return self
 
     @property

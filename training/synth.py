@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -214,19 +215,58 @@ def load_volumes(keys: Sequence[str], npz: str | None = None, params: SynthParam
     ]
 
 
+def _pool_init(classes: TissueClasses, params: SynthParams) -> None:
+    global _POOL_STATE
+    _POOL_STATE = (classes, params)
+
+
+_POOL_STATE: tuple[TissueClasses, SynthParams] | None = None
+
+
+def _pool_render(seed: list[int]) -> VolumeSource:
+    assert _POOL_STATE is not None, "worker started without _pool_init"
+    return render(_POOL_STATE[0], seed, _POOL_STATE[1])
+
+
 class SynthVolumes:
     """``n`` renderings per window of ``every`` steps, seeded by (run seed, window, index): reproducible.
 
     The training seeds are ``[seed, 7919, window, j]``; ``synth:SEED`` keys (one integer) never collide.
+
+    ``workers`` > 0 renders in that many processes (spawned, not forked: the trainer may hold a CUDA
+    context and threads): the next window's brains are rendered while the current window trains, so a
+    fast device never waits for them. The renderings are the same with or without workers (same seeds).
     """
 
-    def __init__(self, source: VolumeSource, n: int, every: int, seed: int, params: SynthParams | None = None):
+    def __init__(
+        self,
+        source: VolumeSource,
+        n: int,
+        every: int,
+        seed: int,
+        params: SynthParams | None = None,
+        workers: int = 0,
+    ):
         if n < 1 or every < 1:
             raise TrainConfigError(f"synth needs n >= 1 and every >= 1, got n={n}, every={every}")
+        if workers < 0:
+            raise TrainConfigError(f"synth.workers must be >= 0, got {workers}")
         self.classes = tissue_classes(source)
         self.n, self.every, self.seed, self.params = int(n), int(every), int(seed), params or SynthParams()
         self._window: int | None = None
         self._volumes: list[VolumeSource] = []
+        self._pool: Any = None
+        self._pending: tuple[int, list[Any]] | None = None
+        if workers > 0:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            self._pool = ProcessPoolExecutor(
+                max_workers=int(workers),
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_pool_init,
+                initargs=(self.classes, self.params),
+            )
 
     def window(self, step: int) -> int:
         return int(step) // self.every
@@ -236,11 +276,31 @@ class SynthVolumes:
         self.refresh(step)
         return self._volumes
 
+    def _seeds(self, w: int) -> list[list[int]]:
+        return [[self.seed, 7919, w, j] for j in range(self.n)]
+
+    def _submit(self, w: int) -> tuple[int, list[Any]]:
+        return w, [self._pool.submit(_pool_render, s) for s in self._seeds(w)]
+
     def refresh(self, step: int) -> list[VolumeSource] | None:
         """The new renderings when ``step`` starts another window than the last call's, else None."""
         w = self.window(step)
         if w == self._window:
             return None
-        self._volumes = [render(self.classes, [self.seed, 7919, w, j], self.params) for j in range(self.n)]
+        if self._pool is None:
+            self._volumes = [render(self.classes, s, self.params) for s in self._seeds(w)]
+        else:
+            pending = self._pending if self._pending is not None and self._pending[0] == w else self._submit(w)
+            if self._pending is not None and self._pending is not pending:
+                for f in self._pending[1]:
+                    f.cancel()
+            self._volumes = [f.result() for f in pending[1]]
+            self._pending = self._submit(w + 1)  # the next window renders while this one trains
         self._window = w
         return self._volumes
+
+    def close(self) -> None:
+        """Stop the rendering processes (no-op without workers)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool, self._pending = None, None

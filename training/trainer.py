@@ -300,7 +300,7 @@ def plot_curves(curves_json: str | Path, png: str | Path | None = None) -> Path:
 
 
 def _synth_params(cfg: TrainConfig) -> SynthParams:
-    return SynthParams(**cfg.synth.model_dump(exclude={"n", "every", "source"}))
+    return SynthParams(**cfg.synth.model_dump(exclude={"n", "every", "source", "workers"}))
 
 
 class _StepBatches(torch.utils.data.Dataset):
@@ -317,7 +317,9 @@ class _StepBatches(torch.utils.data.Dataset):
         self.synth = None
         if sampler is not None and cfg.synth.n > 0:
             source = load_training_volumes([cfg.synth.source], npz=cfg.volumes_npz)[0]
-            self.synth = SynthVolumes(source, cfg.synth.n, cfg.synth.every, cfg.seed * 1000 + rank, _synth_params(cfg))
+            self.synth = SynthVolumes(
+                source, cfg.synth.n, cfg.synth.every, cfg.seed * 1000 + rank, _synth_params(cfg), cfg.synth.workers
+            )
         self.batch_size, self.seed = cfg.batch_size, cfg.seed
         self.n_store = (
             0 if not stores else (cfg.batch_size if sampler is None else round(cfg.store_fraction * cfg.batch_size))
@@ -657,6 +659,8 @@ def _train(cfg: TrainConfig, d: _Dist, device: torch.device, resume: bool, comma
             )
             _write_json(out / "curves.json", curves)
         step = done
+    if data.synth is not None:
+        data.synth.close()
     if bar is not None:
         bar.close()
     if loss_n:

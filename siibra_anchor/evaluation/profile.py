@@ -104,6 +104,8 @@ def batch_throughput(
     flips = [h.get("flipped") for h in hints]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        # one untimed call first: the device's start-up (CUDA context, kernels) is no section's cost
+        sa.anchor(sims[0].section, reference=ref, encoder=enc, seed=0, device=device, **hints[0])
         t0 = time.perf_counter()
         one = [
             sa.anchor(s.section, reference=ref, encoder=enc, seed=0, device=device, **h)
@@ -152,13 +154,42 @@ def main(args: list[str] | None = None) -> int:
     ap.add_argument("--batch", action="store_true", help="throughput of anchor_batch() against one anchor() each")
     ap.add_argument("--device", default=None, help="torch device for --batch (cpu, cuda, ...)")
     ap.add_argument("--encoder", default=None, help="a recorded encoder's name (default: the default encoder)")
+    ap.add_argument("--json", default=None, help="also write the whole report to this JSON file")
     ns = ap.parse_args(args)
     logging.basicConfig(level=logging.ERROR)
     if ns.batch:
-        sys.stdout.write(format_throughput(batch_throughput(ns.n, ns.device)) + "\n")
+        rep = batch_throughput(ns.n, ns.device)
+        text = format_throughput(rep)
     else:
-        sys.stdout.write(format_profile(profile_sections(ns.n, encoder=ns.encoder)) + "\n")
+        rep = profile_sections(ns.n, encoder=ns.encoder)
+        text = format_profile(rep)
+    sys.stdout.write(text + "\n")
+    if ns.json:
+        import json
+
+        from ..cache import atomic_write_text
+
+        rep = {**rep, "machine": _machine(ns.device)}
+        atomic_write_text(ns.json, json.dumps(rep, indent=1, default=float) + "\n")
     return 0
+
+
+def _machine(device: str | None) -> dict[str, Any]:
+    """What the figures were measured on: CPU count, torch threads and version, the GPU's name."""
+    import platform
+
+    import torch
+
+    gpu = None
+    if device and device.startswith("cuda") and torch.cuda.is_available():
+        gpu = torch.cuda.get_device_name(torch.device(device))
+    return {
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "gpu": gpu,
+    }
 
 
 if __name__ == "__main__":
