@@ -134,3 +134,24 @@ def test_rendering_processes_give_the_same_brains_window_by_window():
     assert pooled.refresh(12) is not None  # closed: renders in this process again
     with pytest.raises(TrainConfigError, match="workers"):
         SynthVolumes(src, n=1, every=1, seed=0, workers=-1)
+
+
+def test_echo_planar_renderings_are_shifted_blurred_and_leave_the_others_unchanged(classes):
+    plain = render(classes, 5)
+    assert render(classes, 5, SynthParams(epi=0.0)).name == plain.name
+    np.testing.assert_array_equal(render(classes, 5, SynthParams(epi=0.0)).data, plain.data)
+    epi = render(classes, 5, SynthParams(epi=1.0))
+    assert epi.name == plain.name.replace(")", ", epi)")  # same contrast draw: the EPI look has its own generator
+    m = plain.mask & epi.mask
+    assert 0.5 < np.corrcoef(plain.data[m], epi.data[m])[0, 1] < 0.99  # the same brain, not the same image
+
+    def sharpness(v):  # mean squared difference of neighbouring voxels inside the brain
+        return float(np.mean(np.diff(v.data, axis=0)[v.mask[1:] & v.mask[:-1]] ** 2))
+
+    assert sharpness(epi) < 0.7 * sharpness(plain)  # thick voxels
+    lo, hi = (v[:, :, : v.shape[2] // 4] for v in (plain.mask, epi.mask))
+    assert (lo != hi).mean() > 0.002  # the phase-encoding shift moves the base of the brain
+    shares = [", epi)" in render(classes, s, SynthParams(epi=0.5, deform_mm=0.0)).name for s in range(8)]
+    assert 0 < sum(shares) < 8
+    with pytest.raises(TrainConfigError, match="synth.epi"):
+        SynthParams(epi=1.5)

@@ -505,6 +505,13 @@ def test_cli_export_volumes_and_train(tmp_path, capsys):
 
     npz = tmp_path / "v.npz"
     assert main(["export-volumes", str(npz), "--keys", "mni152"]) == 0
+    # a synthetic brain rendered from the exported volume is the one rendered from the NIfTI file (same
+    # grid, so the same random fields and contrast), up to the float16 rounding of the source
+    from siibra_anchor.training.synth import load_volumes
+
+    a, b = load_volumes(["synth:900002"])[0], load_volumes(["synth:900002"], npz=str(npz))[0]
+    assert a.name == b.name and a.data.shape == b.data.shape and np.allclose(a.affine, b.affine)
+    assert np.mean(np.abs(a.data - b.data)) < 1e-3 * float(np.abs(a.data).max())
     cfg = tmp_path / "c.json"
     cfg.write_text(json.dumps({**TINY, "steps": 2, "checkpoint_every": 0}))
     code = main([str(cfg), "--out", str(tmp_path / "o"), "--volumes-npz", str(npz), "--quiet"])

@@ -118,6 +118,9 @@ class SynthConfig(_Strict):
     texture: float = Field(default=SynthParams.texture, ge=0)
     blur_mm: float = Field(default=SynthParams.blur_mm, ge=0)
     noise: float = Field(default=SynthParams.noise, ge=0)
+    epi: float = Field(default=SynthParams.epi, ge=0, le=1)
+    epi_shift_mm: float = Field(default=SynthParams.epi_shift_mm, ge=0)
+    epi_voxel_mm: float = Field(default=SynthParams.epi_voxel_mm, ge=0)
 
 
 class TrainConfig(_Strict):

@@ -18,7 +18,9 @@ tests on):
 3. **Regions that differ**: the brain is cut into ``parcels`` random Voronoi regions, each with its own
    intensity offset (nuclei that are darker in one contrast and not in another).
 4. **Acquisition**: a smooth multiplicative bias field, a smooth within-tissue texture, a Gaussian blur
-   (resolution), Gaussian noise.
+   (resolution), Gaussian noise; for a share ``epi`` of the renderings first an echo-planar look (fMRI,
+   diffusion): distortion along the phase-encoding axis, signal dropout at the base of the brain, thick
+   anisotropic voxels.
 
 Everything is drawn from one seed, so a training run stays reproducible: the trainer renders
 ``synth.n`` new brains every ``synth.every`` steps with seeds derived from the run's seed and the window.
@@ -65,9 +67,15 @@ class SynthParams:
     texture: float = 0.05
     blur_mm: float = 1.2
     noise: float = 0.04
+    #: share of renderings that look like echo-planar scans (fMRI, diffusion): see :func:`_epi`
+    epi: float = 0.0
+    epi_shift_mm: float = 4.0
+    epi_voxel_mm: float = 3.0
 
     def __post_init__(self) -> None:
-        for name in ("deform_mm", "parcel_std", "bias", "texture", "blur_mm", "noise"):
+        if not 0.0 <= float(self.epi) <= 1.0:
+            raise TrainConfigError(f"synth.epi is a share of the renderings, in [0, 1]; got {self.epi}")
+        for name in ("deform_mm", "parcel_std", "bias", "texture", "blur_mm", "noise", "epi_shift_mm", "epi_voxel_mm"):
             if not float(getattr(self, name)) >= 0:
                 raise TrainConfigError(f"synth.{name} must be >= 0, got {getattr(self, name)}")
         if not self.control_mm > 0:
@@ -132,6 +140,41 @@ def _class_values(rng: np.random.Generator, k: int) -> tuple[NDArray, str]:
     return (v, "source-order") if u < 0.75 else (v[::-1].copy(), "reversed")
 
 
+def _shift_axis1(a: NDArray, shift: NDArray) -> NDArray:
+    """``a`` resampled at (i, j + shift, k), linearly along the second axis only; zero outside."""
+    n = a.shape[1]
+    pos = np.arange(n, dtype=np.float32)[None, :, None] + shift
+    i0 = np.floor(pos)
+    w = (pos - i0).astype(np.float32)
+    i0 = i0.astype(np.int64)
+    out = np.zeros(a.shape, np.float32)
+    for off, weight in ((0, 1.0 - w), (1, w)):
+        idx = i0 + off
+        ok = (idx >= 0) & (idx < n)
+        out += np.where(ok, np.take_along_axis(a, np.clip(idx, 0, n - 1), axis=1), 0.0) * weight
+    return out
+
+
+def _epi(img: NDArray, mask: NDArray, vox: float, p: SynthParams, rng: np.random.Generator) -> tuple[NDArray, NDArray]:
+    """What an echo-planar acquisition does to a brain: a smooth shift along the phase-encoding axis (the
+    second voxel axis, anterior-posterior in RAS-ordered volumes) up to ``epi_shift_mm``, strongest at the
+    base of the brain where air and bone meet tissue; signal lost in smooth patches there (dropout); and
+    voxels of about ``epi_voxel_mm``, thicker across the slices (the third axis) than within them."""
+    from scipy import ndimage
+
+    shape = img.shape
+    base = np.linspace(1.0, 0.3, shape[2], dtype=np.float32)[None, None, :]  # inferior (low z) first
+    shift = _smooth_field(shape, 40.0 / vox, rng) * np.float32(p.epi_shift_mm * rng.uniform(0.3, 1.0) / vox) * base
+    img, m = _shift_axis1(img, shift), _shift_axis1(mask.astype(np.float32), shift)
+    mask = m > 0.5
+    del shift, m
+    loss = np.clip(_smooth_field(shape, 20.0 / vox, rng) - 0.8, 0.0, None) * np.float32(rng.uniform(0.0, 1.2)) * base
+    img = (img * np.clip(1.0 - loss, 0.05, 1.0)).astype(np.float32)
+    fwhm = p.epi_voxel_mm * rng.uniform(0.7, 1.0)
+    sigma = np.array([fwhm, fwhm, fwhm * rng.uniform(1.0, 1.6)]) / 2.355 / vox
+    return ndimage.gaussian_filter(img, sigma).astype(np.float32), mask
+
+
 def render(classes: TissueClasses, seed: int | Sequence[int], params: SynthParams | None = None) -> VolumeSource:
     """One synthetic brain from ``classes``' source volume (same grid and affine; see the module docstring).
 
@@ -175,6 +218,14 @@ def render(classes: TissueClasses, seed: int | Sequence[int], params: SynthParam
         lab = np.repeat(np.repeat(np.repeat(lab, 4, 0), 4, 1), 4, 2)[tuple(slice(0, s) for s in shape)]
         offsets = rng.normal(0.0, p.parcel_std * rng.random(), n_parcels).astype(np.float32)
         img = img + offsets[lab]
+    # 3b. an echo-planar look for a share of the renderings, from a generator of its own: with epi 0 every
+    # rendering is the one it was before the option existed, and with epi > 0 the others still are
+    epi = None
+    if p.epi > 0:
+        erng = np.random.default_rng([*(np.atleast_1d(seed).tolist()), 3141])
+        if erng.random() < p.epi:
+            epi = erng
+            img, mask = _epi(img, mask, vox, p, erng)
     # 4. texture, bias, blur, noise
     if p.texture > 0:
         img = img + _smooth_field(shape, 3.0 / vox, rng) * np.float32(p.texture * rng.random())
@@ -185,7 +236,7 @@ def render(classes: TissueClasses, seed: int | Sequence[int], params: SynthParam
     if p.noise > 0:
         img = img + rng.normal(0.0, p.noise * rng.random(), shape).astype(np.float32)
     img = np.where(mask, np.clip(img, 1e-3, None), 0.0).astype(np.float32)
-    name = f"{SYNTH_PREFIX}{seed if isinstance(seed, int) else '-'.join(str(s) for s in seed)} ({style})"
+    name = f"{SYNTH_PREFIX}{seed if isinstance(seed, int) else '-'.join(str(s) for s in seed)} ({style}{', epi' if epi is not None else ''})"
     return VolumeSource(name, img, src.affine, mask)
 
 

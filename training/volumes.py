@@ -128,13 +128,20 @@ def _crop_to_mask(v: VolumeSource, margin: int = 2) -> VolumeSource:
     return VolumeSource(v.name, v.data[sl], aff, v.mask[sl])
 
 
+#: voxels kept around the brain mask in an exported ``.npz``: at least ``synth.tissue_classes``' margin, so
+#: that a synthetic brain rendered from an exported volume has the grid (and so the random fields) of one
+#: rendered from the NIfTI file; they differ only by the float16 rounding of the source's intensities
+EXPORT_MARGIN = 8
+
+
 def export_volumes(path: str | os.PathLike[str], keys: Iterable[str]) -> Path:
-    """Write volumes (cropped to their brain mask, float16 data) with affines and masks to one ``.npz``.
+    """Write volumes (cropped to their brain mask with :data:`EXPORT_MARGIN` voxels around it, float16
+    data) with affines and masks to one ``.npz``.
 
     Written to a temporary file first, then renamed. Returns the path.
     """
     keys = list(dict.fromkeys(keys))
-    vols = [_crop_to_mask(v) for v in load_training_volumes(keys)]
+    vols = [_crop_to_mask(v, margin=EXPORT_MARGIN) for v in load_training_volumes(keys)]
     arrays: dict[str, Any] = {"names": np.array(keys)}
     for i, v in enumerate(vols):
         arrays[f"data_{i}"] = v.data.astype(np.float16)

@@ -123,6 +123,7 @@ def batch_throughput(
         for a, b in zip(one, many, strict=True)
     ]
     err = [s.error(r.affine) if r.placed else float("inf") for s, r in zip(sims, many, strict=True)]
+    err_one = [s.error(r.affine) if r.placed else float("inf") for s, r in zip(sims, one, strict=True)]
     return {
         "n": n,
         "device": device or "cpu",
@@ -132,6 +133,8 @@ def batch_throughput(
         "batch_per_s": n / t_many,
         "max_affine_difference": float(np.nanmax(diff)) if not np.all(np.isnan(diff)) else float("nan"),
         "batch_median_error_mm": float(np.median(err)),
+        "one_by_one_median_error_mm": float(np.median(err_one)),
+        "n_differing": int(sum(d > 1e-6 for d in diff if not np.isnan(d))),
         "load_average_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
 
@@ -142,8 +145,9 @@ def format_throughput(rep: dict[str, Any]) -> str:
             f"{rep['n']} benchmark sections on {rep['device']}",
             f"  one anchor() call each: {rep['one_by_one_s']:.1f} s, {rep['one_by_one_per_s']:.2f} sections/s",
             f"  one anchor_batch() call: {rep['batch_s']:.1f} s, {rep['batch_per_s']:.2f} sections/s",
-            f"  largest difference between the two placements' affine entries: {rep['max_affine_difference']:.2g}; "
-            f"batch median error {rep['batch_median_error_mm']:.2f} mm",
+            f"  largest difference between the two placements' affine entries: {rep['max_affine_difference']:.2g} "
+            f"({rep.get('n_differing', 0)} sections differ); median error one by one "
+            f"{rep.get('one_by_one_median_error_mm', float('nan')):.2f} mm, batch {rep['batch_median_error_mm']:.2f} mm",
         ]
     )
 
