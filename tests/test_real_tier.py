@@ -141,6 +141,22 @@ def test_format_real_tier_lists_every_contrast_and_both_methods():
     assert "| flair | 3 |" in text and "1/3" in text and "1/2" in text and "chris-t1" in text
 
 
+def test_template_shift_check_finds_a_truth_off_along_one_axis():
+    """A volume of the template's space whose truth is the identity peaks at 0; the same truth moved 6 mm
+    up is found 6 mm off (down), along that axis only."""
+    from siibra_anchor.evaluation.real_truth import template_shift_check
+    from siibra_anchor.templates import volume_path
+
+    path = volume_path("fsl-mni152-t1")  # another template of the same space: the identity is its truth
+    right = template_shift_check(path, np.eye(4))
+    assert right["shift_mm"] == [0.0, 0.0, 0.0] and right["max_abs_mm"] == 0.0
+    off = np.eye(4)
+    off[2, 3] = 6.0
+    wrong = template_shift_check(path, off)
+    assert wrong["shift_mm"][2] == -6.0 and abs(wrong["shift_mm"][0]) <= 2.0 and abs(wrong["shift_mm"][1]) <= 2.0
+    assert wrong["nmi_at_peak"][2] > wrong["nmi_at_truth"]
+
+
 def test_failure_kind_names_the_turned_and_mirrored_placements():
     from siibra_anchor.evaluation.real_tier import failure_kind
     from siibra_anchor.planes import plane_affine
@@ -189,6 +205,9 @@ def test_quick_tier_on_the_committed_volumes(tmp_path):
             )
     text = format_real_tier(rep)
     assert "**all**" in text and all(name in text for name in committed)
+    assert "template NMI peaks at" in text
+    for v in rep["volumes"].values():  # the truth checked against the template directly
+        assert len(v["template_shift"]["shift_mm"]) == 3 and v["template_shift"]["max_abs_mm"] <= 16.0
     assert "refine floor" in text and f"| {rep['refine_floor_mm']:.2f} |" in text
     assert "With the cutting plane known too" in text
     # the hinted placements lie within 30 degrees of the plane each section was cut along (sections cut along
