@@ -48,33 +48,9 @@ elapsed() { echo $(( $(date +%s) - START )); }
 log() { echo "[gpu_run $(elapsed)s] $*" | tee -a "$OUT/gpu_run.log"; }
 
 # -- 1. package and wheels on PYTHONPATH ---------------------------------------------------------------------
-SITE="$(mktemp -d)/site"
-mkdir -p "$SITE"
-cp -r "$REPO/siibra_anchor" "$SITE/siibra_anchor"
-rm -rf "$SITE/siibra_anchor/training"
-cp -r "$REPO/training" "$SITE/siibra_anchor/training"
-"$PY" - "$WHEELS" "$SITE" <<'EOF' 2>&1 | tee -a "$OUT/gpu_run.log"
-import importlib.util, pathlib, sys, zipfile
-wheels, site = pathlib.Path(sys.argv[1]), sys.argv[2]
-module = {"pyyaml": "yaml", "typing_extensions": "typing_extensions", "python_dateutil": "dateutil",
-          "pillow": "PIL", "fonttools": "fontTools"}
-for w in sorted(wheels.glob("*.whl")) if wheels.is_dir() else []:
-    dist = w.name.split("-")[0].lower().replace(".", "_")
-    mod = module.get(dist, dist)
-    if importlib.util.find_spec(mod) is not None:
-        print(f"have {mod}; not unpacking {w.name}")
-        continue
-    zipfile.ZipFile(w).extractall(site)
-    print(f"unpacked {w.name}")
-EOF
-export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
-# run from outside the checkout: `python -m` puts the working directory first on sys.path, and the
-# checkout's siibra_anchor/ (without training/ inside) would shadow the copy in $SITE
-cd "$SITE"
-export PYTHONUNBUFFERED=1
-# the copied package has no .git: record the commit of the checkout (if it is one) with the weights
-SIIBRA_ANCHOR_GIT_COMMIT="${SIIBRA_ANCHOR_GIT_COMMIT:-$(git -C "$REPO" rev-parse HEAD 2>/dev/null || echo unknown)}"
-export SIIBRA_ANCHOR_GIT_COMMIT
+LOGFILE="$OUT/gpu_run.log"
+# shellcheck source=training/gpu_site.sh
+source "$REPO/training/gpu_site.sh" || exit 3
 "$PY" - <<'EOF' 2>&1 | tee -a "$OUT/gpu_run.log"
 import importlib, sys
 missing = []

