@@ -266,12 +266,13 @@ def load_volumes(keys: Sequence[str], npz: str | None = None, params: SynthParam
     ]
 
 
+#: a rendering process's source classes and parameters, set once by :func:`_pool_init` when it starts
+_POOL_STATE: tuple[TissueClasses, SynthParams] | None = None
+
+
 def _pool_init(classes: TissueClasses, params: SynthParams) -> None:
     global _POOL_STATE
     _POOL_STATE = (classes, params)
-
-
-_POOL_STATE: tuple[TissueClasses, SynthParams] | None = None
 
 
 def _pool_render(seed: list[int]) -> VolumeSource:
