@@ -207,8 +207,8 @@ def template_shift_check(
 ) -> dict[str, Any]:
     """A check of a truth that owes nothing to anchoring or to the registration's own runs: the volume is
     mapped onto the template by ``moving_to_fixed`` shifted along each template axis in turn (-``max_mm``
-    to +``max_mm``, every ``step_mm``), and the shift where the NMI with the template (over its brain,
-    every second voxel) peaks is returned per axis.
+    to +``max_mm``, every ``step_mm``), and the shift where the NMI with the template (over every
+    eighth voxel of its brain) peaks is returned per axis.
 
     A truth the template agrees with peaks at 0 (within a voxel or two); two registrations that agree with
     each other can still both be off, which the spread between them cannot show.
@@ -221,20 +221,15 @@ def template_shift_check(
 
     fd, fa = load_volume(fixed)
     data, moving_affine = load_volume(moving)
-    ijk = np.argwhere(volume_brain_mask(fd))[::8].astype(float)  # every second voxel along each axis, about
+    data = _normalised(data)  # once, as the registrations scale it (nmi puts values above 1 in its last bin)
+    ijk = np.argwhere(volume_brain_mask(fd))[::8]  # every eighth brain voxel
     pts = ijk @ np.asarray(fa, float)[:3, :3].T + np.asarray(fa, float)[:3, 3]
-
-    def unit(x: NDArray, ref: NDArray) -> NDArray:  # [0, 1] by the 1st-99th percentile of ref's non-zero values
-        lo, hi = np.percentile(ref[ref > 0], [1, 99]) if np.any(ref > 0) else (0.0, 1.0)
-        return np.clip((x - lo) / max(float(hi - lo), 1e-12), 0.0, 1.0)
-
-    ref = unit(fd[tuple(ijk.astype(int).T)], fd)
+    ref = _normalised(fd)[tuple(ijk.T)]
     to_vox = np.linalg.inv(moving_affine) @ np.linalg.inv(np.asarray(moving_to_fixed, float))
 
     def score(shift: NDArray) -> float:
-        p = pts - shift
-        vox = p @ to_vox[:3, :3].T + to_vox[:3, 3]
-        return nmi(ref, unit(ndimage.map_coordinates(data, vox.T, order=1, mode="constant", cval=0.0), data))
+        vox = (pts - shift) @ to_vox[:3, :3].T + to_vox[:3, 3]
+        return nmi(ref, ndimage.map_coordinates(data, vox.T, order=1, mode="constant", cval=0.0))
 
     at_truth = score(np.zeros(3))
     steps = np.arange(-max_mm, max_mm + 1e-9, step_mm)
