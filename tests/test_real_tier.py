@@ -208,6 +208,9 @@ def test_quick_tier_on_the_committed_volumes(tmp_path):
     assert "template NMI peaks at" in text
     for v in rep["volumes"].values():  # the truth checked against the template directly
         assert len(v["template_shift"]["shift_mm"]) == 3 and v["template_shift"]["max_abs_mm"] <= 16.0
+    # the EPI b0 volume's truth lies 6 mm off the template's NMI peak along y and z; the FLAIR's within 2 mm
+    assert rep["truth_confirmed"]["volumes"] == ["nv-flair"]
+    assert "all, truth confirmed by the template (1 volumes)" in text
     assert "refine floor" in text and f"| {rep['refine_floor_mm']:.2f} |" in text
     assert "With the cutting plane known too" in text
     # the hinted placements lie within 30 degrees of the plane each section was cut along (sections cut along
@@ -291,6 +294,43 @@ def test_a_column_that_was_not_run_is_a_dash_not_failures():
     assert rep["raw_pixel"] == {"n": 0} and rep["default"]["failures"] == 1
     line = [x for x in format_real_tier(rep).splitlines() if x.startswith("| **all**")][0]
     assert line.endswith("| 1/3 | 0 | 1.0 | - | - | - | - | - |")
+
+
+def test_volumes_whose_truth_the_template_questions_are_counted_apart_beside_all():
+    """A volume whose template NMI peak lies more than TRUTH_PEAK_MM off its truth stays in every figure of
+    the tier; the row of the confirmed volumes leaves it out."""
+    from siibra_anchor.evaluation.real_tier import TRUTH_PEAK_MM, format_real_tier, summarise_real_tier
+
+    def row(volume, e):
+        return {"volume": volume, "contrast": "t1" if volume == "a" else "dwi-b0", "truth_uncertainty_mm": 0.5,
+                "default_error_mm": e, "default_refused": None, "default_time_s": 1.0, "default_confidence": 0.9,
+                "default_outcome": "correct" if e <= 10 else "wrong-plane", "raw_pixel_error_mm": 50.0,
+                "raw_pixel_refused": None, "raw_pixel_time_s": 1.0, "raw_pixel_confidence": 0.1,
+                "raw_pixel_outcome": "wrong-plane"}  # fmt: skip
+
+    def vol(contrast, shift):
+        return {"subject": contrast, "contrast": contrast, "registration_metric": [-0.5, -0.4],
+                "registration_spread": {"mean_mm": 1.0, "max_mm": 2.0}, "scale": 1.0,
+                "template_shift": {"shift_mm": shift, "max_abs_mm": max(map(abs, shift))}}  # fmt: skip
+
+    rows = [row("a", 2.0), row("a", 30.0), row("b", 20.0), row("b", 40.0), row("b", 3.0)]
+    info = {"volumes": {"a": vol("t1", [0, 2, 0]), "b": vol("dwi-b0", [0, TRUTH_PEAK_MM + 2, 0])}, "missing": {}}
+    rep = summarise_real_tier(rows, info, split="test", n_per_volume=3, seed=1)
+    assert rep["default"]["failures"] == 3 and rep["default"]["n"] == 5
+    tc = rep["truth_confirmed"]
+    assert tc["volumes"] == ["a"] and tc["default"]["n"] == 2 and tc["default"]["failures"] == 1
+    text = format_real_tier(rep)
+    line = [x for x in text.splitlines() if x.startswith("| all, truth confirmed by the template (1 volumes)")][0]
+    assert "| 1/2 |" in line
+    # the confidence on those volumes: the failure at 30 mm had confidence 0.9
+    assert tc["calibration"]["n"] == 2 and tc["calibration"]["failures_with_confidence_ge_0.5"] == 1
+    assert "confident failures 1." in text
+    assert "(not b)" in text and [x for x in text.splitlines() if x.startswith("| **all**")][0].count("3/5") == 1
+    # every volume confirmed: no extra row
+    info["volumes"]["b"]["template_shift"]["shift_mm"] = [0, 0, 2]
+    assert "truth confirmed by the template" not in format_real_tier(
+        summarise_real_tier(rows, info, split="test", n_per_volume=3, seed=1)
+    )
 
 
 def test_brain_masked_strips_by_the_given_registration():
