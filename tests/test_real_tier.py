@@ -210,7 +210,7 @@ def test_quick_tier_on_the_committed_volumes(tmp_path):
         assert len(v["template_shift"]["shift_mm"]) == 3 and v["template_shift"]["max_abs_mm"] <= 16.0
     # the EPI b0 volume's truth lies 6 mm off the template's NMI peak along y and z; the FLAIR's within 2 mm
     assert rep["truth_confirmed"]["volumes"] == ["nv-flair"]
-    assert "all, truth confirmed by the template (1 volumes)" in text
+    assert "all, truth confirmed by the template (1 volume)" in text
     assert "refine floor" in text and f"| {rep['refine_floor_mm']:.2f} |" in text
     assert "With the cutting plane known too" in text
     # the hinted placements lie within 30 degrees of the plane each section was cut along (sections cut along
@@ -320,7 +320,7 @@ def test_volumes_whose_truth_the_template_questions_are_counted_apart_beside_all
     tc = rep["truth_confirmed"]
     assert tc["volumes"] == ["a"] and tc["default"]["n"] == 2 and tc["default"]["failures"] == 1
     text = format_real_tier(rep)
-    line = [x for x in text.splitlines() if x.startswith("| all, truth confirmed by the template (1 volumes)")][0]
+    line = [x for x in text.splitlines() if x.startswith("| all, truth confirmed by the template (1 volume)")][0]
     assert "| 1/2 |" in line
     # the confidence on those volumes: the failure at 30 mm had confidence 0.9
     assert tc["calibration"]["n"] == 2 and tc["calibration"]["failures_with_confidence_ge_0.5"] == 1

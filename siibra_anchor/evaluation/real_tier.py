@@ -549,13 +549,13 @@ def summarise_real_tier(
         "by_contrast": {},
     }
     confirmed = truth_confirmed(info["volumes"])
-    sel = [r for r in rows if r.get("volume") in confirmed]
+    on_confirmed = [r for r in rows if r.get("volume") in confirmed]
     report["truth_confirmed"] = {
         "volumes": confirmed,
         "max_peak_mm": TRUTH_PEAK_MM,
-        **{key: stats(sel, key) for key in keys},
-        "truth_uncertainty_mm": _median([r["truth_uncertainty_mm"] for r in sel]),
-        "refine_floor_mm": _floor_median(sel),
+        **{key: stats(on_confirmed, key) for key in keys},
+        "truth_uncertainty_mm": _median([r["truth_uncertainty_mm"] for r in on_confirmed]),
+        "refine_floor_mm": _floor_median(on_confirmed),
     }
     for c in sorted({r["contrast"] for r in rows}):
         sel = [r for r in rows if r["contrast"] == c]
@@ -571,10 +571,9 @@ def summarise_real_tier(
             report[name] = calibration_report(
                 [r[f"{key}_confidence"] for r in rows], [r[f"{key}_error_mm"] for r in rows]
             )
-    sel = [r for r in rows if r.get("volume") in confirmed]
-    if sel:
+    if on_confirmed:
         report["truth_confirmed"]["calibration"] = calibration_report(
-            [r["default_confidence"] for r in sel], [r["default_error_mm"] for r in sel]
+            [r["default_confidence"] for r in on_confirmed], [r["default_error_mm"] for r in on_confirmed]
         )
     report["cases"] = [
         {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in r.items()} for r in rows
@@ -665,7 +664,8 @@ def format_real_tier(report: dict[str, Any]) -> str:
     tc: dict[str, Any] = report.get("truth_confirmed") or {}
     confirmed_row: list[tuple[str, dict[str, Any]]] = []
     if tc and tc["default"].get("n") and len(tc["volumes"]) < len(report["volumes"]):
-        confirmed_row = [(f"all, truth confirmed by the template ({len(tc['volumes'])} volumes)", tc)]
+        n_vol = len(tc["volumes"])
+        confirmed_row = [(f"all, truth confirmed by the template ({n_vol} volume{'s' * (n_vol != 1)})", tc)]
     for name, g in [*groups, *confirmed_row]:
         n = g["default"].get("n", 0)
         fl = g.get("refine_floor_mm", float("nan"))
