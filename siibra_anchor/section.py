@@ -54,8 +54,12 @@ def to_gray(image: NDArray) -> NDArray:
     if c == 1:
         return a[..., 0].astype(np.float32)
     if c in (3, 4):
-        w = np.array([0.2126, 0.7152, 0.0722], np.float32)
-        return (a[..., :3].astype(np.float32) @ w).astype(np.float32)
+        # the same three products and two sums for every pixel: a matrix product (BLAS) may round the
+        # pixels of its vectorised body and of its tail differently, which made a constant RGB image
+        # non-constant by one ulp on some machines and memory alignments
+        rgb = a[..., :3].astype(np.float32)
+        w = (np.float32(0.2126), np.float32(0.7152), np.float32(0.0722))
+        return (rgb[..., 0] * w[0] + rgb[..., 1] * w[1] + rgb[..., 2] * w[2]).astype(np.float32)
     return a.astype(np.float32).mean(axis=2)
 
 

@@ -52,6 +52,23 @@ def test_constant_image():
         Section(np.full((20, 30), 7.0), spacing_mm=1.0)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32, np.float64])
+def test_constant_colour_image_is_refused_at_any_size_and_alignment(dtype):
+    """A constant RGB(A) image gives a constant luminance, whatever the array's size and its offset in memory
+    (a BLAS matrix product rounded some pixels differently from others on some machines: a constant RGB image
+    was accepted, then refused later by the tissue mask)."""
+    from siibra_anchor.section import to_gray
+
+    for h, w, c in ((50, 50, 3), (37, 53, 4), (64, 64, 3), (3, 129, 3)):
+        for value in (7, 200, 1):
+            buf = np.full(h * w * c + 1, value, dtype)
+            for img in (buf[:-1].reshape(h, w, c), buf[1:].reshape(h, w, c)):  # two offsets in memory
+                g = to_gray(img)
+                assert g.dtype == np.float32 and float(g.max()) == float(g.min())
+                with pytest.raises(InvalidSectionError, match="constant"):
+                    Section(img, spacing_mm=1.0)
+
+
 @pytest.mark.parametrize(
     ("shape", "match"),
     [
