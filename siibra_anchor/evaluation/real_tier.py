@@ -548,22 +548,19 @@ def summarise_real_tier(
         },
         "by_contrast": {},
     }
-    confirmed = truth_confirmed(info["volumes"])
-    on_confirmed = [r for r in rows if r.get("volume") in confirmed]
-    report["truth_confirmed"] = {
-        "volumes": confirmed,
-        "max_peak_mm": TRUTH_PEAK_MM,
-        **{key: stats(on_confirmed, key) for key in keys},
-        "truth_uncertainty_mm": _median([r["truth_uncertainty_mm"] for r in on_confirmed]),
-        "refine_floor_mm": _floor_median(on_confirmed),
-    }
-    for c in sorted({r["contrast"] for r in rows}):
-        sel = [r for r in rows if r["contrast"] == c]
-        report["by_contrast"][c] = {
+
+    def group(sel: list[dict[str, Any]]) -> dict[str, Any]:  # a row of the table: a subset's figures
+        return {
             **{key: stats(sel, key) for key in keys},
             "truth_uncertainty_mm": _median([r["truth_uncertainty_mm"] for r in sel]),
             "refine_floor_mm": _floor_median(sel),
         }
+
+    confirmed = truth_confirmed(info["volumes"])
+    on_confirmed = [r for r in rows if r.get("volume") in confirmed]
+    report["truth_confirmed"] = {"volumes": confirmed, "max_peak_mm": TRUTH_PEAK_MM, **group(on_confirmed)}
+    for c in sorted({r["contrast"] for r in rows}):
+        report["by_contrast"][c] = group([r for r in rows if r["contrast"] == c])
     from .benchmark import calibration_report
 
     for key, name in (("default", "calibration"), ("cut_known", "calibration_cut_known")):
