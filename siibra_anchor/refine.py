@@ -17,7 +17,7 @@ from scipy.spatial.transform import Rotation
 
 from .planes import sample_volume
 
-__all__ = ["SamplePoints", "sample_points", "nmi", "plane_nmi", "nmi_gain", "refine_map"]
+__all__ = ["SamplePoints", "sample_points", "nmi", "nmi_smooth", "plane_nmi", "nmi_gain", "refine_map"]
 
 
 @dataclass
@@ -53,19 +53,42 @@ def nmi(a: NDArray, b: NDArray, bins: int = 24) -> float:
     joint = np.bincount(ia * bins + ib, minlength=bins * bins).astype(float)
     joint /= max(joint.sum(), 1.0)
     pa, pb = joint.reshape(bins, bins).sum(1), joint.reshape(bins, bins).sum(0)
-
-    def h(p: NDArray) -> float:
-        p = p[p > 0]
-        return float(-(p * np.log(p)).sum())
-
-    hj = h(joint)
-    return (h(pa) + h(pb)) / hj if hj > 0 else 1.0
+    hj = _entropy(joint)
+    return (_entropy(pa) + _entropy(pb)) / hj if hj > 0 else 1.0
 
 
-def plane_nmi(pts: SamplePoints, linear: NDArray, t: NDArray, volume: NDArray, vol_affine: NDArray) -> float:
-    """NMI between section values and the template sampled where (linear, t) puts the points."""
+def _entropy(p: NDArray) -> float:
+    p = p[p > 0]
+    return float(-(p * np.log(p)).sum())
+
+
+def nmi_smooth(a: NDArray, b: NDArray, bins: int = 24) -> float:
+    """:func:`nmi` from a histogram with linear (partial-volume) binning: each sample spreads its weight
+    over the two nearest bin centres of each variable, so the value changes continuously with the samples
+    (the hard-binned :func:`nmi` is a step function of them, on which an optimiser stops early)."""
+    out = []
+    for v in (a, b):
+        x = np.clip(np.asarray(v, np.float64) * bins - 0.5, 0.0, bins - 1.0)
+        lo = np.minimum(x.astype(int), bins - 2)
+        out.append((lo, x - lo))
+    (ia, fa), (ib, fb) = out
+    joint = np.zeros(bins * bins)
+    for da, wa in ((0, 1.0 - fa), (1, fa)):
+        for db, wb in ((0, 1.0 - fb), (1, fb)):
+            joint += np.bincount((ia + da) * bins + ib + db, weights=wa * wb, minlength=bins * bins)
+    joint /= max(joint.sum(), 1e-12)
+    pa, pb = joint.reshape(bins, bins).sum(1), joint.reshape(bins, bins).sum(0)
+    hj = _entropy(joint)
+    return (_entropy(pa) + _entropy(pb)) / hj if hj > 0 else 1.0
+
+
+def plane_nmi(
+    pts: SamplePoints, linear: NDArray, t: NDArray, volume: NDArray, vol_affine: NDArray, smooth: bool = False
+) -> float:
+    """NMI between section values and the template sampled where (linear, t) puts the points (by
+    :func:`nmi_smooth` when ``smooth``)."""
     xyz = pts.rc @ linear.T + t
-    return nmi(pts.values, sample_volume(volume, vol_affine, xyz))
+    return (nmi_smooth if smooth else nmi)(pts.values, sample_volume(volume, vol_affine, xyz))
 
 
 def nmi_gain(
@@ -105,11 +128,13 @@ def refine_map(
     smooth_sigmas: tuple[float, ...] = (2.0, 0.0),
     max_evals: int = 300,
     smoothed: dict[float, NDArray] | None = None,
+    smooth_nmi: bool = False,
 ) -> tuple[NDArray, NDArray, float]:
     """Maximise NMI over a 9-parameter 2D->3D affine, coarse to fine.
 
-    Returns (linear (3, 2), t (3,), nmi at the end on the unsmoothed volume).
-    ``smoothed`` caches volumes smoothed by each sigma (voxels) between calls.
+    Returns (linear (3, 2), t (3,), nmi at the end on the unsmoothed volume, hard-binned).
+    ``smoothed`` caches volumes smoothed by each sigma (voxels) between calls; ``smooth_nmi``: the optimiser
+    climbs :func:`nmi_smooth` instead of :func:`nmi`.
     """
     lin, tt = np.asarray(linear, float), np.asarray(t, float)
     c_px = pts.rc.mean(axis=0)
@@ -121,7 +146,7 @@ def refine_map(
 
         def cost(p: NDArray, vol: NDArray = vol, lin0: NDArray = lin, t0: NDArray = tt) -> float:
             li, ti = _compose(p, lin0, t0, c_px)
-            return -plane_nmi(pts, li, ti, vol, vol_affine)
+            return -plane_nmi(pts, li, ti, vol, vol_affine, smooth=smooth_nmi)
 
         res = optimize.minimize(
             cost,

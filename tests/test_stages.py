@@ -249,6 +249,9 @@ def test_anchor_params_are_checked_on_construction():
     for bad in ((0, 160), (120,), (120.5, 160), "many"):
         with pytest.raises(InvalidParameterError, match="AnchorParams.refine_evals"):
             sa.AnchorParams(refine_evals=bad)
+    for bad in ("yes", 1, None):
+        with pytest.raises(InvalidParameterError, match="AnchorParams.refine_smooth_nmi"):
+            sa.AnchorParams(refine_smooth_nmi=bad)
     assert sa.AnchorParams(k=3).as_dict()["k"] == 3
     assert sa.AnchorParams().as_dict()["refine_evals"] == [120, 160]
 

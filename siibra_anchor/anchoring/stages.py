@@ -379,6 +379,7 @@ def _refined(r: Run, c: Candidate, smoothed: dict, sigmas: tuple, evals: int) ->
         smoothed=smoothed,
         smooth_sigmas=sigmas,
         max_evals=evals,
+        smooth_nmi=r.params.refine_smooth_nmi,
     )
     gm = SectionMap(constrain_affine(lin, r.spacing, r.params.scale_range, r.params.max_anisotropy), t, score=m.score)
     return replace(c, placement=gm, score=_gain(r, gm))
