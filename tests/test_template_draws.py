@@ -22,10 +22,12 @@ def test_draws_are_anchored_like_the_tier_and_pooled(tmp_path):
         assert [c["orientation"] for c in mine] == [d.orientation for d in drawn]
     first = rep["cases"][0]  # the tier's first section: a clean MNI152 section, placed well
     assert first["refused"] is None and first["error_mm"] < 3.0 and first["confidence"] > 0.5
+    assert first["outcome"] == "correct"
     pooled, rows = rep["pooled"], rep["by_seed"].values()
     assert pooled["n"] == 4 and pooled["failures"] == sum(r["failures"] for r in rows)
     errs = np.array([c["error_mm"] for c in rep["cases"]])
     assert pooled["median_mm"] == pytest.approx(np.median(errs)) and pooled["failures"] == int((errs > 10).sum())
+    assert pooled["mirrored"] == sum(c["outcome"].startswith("mirrored") for c in rep["cases"]) <= pooled["failures"]
     table = format_draws(rep)
     assert "| seed 2026 | 2 |" in table and "| **pooled** | 4 |" in table
     # the seeds it measures by default are no benchmark's, calibration's or comparison's

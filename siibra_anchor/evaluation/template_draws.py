@@ -41,6 +41,7 @@ def _row(rows: list[dict[str, Any]]) -> dict[str, Any]:
         **_stats(err),
         "failures": int(sum(not e <= 10.0 for e in err)),
         "refusals": int(sum(r["refused"] is not None for r in rows)),
+        "mirrored": int(sum(r["outcome"].startswith("mirrored") for r in rows)),
         "ece": cal["ece"],
         "false_alarms": cal["successes_with_confidence_lt_0.5"],
         "confident_failures": cal["failures_with_confidence_ge_0.5"],
@@ -51,11 +52,12 @@ def _row(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def run_draws(seeds: tuple[int, ...] = DRAW_SEEDS, n: int = 48, progress: bool = False) -> dict[str, Any]:
     """Anchor ``n`` sections of each draw ``seeds`` as the template-family tier anchors its own:
     ``{"seeds", "n", "cases": [...], "by_seed": {seed: row}, "pooled": row}``; a row holds the median, p90,
-    failure rate and count (> 10 mm or refused), refusals, ECE, false alarms, confident failures and the
-    median seconds per section."""
+    failure rate and count (> 10 mm or refused), refusals, failures that are a mirror image of the truth
+    (across the midline or the mounting; each case's ``outcome`` as the benchmark names it), ECE, false
+    alarms, confident failures and the median seconds per section."""
     import siibra_anchor as sa
 
-    from .benchmark import make_section, simulated_set, user_hints
+    from .benchmark import _mirror_errors, _outcome, make_section, simulated_set, user_hints
 
     ref = sa.Reference.from_space("mni152")
     cases: list[dict[str, Any]] = []
@@ -69,8 +71,9 @@ def run_draws(seeds: tuple[int, ...] = DRAW_SEEDS, n: int = 48, progress: bool =
                 try:
                     res = sa.anchor(sim.section, reference=ref, **user_hints(case, sim))
                     err, conf = float(sim.error(res.affine)), float(res.confidence)
+                    outcome = _outcome(_mirror_errors(res.affine, sim))
                 except AnchorError as exc:  # a refusal is a failure of the tier, as in the benchmark
-                    err, conf, refused = float("inf"), 0.0, type(exc).__name__
+                    err, conf, refused, outcome = float("inf"), 0.0, type(exc).__name__, "refused"
             cases.append(
                 {
                     "seed": int(seed),
@@ -82,6 +85,7 @@ def run_draws(seeds: tuple[int, ...] = DRAW_SEEDS, n: int = 48, progress: bool =
                     "error_mm": err,
                     "confidence": conf,
                     "refused": refused,
+                    "outcome": outcome,
                     "time_s": time.perf_counter() - t0,
                 }
             )
@@ -96,14 +100,15 @@ def format_draws(rep: dict[str, Any]) -> str:
     lines = [
         f"Template-family generator, {rep['n']} sections per draw (default encoder, MNI152, the tier's hints).",
         "",
-        "| draw | n | median mm | p90 mm | failures | refusals | ECE | false alarms | confident failures | s/section |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| draw | n | median mm | p90 mm | failures | of them mirrored | refusals | ECE | false alarms "
+        "| confident failures | s/section |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     rows = [(f"seed {s}", rep["by_seed"][s]) for s in rep["seeds"]] + [("**pooled**", rep["pooled"])]
     for name, r in rows:
         lines.append(
             f"| {name} | {r['n']} | {r['median_mm']:.2f} | {r['p90_mm']:.1f} | {r['failures']} "
-            f"({r['failure_rate']:.0%}) | {r['refusals']} | {r['ece']:.3f} | {r['false_alarms']} | "
+            f"({r['failure_rate']:.0%}) | {r['mirrored']} | {r['refusals']} | {r['ece']:.3f} | {r['false_alarms']} | "
             f"{r['confident_failures']} | {r['time_median_s']:.2f} |"
         )
     return "\n".join(lines) + "\n"
