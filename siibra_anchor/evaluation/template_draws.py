@@ -33,13 +33,13 @@ DRAW_SEEDS = (2028, 2029, 2030)
 
 
 def _row(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    from .benchmark import _stats, calibration_report
+    from .benchmark import FAIL_MM, _stats, calibration_report
 
     err = [r["error_mm"] for r in rows]
     cal = calibration_report([r["confidence"] for r in rows], err)
     return {
         **_stats(err),
-        "failures": int(sum(not e <= 10.0 for e in err)),
+        "failures": int(sum(not e <= FAIL_MM for e in err)),
         "refusals": int(sum(r["refused"] is not None for r in rows)),
         "mirrored": int(sum(r["outcome"].startswith("mirrored") for r in rows)),
         "ece": cal["ece"],
@@ -49,7 +49,7 @@ def _row(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def run_draws(seeds: tuple[int, ...] = DRAW_SEEDS, n: int = 48, progress: bool = False) -> dict[str, Any]:
+def run_draws(seeds: tuple[int, ...] = DRAW_SEEDS, n: int = 48) -> dict[str, Any]:
     """Anchor ``n`` sections of each draw ``seeds`` as the template-family tier anchors its own:
     ``{"seeds", "n", "cases": [...], "by_seed": {seed: row}, "pooled": row}``; a row holds the median, p90,
     failure rate and count (> 10 mm or refused), refusals, failures that are a mirror image of the truth
@@ -89,8 +89,6 @@ def run_draws(seeds: tuple[int, ...] = DRAW_SEEDS, n: int = 48, progress: bool =
                     "time_s": time.perf_counter() - t0,
                 }
             )
-            if progress:
-                sys.stderr.write(f"seed {seed} section {i + 1}/{n}: {err:.1f} mm\n")
     by_seed = {int(s): _row([c for c in cases if c["seed"] == s]) for s in seeds}
     return {"seeds": [int(s) for s in seeds], "n": int(n), "cases": cases, "by_seed": by_seed, "pooled": _row(cases)}
 
@@ -125,7 +123,7 @@ def main(args: list[str] | None = None) -> int:
     if ns.n < 1 or not ns.seeds:
         ap.error("--n must be at least 1 and --seeds name at least one draw")
     logging.disable(logging.WARNING)
-    rep = run_draws(tuple(ns.seeds), ns.n, progress=False)
+    rep = run_draws(tuple(ns.seeds), ns.n)
     sys.stdout.write(format_draws(rep))
     if ns.json:
         from .benchmark import _json_safe
