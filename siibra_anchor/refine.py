@@ -50,16 +50,21 @@ def nmi(a: NDArray, b: NDArray, bins: int = 24) -> float:
     """Normalised mutual information (H(A) + H(B)) / H(A, B) of two [0, 1] samples, in [1, 2]."""
     ia = np.clip((np.asarray(a) * bins).astype(int), 0, bins - 1)
     ib = np.clip((np.asarray(b) * bins).astype(int), 0, bins - 1)
-    joint = np.bincount(ia * bins + ib, minlength=bins * bins).astype(float)
-    joint /= max(joint.sum(), 1.0)
-    pa, pb = joint.reshape(bins, bins).sum(1), joint.reshape(bins, bins).sum(0)
-    hj = _entropy(joint)
-    return (_entropy(pa) + _entropy(pb)) / hj if hj > 0 else 1.0
+    return _nmi_of_joint(np.bincount(ia * bins + ib, minlength=bins * bins).astype(float), bins)
 
 
 def _entropy(p: NDArray) -> float:
     p = p[p > 0]
     return float(-(p * np.log(p)).sum())
+
+
+def _nmi_of_joint(joint: NDArray, bins: int) -> float:
+    """(H(A) + H(B)) / H(A, B) of a flat (bins * bins) joint histogram of counts or weights (1 when empty)."""
+    total = float(joint.sum())
+    joint = joint / total if total > 0 else joint
+    pa, pb = joint.reshape(bins, bins).sum(1), joint.reshape(bins, bins).sum(0)
+    hj = _entropy(joint)
+    return (_entropy(pa) + _entropy(pb)) / hj if hj > 0 else 1.0
 
 
 def nmi_smooth(a: NDArray, b: NDArray, bins: int = 24) -> float:
@@ -76,10 +81,7 @@ def nmi_smooth(a: NDArray, b: NDArray, bins: int = 24) -> float:
     for da, wa in ((0, 1.0 - fa), (1, fa)):
         for db, wb in ((0, 1.0 - fb), (1, fb)):
             joint += np.bincount((ia + da) * bins + ib + db, weights=wa * wb, minlength=bins * bins)
-    joint /= max(joint.sum(), 1e-12)
-    pa, pb = joint.reshape(bins, bins).sum(1), joint.reshape(bins, bins).sum(0)
-    hj = _entropy(joint)
-    return (_entropy(pa) + _entropy(pb)) / hj if hj > 0 else 1.0
+    return _nmi_of_joint(joint, bins)
 
 
 def plane_nmi(
