@@ -21,8 +21,6 @@ import time
 import warnings
 from typing import Any
 
-import numpy as np
-
 from ..cache import atomic_write_text
 from ..errors import AnchorError
 
@@ -33,19 +31,17 @@ DRAW_SEEDS = (2028, 2029, 2030)
 
 
 def _row(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    from .benchmark import FAIL_MM, _stats, calibration_report
+    from .benchmark import calibration_report
+    from .real_tier import _summary
 
     err = [r["error_mm"] for r in rows]
     cal = calibration_report([r["confidence"] for r in rows], err)
     return {
-        **_stats(err),
-        "failures": int(sum(not e <= FAIL_MM for e in err)),
-        "refusals": int(sum(r["refused"] is not None for r in rows)),
+        **_summary(err, [r["refused"] is not None for r in rows], [r["time_s"] for r in rows]),
         "mirrored": int(sum(r["outcome"].startswith("mirrored") for r in rows)),
         "ece": cal["ece"],
         "false_alarms": cal["successes_with_confidence_lt_0.5"],
         "confident_failures": cal["failures_with_confidence_ge_0.5"],
-        "time_median_s": float(np.median([r["time_s"] for r in rows])),
     }
 
 
