@@ -189,17 +189,28 @@ def test_real_calibration_volumes_need_a_truth_their_two_registrations_agree_on(
 
 def test_real_calibration_rows_cross_checked_on_rows_no_fit_saw(capsys):
     """calibrate --cross-check: each real calibration volume's rows (truth by brain-masked registration,
-    reg-t2 through reg-t1) scored by models fitted without them; the shipped models hold no real row."""
+    reg-t2 through reg-t1) scored by models fitted without them; the shipped models hold no real row: they
+    are the fit of the template-family, synthetic and piece rows, coefficient for coefficient."""
     from pathlib import Path
 
     from siibra_anchor.evaluation.calibrate import cross_check, evaluate_rows, main
 
     docs = Path(__file__).parents[1] / "docs"
-    paths = [docs / "confidence-calibration-rows.jsonl", docs / "confidence-real-calibration-rows.jsonl"]
+    paths = [
+        docs / "confidence-calibration-rows.jsonl",
+        docs / "confidence-piece-calibration-rows.jsonl",
+        docs / "confidence-real-calibration-rows.jsonl",
+    ]
     rows = read_rows(paths)
+    refit = fit_models(read_rows(paths[:2]), {})["models"]
+    for kind in ("volume", "no-volume"):
+        m = confidence_model(kind)
+        assert m.coef == pytest.approx(tuple(refit[kind]["coef"]), rel=1e-6), kind
+        assert m.intercept == pytest.approx(refit[kind]["intercept"], rel=1e-6)
+    assert any(r.get("kind") == "piece" for r in rows)
     real = [r for r in rows if r.get("kind") == "real"]
     vols = {"reg-t1", "reg-t2", "reg-bold", "reg-dwi"}
-    assert len(real) == len(read_rows(paths[1])) and {r["volume"] for r in real} == vols
+    assert len(real) == len(read_rows(paths[2])) and {r["volume"] for r in real} == vols
     assert {r["pass"] for r in real} == {"first", "wide", "novol"}
     out = cross_check(rows)
     assert set(out) == vols
@@ -221,5 +232,5 @@ def test_real_calibration_rows_cross_checked_on_rows_no_fit_saw(capsys):
     assert main(["--cross-check", "--rows", *map(str, paths)]) == 0
     text = capsys.readouterr().out
     assert "reg-t1, volume model fitted with other real rows (48 rows, log loss" in text and "ECE" in text
-    assert main(["--evaluate", "--rows", str(paths[1]), "--kind", "real"]) == 0
+    assert main(["--evaluate", "--rows", str(paths[2]), "--kind", "real"]) == 0
     assert f"volume model, {2 * 24 * len(vols)} rows" in capsys.readouterr().out

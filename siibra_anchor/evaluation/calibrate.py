@@ -39,6 +39,7 @@ from ..confidence import FEATURES, WITHIN_MM, ConfidenceModel, feature_vector
 from ..encoders import encoder_hash, load_default_encoder
 from ..errors import AnchorError
 from .benchmark import CaseSpec, ambiguity_set, make_section, simulated_set, user_hints
+from .pieces import PIECE_SIDES_MM, make_piece, piece_cases, piece_hints
 from .simulate import section_error
 
 __all__ = [
@@ -68,6 +69,7 @@ CALIBRATION_SEEDS = {
     "ambiguity_nohint": 5154,
     "synth": 5155,
     "real": 5156,
+    "piece": 5157,
 }
 
 #: renderings of the calibration's synthetic brains: a larger deformation than training draws (3 mm)
@@ -239,6 +241,9 @@ def collect(
     items += [("synth", c) for c in synth_cases(n // 2 if n_synth is None else n_synth)]
     if real_data is not None:  # last again: the keys of the rows above stay valid
         items += [("real", rs) for rs in real_calibration_sections(real_data, n_real)[0]]
+    # small pieces of tissue (16-60 mm across, evaluation.pieces), added 2026-12-05: last, so that the keys
+    # above stay valid (their indices follow the real sections when --real-data is given)
+    items += [("piece", pc) for pc in piece_cases(max(1, n // 2), seed=CALIBRATION_SEEDS["piece"])]
     with rows_path.open("a") as fh:
         for i, (kind, item) in enumerate(items):
             key = f"{kind}-{i}"
@@ -249,6 +254,9 @@ def collect(
                 section, truth, hints = item, None, {}
             elif kind == "real":
                 section, truth, hints = item.section, item, {"hemisphere": item.hemisphere, "flipped": False}
+            elif kind == "piece":
+                sim = make_piece(item)
+                section, truth, hints = sim.section, sim, piece_hints(item, sim)
             else:
                 sim = make_section(item)
                 hints = {} if kind == "ambiguity_nohint" else user_hints(item, sim)
@@ -389,6 +397,18 @@ def _real_volume_lines(rows: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+def _piece_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The provenance line of the pieces of tissue among ``rows`` (none when there are none)."""
+    n = len({r["key"].rsplit("-", 1)[0] for r in rows if r.get("kind") == "piece"})
+    if not n:
+        return []
+    lo, hi = PIECE_SIDES_MM
+    return [
+        f"{n} pieces of tissue {lo:.0f}-{hi:.0f} mm across cut from sections of the template volumes above "
+        f"(evaluation.pieces, seed {CALIBRATION_SEEDS['piece']})"
+    ]
+
+
 def main(args: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m siibra_anchor.evaluation.calibrate", description=__doc__.splitlines()[0]
@@ -477,10 +497,12 @@ def main(args: list[str] | None = None) -> int:
             f"{n_synth} sections of {-(-n_synth // SYNTH_SECTIONS_PER_BRAIN)} synthetic brains rendered from mni152 "
             f"(training/synth.py, {SYNTH_CALIBRATION}, seeds {CALIBRATION_SEEDS['synth']}000 + i)"
         ]
-        + _real_volume_lines(rows),
+        + _real_volume_lines(rows)
+        + _piece_lines(rows),
         "encoder": encoder_hash(enc),
         "date": time.strftime("%Y-%m-%d"),
-        "disjoint_from": "benchmark simulated_set seed 2026, ambiguity_set seed 2027, compare --seed 2027, real-anatomy test subjects",
+        "disjoint_from": "benchmark simulated_set seed 2026, ambiguity_set seed 2027, compare --seed 2027, "
+        "real-anatomy test subjects, template_draws seeds 2028-2030, pieces test seed 2031",
     }
     if ns.without:
         meta["without"] = list(ns.without)

@@ -26,6 +26,7 @@ __all__ = [
     "section_error",
     "partial_mask",
     "one_side_of_midline",
+    "tissue_piece",
 ]
 
 
@@ -368,6 +369,57 @@ def partial_mask(msk: NDArray, partial: str | None, affine: NDArray, rng: np.ran
     else:
         raise InvalidParameterError(f"partial must be None, 'left', 'right' or 'block', got {partial!r}")
     return m2
+
+
+def tissue_piece(
+    sim: SimulatedSection, side_mm: float, rng: np.random.Generator, pad_mm: float = 4.0, min_fill: float = 0.7
+) -> SimulatedSection:
+    """A small piece of ``sim``'s tissue as a user would mount it: a square window about ``side_mm`` across
+    (in the section's true pixels) where tissue fills at least ``min_fill`` of it, with ``pad_mm`` of
+    background around; the truth follows (``true_affine`` shifted to the window, ``true_points`` cut). A
+    window that fits nowhere is shrunk by a fifth, up to five times."""
+    img = np.asarray(sim.section.image, np.float32)
+    msk = np.asarray(sim.section.mask, bool)
+    px = float(np.mean(sim.section.spacing_mm)) / float(sim.params.get("scale_error", 1.0))
+    rr, cc = np.nonzero(msk)
+    if len(rr) == 0:
+        raise EmptyMaskError("the section holds no tissue to cut a piece from")
+    side = max(4, int(round(side_mm / px)))
+    for _ in range(6):
+        for i in rng.integers(len(rr), size=60):
+            r0, c0 = int(rr[i]) - side // 2, int(cc[i]) - side // 2
+            if r0 < 0 or c0 < 0 or r0 + side > msk.shape[0] or c0 + side > msk.shape[1]:
+                continue
+            if msk[r0 : r0 + side, c0 : c0 + side].mean() >= min_fill:
+                break
+        else:
+            side = max(4, int(side * 0.8))
+            continue
+        break
+    else:
+        raise EmptyMaskError(f"no window of {side_mm:.0f} mm or a fifth of it that tissue fills; cut a smaller piece")
+    pad = max(1, int(round(pad_mm / px)))
+    background = float(np.median(img[~msk])) if (~msk).any() else 0.0
+    window = (slice(r0, r0 + side), slice(c0, c0 + side))
+    piece = np.full((side + 2 * pad, side + 2 * pad) + img.shape[2:], background, np.float32)
+    piece[pad:-pad, pad:-pad] = img[window]
+    pmask = np.zeros((side + 2 * pad, side + 2 * pad), bool)
+    pmask[pad:-pad, pad:-pad] = msk[window]
+    shift = np.eye(4)
+    shift[0, 3], shift[1, 3] = r0 - pad, c0 - pad
+    pts = None
+    if sim.true_points is not None:
+        pts = np.zeros(pmask.shape + (3,), np.float32)
+        pts[pad:-pad, pad:-pad] = sim.true_points[window]
+    sec = Section(
+        piece,
+        spacing_mm=sim.section.spacing_mm,
+        mask=pmask,
+        modality=sim.section.modality,
+        name=f"{sim.section.name}-piece{side * px:.0f}mm",
+    )
+    params = {**sim.params, "piece_mm": side * px, "piece_origin_px": [int(r0), int(c0)]}
+    return SimulatedSection(sec, np.asarray(sim.true_affine, float) @ shift, params, pts)
 
 
 def section_error(
