@@ -397,7 +397,10 @@ def tissue_piece(
             continue
         break
     else:
-        raise EmptyMaskError(f"no window of {side_mm:.0f} mm or a fifth of it that tissue fills; cut a smaller piece")
+        raise EmptyMaskError(
+            f"no window of {side_mm:.0f} mm, nor of down to a third of that, is filled {min_fill:.0%} by tissue; "
+            "cut a smaller piece or lower min_fill"
+        )
     pad = max(1, int(round(pad_mm / px)))
     background = float(np.median(img[~msk])) if (~msk).any() else 0.0
     window = (slice(r0, r0 + side), slice(c0, c0 + side))
