@@ -481,6 +481,29 @@ def user_hints(case: CaseSpec, sim: SimulatedSection) -> dict[str, Any]:
     return {"flipped": bool(case.flip), "hemisphere": hemi}
 
 
+def anchor_scored(sim: SimulatedSection, reference: Any, hints: dict[str, Any]) -> dict[str, Any]:
+    """Anchor ``sim`` on ``reference`` with the user's ``hints`` as a tier does (warnings silenced) and score
+    it: ``{"result", "error_mm", "confidence", "refused", "time_s"}``. A refusal (an ``AnchorError``) is a
+    failure of the tier: result None, error inf, confidence 0 and the error's type in ``refused``."""
+    import warnings
+
+    import siibra_anchor as sa
+
+    from ..errors import AnchorError
+
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            res = sa.anchor(sim.section, reference=reference, **hints)
+        except AnchorError as exc:
+            return {"result": None, "error_mm": float("inf"), "confidence": 0.0, "refused": type(exc).__name__,
+                    "time_s": time.perf_counter() - t0}  # fmt: skip
+    seconds = time.perf_counter() - t0
+    return {"result": res, "error_mm": float(sim.error(res.affine)), "confidence": float(res.confidence),
+            "refused": None, "time_s": seconds}  # fmt: skip
+
+
 def _mirror_errors(affine: np.ndarray, sim: SimulatedSection) -> dict[str, float]:
     """Errors against the truth and against its mirror images: across the mid-sagittal plane (x -> -x),
     the mirrored mounting (image flipped left-right) and both."""

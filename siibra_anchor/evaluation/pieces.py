@@ -19,15 +19,12 @@ import argparse
 import json
 import logging
 import sys
-import time
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..cache import atomic_write_text
-from ..errors import AnchorError
 
 __all__ = [
     "PIECE_SIDES_MM",
@@ -121,19 +118,13 @@ def run_pieces(seed: int = TEST_SEED, n: int = 48) -> dict[str, Any]:
     median error."""
     import siibra_anchor as sa
 
+    from .benchmark import anchor_scored
+
     ref = sa.Reference.from_space("mni152")
     cases: list[dict[str, Any]] = []
     for i, pc in enumerate(piece_cases(n, seed)):
         sim = make_piece(pc)
-        t0 = time.perf_counter()
-        refused = None
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                res = sa.anchor(sim.section, reference=ref, **piece_hints(pc, sim))
-                err, conf = float(sim.error(res.affine)), float(res.confidence)
-            except AnchorError as exc:  # a refusal is a failure, as in the benchmark
-                err, conf, refused = float("inf"), 0.0, type(exc).__name__
+        a = anchor_scored(sim, ref, piece_hints(pc, sim))
         cases.append(
             {
                 "index": i,
@@ -141,10 +132,7 @@ def run_pieces(seed: int = TEST_SEED, n: int = 48) -> dict[str, Any]:
                 "orientation": pc.case.orientation,
                 "contrast": pc.case.contrast,
                 "side_mm": float(sim.params["piece_mm"]),
-                "error_mm": err,
-                "confidence": conf,
-                "refused": refused,
-                "time_s": time.perf_counter() - t0,
+                **{k: a[k] for k in ("error_mm", "confidence", "refused", "time_s")},
             }
         )
     last = BANDS_MM[-1]

@@ -17,12 +17,9 @@ import argparse
 import json
 import logging
 import sys
-import time
-import warnings
 from typing import Any
 
 from ..cache import atomic_write_text
-from ..errors import AnchorError
 
 __all__ = ["DRAW_SEEDS", "run_draws", "format_draws", "main"]
 
@@ -53,23 +50,15 @@ def run_draws(seeds: tuple[int, ...] = DRAW_SEEDS, n: int = 48) -> dict[str, Any
     alarms, confident failures and the median seconds per section."""
     import siibra_anchor as sa
 
-    from .benchmark import _mirror_errors, _outcome, make_section, simulated_set, user_hints
+    from .benchmark import _mirror_errors, _outcome, anchor_scored, make_section, simulated_set, user_hints
 
     ref = sa.Reference.from_space("mni152")
     cases: list[dict[str, Any]] = []
     for seed in seeds:
         for i, case in enumerate(simulated_set(n, seed=seed)):
             sim = make_section(case)
-            t0 = time.perf_counter()
-            refused = None
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                try:
-                    res = sa.anchor(sim.section, reference=ref, **user_hints(case, sim))
-                    err, conf = float(sim.error(res.affine)), float(res.confidence)
-                    outcome = _outcome(_mirror_errors(res.affine, sim))
-                except AnchorError as exc:  # a refusal is a failure of the tier, as in the benchmark
-                    err, conf, refused, outcome = float("inf"), 0.0, type(exc).__name__, "refused"
+            a = anchor_scored(sim, ref, user_hints(case, sim))
+            outcome = "refused" if a["result"] is None else _outcome(_mirror_errors(a["result"].affine, sim))
             cases.append(
                 {
                     "seed": int(seed),
@@ -78,11 +67,11 @@ def run_draws(seeds: tuple[int, ...] = DRAW_SEEDS, n: int = 48) -> dict[str, Any
                     "orientation": case.orientation,
                     "partial": case.partial,
                     "contrast": case.contrast,
-                    "error_mm": err,
-                    "confidence": conf,
-                    "refused": refused,
+                    "error_mm": a["error_mm"],
+                    "confidence": a["confidence"],
+                    "refused": a["refused"],
                     "outcome": outcome,
-                    "time_s": time.perf_counter() - t0,
+                    "time_s": a["time_s"],
                 }
             )
     by_seed = {int(s): _row([c for c in cases if c["seed"] == s]) for s in seeds}
