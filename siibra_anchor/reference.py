@@ -176,6 +176,19 @@ class Reference:
             self._cache[key] = ndimage.gaussian_filter(self.volume, sigma_vox) if sigma_vox > 0 else self.volume
         return self._cache[key]
 
+    def brain_volume(self) -> NDArray | None:
+        """A soft [0, 1] mask of the template's brain on its grid (tissue and the cavities it encloses,
+        smoothed by one voxel; cached); None without a volume."""
+        if self.volume is None:
+            return None
+        key = ("brain",)
+        if key not in self._cache:
+            from scipy import ndimage
+
+            solid = ndimage.binary_fill_holes(ndimage.binary_closing(self.volume > 0, iterations=2))
+            self._cache[key] = ndimage.gaussian_filter(solid.astype(np.float32), 1.0)
+        return self._cache[key]
+
     @property
     def plane_axes(self) -> NDArray:
         """(S, 3, 2) unit in-plane row/column directions of each reference section."""

@@ -17,15 +17,17 @@ from scipy.spatial.transform import Rotation
 
 from .planes import sample_volume
 
-__all__ = ["SamplePoints", "sample_points", "nmi", "nmi_smooth", "plane_nmi", "nmi_gain", "refine_map"]
+__all__ = ["SamplePoints", "sample_points", "nmi", "nmi_smooth", "plane_nmi", "nmi_gain", "outside_share", "refine_map"]
 
 
 @dataclass
 class SamplePoints:
-    """Section pixels used for intensity comparison: rc (N, 2) working pixels, values (N,) in [0, 1]."""
+    """Section pixels used for intensity comparison: rc (N, 2) working pixels, values (N,) in [0, 1]; the
+    first ``n_tissue`` are tissue (None: all), the others background just outside it."""
 
     rc: NDArray
     values: NDArray
+    n_tissue: int | None = None
 
 
 def sample_points(image: NDArray, mask: NDArray, n: int, rng: np.random.Generator) -> SamplePoints:
@@ -43,7 +45,20 @@ def sample_points(image: NDArray, mask: NDArray, n: int, rng: np.random.Generato
     selb = rng.choice(len(br), kb, replace=False) if kb else np.zeros(0, int)
     rc = np.concatenate([np.stack([rr[sel], cc[sel]], 1), np.stack([br[selb], bc[selb]], 1)]).astype(float)
     vals = np.asarray(image, np.float32)[rc[:, 0].astype(int), rc[:, 1].astype(int)]
-    return SamplePoints(rc, vals)
+    return SamplePoints(rc, vals, int(k))
+
+
+def outside_share(
+    pts: SamplePoints, linear: NDArray, t: NDArray, brain: NDArray, vol_affine: NDArray, max_points: int = 500
+) -> float:
+    """Share of the section's tissue points that (linear, t) puts outside the template's brain (``brain``: a
+    soft [0, 1] mask on the template's grid): about 0 for a placement whose outline the brain holds, more
+    for one drawn larger than the brain or off its edge. Read on about ``max_points`` of them at most."""
+    rc = pts.rc if pts.n_tissue is None else pts.rc[: pts.n_tissue]
+    rc = rc[:: max(1, len(rc) // max_points)]  # the points are drawn at random: every k-th is a random subset
+    if len(rc) == 0:
+        return 0.0
+    return float(1.0 - sample_volume(brain, vol_affine, rc @ linear.T + t).mean())
 
 
 def nmi(a: NDArray, b: NDArray, bins: int = 24) -> float:
@@ -131,6 +146,8 @@ def refine_map(
     max_evals: int = 300,
     smoothed: dict[float, NDArray] | None = None,
     smooth_nmi: bool = False,
+    brain: NDArray | None = None,
+    outside_weight: float = 0.0,
 ) -> tuple[NDArray, NDArray, float]:
     """Maximise NMI over a 9-parameter 2D->3D affine, coarse to fine.
 
@@ -148,7 +165,8 @@ def refine_map(
 
         def cost(p: NDArray, vol: NDArray = vol, lin0: NDArray = lin, t0: NDArray = tt) -> float:
             li, ti = _compose(p, lin0, t0, c_px)
-            return -plane_nmi(pts, li, ti, vol, vol_affine, smooth=smooth_nmi)
+            pen = outside_weight * outside_share(pts, li, ti, brain, vol_affine) if brain is not None else 0.0
+            return -plane_nmi(pts, li, ti, vol, vol_affine, smooth=smooth_nmi) + pen
 
         res = optimize.minimize(
             cost,

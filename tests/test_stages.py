@@ -216,6 +216,28 @@ def test_disambiguate_picks_the_best_and_describes_it(after):
     assert f["log_scale"] < np.log(1.3) and f["anisotropy"] < 0.2  # the simulated section is near-isotropic
 
 
+@pytest.mark.filterwarnings("ignore::siibra_anchor.errors.LowConfidenceWarning")
+def test_the_outside_penalty_ranks_by_the_score_and_reports_the_nmi_gain_itself(sim, mni_reference):
+    """AnchorParams.outside_weight: candidates are ranked (and refined) by the NMI gain less the weight times
+    the share of tissue placed outside the template's brain; the confidence feature and diagnostics["nmi_gain"]
+    stay the NMI gain itself, and diagnostics["outside_brain"] gives the share (None when it is off)."""
+    p = sa.AnchorParams(outside_weight=0.5)
+    r = Run(sim.section, mni_reference, load_default_encoder(), p, seed=0)
+    for stage in stages.STAGES:
+        stage(r)
+    out = stages._outside(r, r.best.placement)
+    assert 0.0 <= out < 0.1  # a correct placement keeps its tissue inside the brain
+    assert r.features["nmi_gain"] == pytest.approx(stages._pure_gain(r, r.best.placement))
+    assert r.best.score == pytest.approx(r.features["nmi_gain"] - 0.5 * out)
+    scores = [c.score for c in r.candidates]
+    assert scores == sorted(scores, reverse=True)
+    res = sa.anchor(sim.section, reference=mni_reference, params=p)
+    assert section_error(res.affine, sim.true_affine, sim.section.mask) < 3.0
+    assert res.diagnostics["outside_brain"] == pytest.approx(out, abs=0.02)
+    assert res.diagnostics["nmi_gain"] == pytest.approx(res.diagnostics["confidence_features"]["nmi_gain"])
+    assert sa.anchor(sim.section, reference=mni_reference).diagnostics["outside_brain"] is None  # off by default
+
+
 def test_confide_is_the_calibrated_model_of_the_features(after):
     r = after["confide"]
     assert r.confidence == pytest.approx(confidence_model("volume")(r.features))
@@ -249,11 +271,35 @@ def test_anchor_params_are_checked_on_construction():
     for bad in ((0, 160), (120,), (120.5, 160), "many"):
         with pytest.raises(InvalidParameterError, match="AnchorParams.refine_evals"):
             sa.AnchorParams(refine_evals=bad)
+    for bad in (-0.1, float("nan"), "0.5", None):
+        with pytest.raises(InvalidParameterError, match="AnchorParams.outside_weight"):
+            sa.AnchorParams(outside_weight=bad)
     for bad in ("yes", 1, None):
         with pytest.raises(InvalidParameterError, match="AnchorParams.refine_smooth_nmi"):
             sa.AnchorParams(refine_smooth_nmi=bad)
     assert sa.AnchorParams(k=3).as_dict()["k"] == 3
     assert sa.AnchorParams().as_dict()["refine_evals"] == [120, 160]
+    assert sa.AnchorParams(outside_weight=0.0).outside_weight == 0.0  # off is allowed
+
+
+def test_the_template_brain_mask_holds_the_brain_and_its_cavities(mni_reference):
+    """Reference.brain_volume: the soft mask the outside-the-brain share reads: 1 in the white matter and in
+    the ventricles (a cavity of the brain, dark in the T1), 0 outside the head."""
+    b = mni_reference.brain_volume()
+    assert b.shape == mni_reference.volume.shape and b.dtype == np.float32
+    assert 0.0 <= float(b.min()) and float(b.max()) <= 1.0 + 1e-6
+    inv = np.linalg.inv(mni_reference.volume_affine)
+
+    def at(xyz):
+        i, j, k = np.round(inv[:3, :3] @ np.asarray(xyz, float) + inv[:3, 3]).astype(int)
+        return float(b[i, j, k]), float(mni_reference.volume[i, j, k])
+
+    for point in ((-28.0, -20.0, 30.0), (28.0, -20.0, 30.0)):  # centrum semiovale
+        assert at(point)[0] > 0.99
+    ventricle = min(((x, y, 18.0) for x in (-4.0, -2.0, 2.0, 4.0) for y in (-10.0, -5.0, 0.0)), key=lambda p: at(p)[1])
+    assert at(ventricle)[1] < 0.2 and at(ventricle)[0] > 0.99  # dark in the template, inside the brain
+    assert at((0.0, 0.0, 95.0))[0] == 0.0 and at((0.0, 85.0, 0.0))[0] == 0.0
+    assert mni_reference.brain_volume() is b  # cached
 
 
 @pytest.mark.filterwarnings("ignore::siibra_anchor.errors.LowConfidenceWarning")

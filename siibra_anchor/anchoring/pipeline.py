@@ -305,11 +305,11 @@ def _wider(first: Run, result: AnchoringResult | None, t_start: float) -> Anchor
         kept = again
         kept.diagnostics["retried_wider"] = {"first_pass": None, "kept": "wider"}
     else:
-        gain = float(first.best.score)
         if first.hints_unmet != again_run.hints_unmet:  # the one that respects the hints
             kept = result if again_run.hints_unmet else again
-        else:
-            kept = again if (again.diagnostics.get("nmi_gain") or -1.0) > gain else result
+        else:  # the higher score: NMI gain less the share of tissue outside the brain (AnchorParams.outside_weight)
+            kept = again if float(again_run.best.score) > float(first.best.score) else result
+        gain = first.features.get("nmi_gain")
         kept.diagnostics["retried_wider"] = {
             "first_pass": {"confidence": first.confidence, "nmi_gain": gain, "consistency": first.consistency},
             "kept": "wider" if kept is again else "first",

@@ -27,7 +27,7 @@ from ..errors import AnchoringFailedError, EmptyMaskError, ImageTooSmallError, I
 from ..matching import best_in_neighbourhood, search_topk
 from ..patches import grid_centres, normalize_intensity, rotation_angles
 from ..planes import CANONICAL_PLANES, section_affine
-from ..refine import SamplePoints, nmi_gain, refine_map, sample_points
+from ..refine import SamplePoints, nmi_gain, outside_share, refine_map, sample_points
 from ..result import AnchoringResult, pixel_grid_of
 from ..section import Section
 from ..views import PatchViews
@@ -362,9 +362,26 @@ def guide(r: Run) -> None:
     r.timings["guided_s"] = time.perf_counter() - t0
 
 
-def _gain(r: Run, m: SectionMap) -> float:
+def _pure_gain(r: Run, m: SectionMap) -> float:
     """NMI gain of placement ``m`` on the sample points that :func:`score` drew."""
     return nmi_gain(cast(SamplePoints, r.pts), m.linear, m.translation, r.ref.volume, r.ref.volume_affine)
+
+
+def _outside(r: Run, m: SectionMap) -> float:
+    """Share of the tissue's sample points that placement ``m`` puts outside the template's brain."""
+    pts = cast(SamplePoints, r.pts)
+    return outside_share(pts, m.linear, m.translation, r.ref.brain_volume(), r.ref.volume_affine)
+
+
+def _gain(r: Run, m: SectionMap) -> float:
+    """The score that ranks and refines placements: the NMI gain of ``m`` less ``outside_weight`` times the
+    share of the tissue it puts outside the template's brain. NMI alone rewards drawing a section larger
+    than the brain where its tissue is dark (signal dropout of echo-planar images, a pale stain at the edge):
+    the dark tissue then lies on the template's background (docs/method.md, step 8)."""
+    g = _pure_gain(r, m)
+    if r.params.outside_weight > 0:
+        g -= r.params.outside_weight * _outside(r, m)
+    return g
 
 
 def _refined(r: Run, c: Candidate, smoothed: dict, sigmas: tuple, evals: int) -> Candidate:
@@ -380,6 +397,8 @@ def _refined(r: Run, c: Candidate, smoothed: dict, sigmas: tuple, evals: int) ->
         smooth_sigmas=sigmas,
         max_evals=evals,
         smooth_nmi=r.params.refine_smooth_nmi,
+        brain=r.ref.brain_volume() if r.params.outside_weight > 0 else None,
+        outside_weight=r.params.outside_weight,
     )
     gm = SectionMap(constrain_affine(lin, r.spacing, r.params.scale_range, r.params.max_anisotropy), t, score=m.score)
     return replace(c, placement=gm, score=_gain(r, gm))
@@ -577,7 +596,7 @@ def _features(r: Run, mirror_margin: float | None) -> dict[str, float]:
         "anisotropy": float(sv.max() / sv.min() - 1.0),
     }
     if r.ref.volume is not None:
-        feats["nmi_gain"] = float(best.score)
+        feats["nmi_gain"] = float(best.score) if p.outside_weight <= 0 else _pure_gain(r, best.placement)
         feats["mirror_margin"] = cap(mirror_margin)
     return feats
 
@@ -651,7 +670,9 @@ def assemble(r: Run) -> AnchoringResult:
         "n_coarse": int(len(r.coarse)),
         "n_hypotheses": len(r.hyps),
         "consistency": r.consistency,
-        "nmi_gain": float(r.best.score) if has_volume else None,
+        "nmi_gain": r.features["nmi_gain"] if has_volume else None,
+        # with AnchorParams.outside_weight only: the brain mask costs a second the first time a reference needs it
+        "outside_brain": _outside(r, r.best.placement) if r.params.outside_weight > 0 and r.pts is not None else None,
         "margin_to_alternative": r.margin if np.isfinite(r.margin) else None,
         "confidence_features": r.features,
         "seed": int(r.seed),
