@@ -153,7 +153,8 @@ def refine_map(
 
     Returns (linear (3, 2), t (3,), nmi at the end on the unsmoothed volume, hard-binned).
     ``smoothed`` caches volumes smoothed by each sigma (voxels) between calls; ``smooth_nmi``: the optimiser
-    climbs :func:`nmi_smooth` instead of :func:`nmi`.
+    climbs :func:`nmi_smooth` instead of :func:`nmi`; ``brain`` (a soft [0, 1] brain mask on the volume's
+    grid) with ``outside_weight`` > 0: it climbs the NMI less ``outside_weight`` times :func:`outside_share`.
     """
     lin, tt = np.asarray(linear, float), np.asarray(t, float)
     c_px = pts.rc.mean(axis=0)

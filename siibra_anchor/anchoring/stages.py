@@ -385,7 +385,7 @@ def _gain(r: Run, m: SectionMap) -> float:
 
 
 def _refined(r: Run, c: Candidate, smoothed: dict, sigmas: tuple, evals: int) -> Candidate:
-    """``c`` intensity-refined (within the scale prior) and scored by its NMI gain."""
+    """``c`` intensity-refined (within the scale prior) and scored by :func:`_gain`."""
     m = c.placement
     lin, t, _ = refine_map(
         cast(SamplePoints, r.pts),
