@@ -49,6 +49,8 @@ __all__ = [
     "plot_reliability",
     "make_section",
     "user_hints",
+    "anchor_scored",
+    "emit_report",
     "ambiguity_set",
     "save_set",
     "load_set",
@@ -534,6 +536,18 @@ AMBIGUITY_CONDITIONS = (
     ("no hints, refine", False, True),
     ("no hints, no refine", False, False),
 )
+
+
+def emit_report(table: str, report: dict[str, Any], json_path: str | None = None) -> None:
+    """What an evaluation command prints: ``table`` on standard output and, given ``json_path``, the whole
+    ``report`` there as strict JSON (written atomically)."""
+    import sys
+
+    from ..cache import atomic_write_text
+
+    sys.stdout.write(table)
+    if json_path:
+        atomic_write_text(json_path, json.dumps(_json_safe(report), indent=1) + "\n")
 
 
 def _json_safe(x: Any) -> Any:

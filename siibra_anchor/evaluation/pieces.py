@@ -16,15 +16,11 @@ says so. :data:`TEST_SEED` is a draw nothing chooses on (the calibration set's p
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import sys
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from ..cache import atomic_write_text
 
 __all__ = [
     "PIECE_SIDES_MM",
@@ -174,11 +170,9 @@ def main(args: list[str] | None = None) -> int:
         ap.error("--n must be at least 1")
     logging.disable(logging.WARNING)
     rep = run_pieces(ns.seed, ns.n)
-    sys.stdout.write(format_pieces(rep))
-    if ns.json:
-        from .benchmark import _json_safe
+    from .benchmark import emit_report
 
-        atomic_write_text(ns.json, json.dumps(_json_safe(rep), indent=1) + "\n")
+    emit_report(format_pieces(rep), rep, ns.json)
     return 0
 
 

@@ -14,12 +14,8 @@ threshold; keep it so, or they stop measuring anything.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import sys
 from typing import Any
-
-from ..cache import atomic_write_text
 
 __all__ = ["DRAW_SEEDS", "run_draws", "format_draws", "main"]
 
@@ -109,11 +105,9 @@ def main(args: list[str] | None = None) -> int:
         ap.error("--n must be at least 1 and --seeds name at least one draw")
     logging.disable(logging.WARNING)
     rep = run_draws(tuple(ns.seeds), ns.n)
-    sys.stdout.write(format_draws(rep))
-    if ns.json:
-        from .benchmark import _json_safe
+    from .benchmark import emit_report
 
-        atomic_write_text(ns.json, json.dumps(_json_safe(rep), indent=1) + "\n")
+    emit_report(format_draws(rep), rep, ns.json)
     return 0
 
 
